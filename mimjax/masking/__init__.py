@@ -1,0 +1,24 @@
+"""Masking strategies for masked image modeling: MAE random, GPA soft-to-hard, AttMask high.
+
+Pure functions of arrays and an explicit PRNG key. No Flax. Output shapes depend only on
+static arguments (batch, num_patches, mask_ratio); progress and the hard/soft/random counts
+are traced, so everything works under `jax.jit`, `jax.vmap` and on batch-sharded arrays.
+
+Example, inside your own train step (teacher logits of one block, e.g. from
+`mimjax.models.vit(...).apply(p, x, attn_block=9, attn_head=11, stop_at_attn=True)`)::
+
+    from mimjax import masking
+
+    @jax.jit
+    def train_step(state, images, teacher_logits, step, key):
+        g = masking.gpa_scores(teacher_logits, head=0)          # [B, N] in [0, 1]
+        progress = step / total_steps                           # traced scalar
+        m = masking.gpa_mask(key, g, progress, mask_ratio=0.75) # m.mask [B, N] bool
+        visible = jnp.take_along_axis(patches, m.ids_keep[..., None], axis=1)
+        ...                                                     # encode visible, decode, loss on m.mask
+"""
+from mimjax.masking.gpa import gpa_mask, gpa_scores, mask_counts
+from mimjax.masking.core import Mask, high_mask, random_mask, cls_attention_scores, num_masked
+
+__all__ = ["Mask", "gpa_scores", "mask_counts", "gpa_mask", "random_mask", "high_mask",
+           "cls_attention_scores", "num_masked"]

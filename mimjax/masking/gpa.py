@@ -1,0 +1,96 @@
+"""GPA: scores from a teacher's attention and soft-to-hard masks (GPA_SPEC.md 2 and 3)."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from mimjax.masking.core import Mask, check_ratio, check_scores, mask_from_noise, num_masked
+
+# float32 products like 147 * 0.25 can land a hair under an integer that float64 (the
+# authors' Python) hits exactly; int() must still give that integer.
+_FLOOR_SLACK = 1e-4
+
+
+def gpa_scores(attn, *, head: int | None = 11, num_prefix_tokens: int = 1):
+    """GPA score g [B, N] float32 in [0, 1] from one block's pre-softmax logits.
+
+    attn: [B, H, T, T] with T = num_prefix_tokens + N (queries on axis 2, keys on axis 3).
+    head: which head (negative counts from the end); None averages the logits over heads.
+    r_j = sum over all queries i (prefix included) of attn[b, h, i, j]; the prefix keys
+    are dropped; per image min-max to [0, 1]. A constant row gives 0 (the denominator
+    carries float32's smallest normal number), never NaN.
+    """
+    if attn.ndim != 4 or attn.shape[-1] != attn.shape[-2]:
+        raise ValueError(f"attn must be [B, H, T, T] pre-softmax logits, got shape {attn.shape}")
+    num_heads, tokens = attn.shape[1], attn.shape[-1]
+    if not 0 <= num_prefix_tokens < tokens - 1:
+        raise ValueError(f"num_prefix_tokens must be in [0, {tokens - 1}), got {num_prefix_tokens}")
+    if head is None:
+        a = attn.astype(jnp.float32).mean(axis=1)  # [B, T, T]
+    else:
+        if not -num_heads <= head < num_heads:
+            raise ValueError(f"head must be in [{-num_heads}, {num_heads}) for attn with "
+                             f"{num_heads} heads, got {head}")
+        a = attn[:, head].astype(jnp.float32)  # [B, T, T]
+    r = a.sum(axis=1)[:, num_prefix_tokens:]  # column sums over queries -> [B, N]
+    lo, hi = r.min(-1, keepdims=True), r.max(-1, keepdims=True)
+    return (r - lo) / (hi - lo + jnp.finfo(jnp.float32).tiny)
+
+
+def _check_share(name, pair):
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+        raise ValueError(f"{name} must be a (start, end) pair of fractions, got {pair!r}")
+    for v in pair:
+        check_ratio(name, v, low_open=False, high_open=False)
+
+
+def mask_counts(progress, num_patches: int, mask_ratio: float = 0.75,
+                hard=(0.0, 0.5), soft=(0.3, 0.0)):
+    """(n_hard, n_soft, n_random), traced int32 scalars, summing to M (GPA_SPEC 3).
+
+    progress t in [0, 1] (clipped; traced is fine); a(t) = a0 + t (aT - a0),
+    s(t) = s0 + t (sT - s0), n_h = int(M a), n_s = int(M s), n_s = M - n_h if they overflow.
+    """
+    m = num_masked(num_patches, mask_ratio)
+    _check_share("hard", hard)
+    _check_share("soft", soft)
+    t = jnp.clip(jnp.asarray(progress, jnp.float32), 0.0, 1.0)
+    if t.ndim:
+        raise ValueError(f"progress must be a scalar, got shape {t.shape}")
+    a = hard[0] + t * (hard[1] - hard[0])
+    s = soft[0] + t * (soft[1] - soft[0])
+    n_hard = jnp.floor(m * a + _FLOOR_SLACK).astype(jnp.int32)
+    n_soft = jnp.floor(m * s + _FLOOR_SLACK).astype(jnp.int32)
+    n_soft = jnp.minimum(n_soft, m - n_hard)
+    return n_hard, n_soft, m - n_hard - n_soft
+
+
+def _ranks_descending(values):
+    """Rank of each entry in [B, N] by descending value (0 = largest; ties: lower index)."""
+    order = jnp.argsort(-values, axis=-1, stable=True)
+    return jnp.argsort(order, axis=-1)
+
+
+def gpa_mask(key, scores, progress, *, mask_ratio: float = 0.75,
+             hard=(0.0, 0.5), soft=(0.3, 0.0)) -> Mask:
+    """Soft-to-hard GPA masking ("SP+RAND", GPA_SPEC 3).
+
+    key: PRNG key; scores: GPA scores g [B, N] in [0, 1]; progress: scalar in [0, 1].
+    Per image: noise ~ U[0, 1); n_soft patches drawn without replacement with probability
+    proportional to g get noise 2 (Gumbel-top-k on log g; g = 0 is never drawn); the
+    n_hard highest-g patches get noise 3 (overriding soft picks); the M largest noises are
+    masked. Returns a `Mask` with exactly M = N - int(N (1 - mask_ratio)) masked per image.
+    """
+    check_scores("scores", scores)
+    b, n = scores.shape
+    n_hard, n_soft, _ = mask_counts(progress, n, mask_ratio, hard, soft)
+    g = scores.astype(jnp.float32)
+    k_noise, k_gumbel = jax.random.split(key)
+    noise = jax.random.uniform(k_noise, (b, n))
+    # Gumbel-top-k: the n_soft largest log(g) + Gumbel are a draw without replacement ~ g.
+    perturbed = jnp.log(g) + jax.random.gumbel(k_gumbel, (b, n))  # log 0 = -inf: never drawn
+    soft_pick = (_ranks_descending(perturbed) < n_soft) & (g > 0)
+    hard_pick = _ranks_descending(g) < n_hard
+    noise = jnp.where(soft_pick, 2.0, noise)
+    noise = jnp.where(hard_pick, 3.0, noise)
+    return mask_from_noise(noise, num_masked(n, mask_ratio))

@@ -1,0 +1,193 @@
+"""Transformer building blocks shared by the ViT encoder, the MAE decoder and the GPA head.
+
+Initialisation follows MAE (`models_mae.py::_init_weights`): xavier-uniform linear layers
+with zero bias, LayerNorm (1, 0) with eps 1e-6. The fused qkv Linear of timm/MAE is held
+here as three `DenseGeneral` kernels [D, H, hd]; to keep MAE's init bound
+sqrt(6 / (D + 3D)) each of them uses variance_scaling(0.5, fan_avg) (fan_avg = D here).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = Any
+
+xavier_uniform = nn.initializers.xavier_uniform()
+# Same bound as xavier on the fused [3D, D] qkv matrix of timm/MAE.
+qkv_init = nn.initializers.variance_scaling(0.5, "fan_avg", "uniform")
+LayerNorm = functools.partial(nn.LayerNorm, epsilon=1e-6)
+
+
+def posemb_sincos_2d(grid_h: int, grid_w: int, dim: int, cls_token: bool = True) -> np.ndarray:
+    """Fixed 2-D sin-cos position embedding of MAE (`get_2d_sincos_pos_embed`).
+
+    Returns float32 [1 + grid_h * grid_w, dim] (a zero row for cls first when cls_token),
+    patches in row-major order. Half the channels encode the column (w), half the row (h),
+    in that order, as MAE does.
+    """
+    if dim % 4:
+        raise ValueError(f"position embedding dim must be divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4.0))  # [D/4]
+
+    def emb_1d(pos):  # pos [M] -> [M, D/2]
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    gw, gh = np.meshgrid(np.arange(grid_w, dtype=np.float64), np.arange(grid_h, dtype=np.float64))
+    emb = np.concatenate([emb_1d(gw), emb_1d(gh)], axis=1)  # [h*w, D]
+    if cls_token:
+        emb = np.concatenate([np.zeros([1, dim]), emb], axis=0)
+    return emb.astype(np.float32)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with separate q/k/v kernels [D, H, hd].
+
+    Modes (static): plain (fused `jax.nn.dot_product_attention`, no weights kept);
+    `return_logits` (explicit softmax; also returns the pre-softmax logits of `logits_head`,
+    or of all heads); `qk_only` (computes only q and k and returns just the logits: what a
+    GPA teacher needs from its last block).
+    """
+
+    num_heads: int
+    dtype: Dtype = jnp.float32
+    return_logits: bool = False
+    qk_only: bool = False
+    logits_head: int | None = None
+
+    @nn.compact
+    def __call__(self, x):  # x [B, T, D]
+        dim = x.shape[-1]
+        if dim % self.num_heads:
+            raise ValueError(f"width {dim} is not divisible by num_heads={self.num_heads}")
+        head_dim = dim // self.num_heads
+        dense = functools.partial(
+            nn.DenseGeneral, features=(self.num_heads, head_dim), dtype=self.dtype,
+            kernel_init=qkv_init, bias_init=nn.initializers.zeros)
+        q = dense(name="query")(x)  # [B, T, H, hd]
+        k = dense(name="key")(x)
+        scale = head_dim ** -0.5
+
+        def attn_logits(qh, kh):  # [B, T, h, hd] x2 -> [B, h, T, T] float32
+            return jnp.einsum("bqhd,bkhd->bhqk", qh, kh, preferred_element_type=jnp.float32) * scale
+
+        one_head = slice(self.logits_head, self.logits_head + 1) if self.logits_head is not None else slice(None)
+        if self.qk_only:  # a teacher's last block: only q.k of the wanted head(s)
+            return None, attn_logits(q[:, :, one_head], k[:, :, one_head])
+        v = dense(name="value")(x)
+        logits = None
+        if self.return_logits:
+            full = attn_logits(q, k)  # [B, H, T, T]
+            logits = full[:, one_head]
+            out = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(full, axis=-1).astype(v.dtype), v)
+        else:
+            out = jax.nn.dot_product_attention(q, k, v)  # [B, T, H, hd]
+        out = nn.DenseGeneral(dim, axis=(-2, -1), dtype=self.dtype, kernel_init=xavier_uniform,
+                              bias_init=nn.initializers.zeros, name="out")(out)
+        return out, logits
+
+
+class Mlp(nn.Module):
+    hidden_dim: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):  # x [B, T, D] -> [B, T, D]
+        dim = x.shape[-1]
+        dense = functools.partial(nn.Dense, dtype=self.dtype, kernel_init=xavier_uniform,
+                                  bias_init=nn.initializers.zeros)
+        x = dense(self.hidden_dim, name="fc1")(x)
+        x = nn.gelu(x, approximate=False)  # exact (erf) GELU, as timm/MAE/PyTorch
+        return dense(dim, name="fc2")(x)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (timm's drop_path); identity when deterministic."""
+
+    rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool):
+        if deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        alive = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+        return jnp.where(alive, x / keep, 0).astype(x.dtype)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (timm `Block`): x + attn(norm1(x)); x + mlp(norm2(x)).
+
+    Returns (x, logits); logits is None unless the attention mode asks for them. With
+    `qk_only` it returns (None, logits) after computing q and k: nothing after that is run.
+    """
+
+    num_heads: int
+    mlp_ratio: float = 4.0
+    dtype: Dtype = jnp.float32
+    drop_path: float = 0.0
+    deterministic: bool = True
+    return_logits: bool = False
+    qk_only: bool = False
+    logits_head: int | None = None
+
+    @nn.compact
+    def __call__(self, x):  # x [B, T, D]
+        dim = x.shape[-1]
+        y, logits = Attention(self.num_heads, self.dtype, self.return_logits, self.qk_only,
+                              self.logits_head, name="attn")(LayerNorm(dtype=self.dtype, name="norm1")(x))
+        if self.qk_only:
+            return None, logits
+        x = x + DropPath(self.drop_path)(y, self.deterministic)
+        y = Mlp(int(dim * self.mlp_ratio), self.dtype, name="mlp")(LayerNorm(dtype=self.dtype, name="norm2")(x))
+        x = x + DropPath(self.drop_path)(y, self.deterministic)
+        return x, logits
+
+
+class Transformer(nn.Module):
+    """A stack of `depth` blocks (params `block_0` ... `block_{depth-1}`), no final norm.
+
+    attn_block: if set, also return the pre-softmax logits of that block (0-indexed),
+      [B, H, T, T], or [B, 1, T, T] when attn_head picks one head. Only that block keeps
+      its attention weights; all others use the fused kernel.
+    stop_at_attn: return (None, logits) right after block attn_block's q and k.
+    remat: rematerialise each block in the backward pass (memory for compute).
+    drop_path: maximum stochastic-depth rate, linearly increasing over blocks (timm).
+    """
+
+    depth: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+    dtype: Dtype = jnp.float32
+    remat: bool = False
+    drop_path: float = 0.0
+
+    @nn.compact
+    def __call__(self, x, *, attn_block: int | None = None, attn_head: int | None = None,
+                 stop_at_attn: bool = False, deterministic: bool = True):
+        if attn_block is not None and not 0 <= attn_block < self.depth:
+            raise ValueError(f"attn_block must be in [0, {self.depth}), got {attn_block}")
+        if attn_head is not None and not 0 <= attn_head < self.num_heads:
+            raise ValueError(f"attn_head must be in [0, {self.num_heads}), got {attn_head}")
+        if stop_at_attn and attn_block is None:
+            raise ValueError("stop_at_attn=True needs attn_block")
+        block_cls = nn.remat(Block) if self.remat else Block
+        logits = None
+        for i in range(self.depth):
+            wanted = i == attn_block
+            rate = self.drop_path * i / max(self.depth - 1, 1)
+            x, block_logits = block_cls(
+                self.num_heads, self.mlp_ratio, self.dtype, rate, deterministic,
+                return_logits=wanted, qk_only=wanted and stop_at_attn,
+                logits_head=attn_head if wanted else None, name=f"block_{i}")(x)
+            if wanted:
+                logits = block_logits
+                if stop_at_attn:
+                    return None, logits
+        return x, logits

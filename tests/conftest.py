@@ -1,0 +1,7 @@
+import os
+import sys
+
+# Tests run on CPU; keep JAX off accelerators so numbers are reproducible in CI.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, os.path.dirname(__file__))  # for the numpy reference helpers
