@@ -1,0 +1,216 @@
+"""The config schema every recipe starts from, and its validation.
+
+Recipes in `configs/` call `base_config()` and change values; `validate(config, ...)` runs
+before anything is started and raises `ConfigError` with one line naming the key and value.
+Top-level keys (stable): seed, batch_size, total_steps, total_epochs, log_every,
+checkpoint_every, parallelism, model, data, masking, teacher, optimizer (+ a few extras
+documented inline). Integer durations use -1 for "not set".
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import ml_collections
+
+from mimjax.models.vit import VIT_VARIANTS
+
+
+class ConfigError(ValueError):
+    """A config value that cannot run; the message is one line naming key and value."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.batch_size = 4096  # global, over all processes and devices (one optimizer step)
+    c.total_steps = -1  # set exactly one of total_steps / total_epochs
+    c.total_epochs = -1
+    c.log_every = 50  # steps between metrics fetches (the only host syncs)
+    c.checkpoint_every = 1000  # steps; also at the end and on SIGTERM
+    c.keep_checkpoints = 3
+    c.snapshot_every = 0  # steps between reconstruction PNGs (0: only at the end)
+    c.parallelism = "jit"  # data-parallel jit over all devices
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "mae_vit_base_patch16"
+    c.model.img_size = 224
+    c.model.patch_size = 0  # 0: from the name; likewise width / depth / num_heads
+    c.model.width = 0
+    c.model.depth = 0
+    c.model.num_heads = 0
+    c.model.decoder_width = 512
+    c.model.decoder_depth = 8
+    c.model.decoder_heads = 16
+    c.model.norm_pix_loss = True
+    c.model.gpa_head = False  # "teacher + feature": predict the GPA map (GPA_SPEC 4)
+    c.model.gpa_head_late_start = False  # released-code quirk: head blocks only after t > 0.75
+    c.model.dtype = "float32"  # compute dtype ("bfloat16" on accelerators); params float32
+    c.model.remat = False
+
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "tfds"  # tfds | folder | embedded | embedded_faces | synthetic
+    c.data.name = "imagenet2012"  # TFDS name
+    c.data.split = "train"
+    c.data.data_dir = ""  # TFDS data_dir ("" = TFDS default)
+    c.data.manual_dir = ""  # where imagenet2012's tar files are, for its first preparation
+    c.data.folder = ""  # image folder (class-per-folder or flat)
+    c.data.synthetic_size = 1281167
+    c.data.num_examples = -1  # examples per epoch; -1: the source's length
+    c.data.prefetch = 2  # batches put on device ahead of the step
+
+    c.masking = ml_collections.ConfigDict()
+    c.masking.strategy = "random"  # random (MAE) | gpa | high (AttMask on the teacher's cls attention)
+    c.masking.mask_ratio = 0.75
+    c.masking.hard = (0.0, 0.5)  # GPA hard share at progress 0 -> 1
+    c.masking.soft = (0.3, 0.0)  # GPA soft share at progress 0 -> 1
+    c.masking.progress = "epoch"  # epoch (authors: t = epoch / epochs) | step
+
+    c.teacher = ml_collections.ConfigDict()
+    c.teacher.source = "none"  # none | checkpoint (frozen) | ema | self
+    c.teacher.path = ""  # checkpoint: a mimjax workdir or an imported teacher directory
+    c.teacher.name = "vit_base_patch16"  # architecture of a checkpoint teacher
+    c.teacher.block = 9  # GPA block, 0-indexed
+    c.teacher.head = 11  # GPA head; -1 = mean over heads
+    c.teacher.ema_momentum = 0.996
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.blr = 1.5e-4  # lr = blr * batch_size / 256
+    c.optimizer.lr = -1.0  # absolute lr, overrides blr when > 0
+    c.optimizer.min_lr = 0.0
+    c.optimizer.warmup_epochs = 40
+    c.optimizer.warmup_steps = -1  # overrides warmup_epochs when >= 0
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.95
+    c.optimizer.weight_decay = 0.05
+    c.optimizer.grad_clip = 0.0  # global-norm clipping; 0 = off
+    c.optimizer.accum_steps = 1  # gradient accumulation: micro-batches per step
+    return c
+
+
+def _schema_diff(config, schema, prefix=""):
+    """(unknown keys, missing keys) of config against schema, dotted."""
+    unknown, missing = [], []
+    for k in config.keys():
+        if k not in schema:
+            unknown.append(prefix + k)
+        elif isinstance(schema[k], ml_collections.ConfigDict):
+            u, m = _schema_diff(config[k], schema[k], f"{prefix}{k}.")
+            unknown += u
+            missing += m
+    missing += [prefix + k for k in schema.keys() if k not in config]
+    return unknown, missing
+
+
+def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Adds keys a config from an older mimjax lacks, with their defaults, and warns."""
+    schema = base_config()
+    _, missing = _schema_diff(config, schema)
+    if not missing:
+        return config
+    logging.warning("config lacks %s (older mimjax?); using the defaults", ", ".join(missing))
+    merged = schema
+    with merged.unlocked():
+        _update(merged, config)
+    return merged
+
+
+def _update(dst, src):
+    for k in src.keys():
+        if isinstance(src[k], ml_collections.ConfigDict) and k in dst:
+            _update(dst[k], src[k])
+        else:
+            dst[k] = src[k]
+
+
+def _fail(key, value, expected):
+    raise ConfigError(f"config.{key}={value!r}: expected {expected}")
+
+
+def _ratio_pair(key, pair):
+    if len(pair) != 2 or not all(0.0 <= float(v) <= 1.0 for v in pair):
+        _fail(key, tuple(pair), "a (start, end) pair of fractions in [0, 1]")
+
+
+def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_count: int = 1) -> None:
+    """Raises ConfigError for anything that cannot run; starts nothing."""
+    unknown, missing = _schema_diff(c, base_config())
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; see mimjax/config.py for the schema")
+    if missing:
+        raise ConfigError(f"config lacks key(s) {', '.join(missing)}; see mimjax/config.py")
+    if (c.total_steps > 0) == (c.total_epochs > 0):
+        _fail("total_steps", c.total_steps, f"exactly one of total_steps / total_epochs > 0 "
+              f"(total_epochs={c.total_epochs})")
+    if c.batch_size <= 0 or c.batch_size % num_devices:
+        _fail("batch_size", c.batch_size, f"a positive multiple of the {num_devices} devices")
+    if c.batch_size % (num_devices * c.optimizer.accum_steps):
+        _fail("batch_size", c.batch_size, f"divisible by devices x accum_steps = "
+              f"{num_devices} x {c.optimizer.accum_steps}")
+    for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
+        if c[key] <= 0:
+            _fail(key, c[key], "a positive integer")
+    if c.parallelism != "jit":
+        _fail("parallelism", c.parallelism, "'jit'")
+    name = c.model.name
+    if not name.startswith("mae_") or name[4:] not in VIT_VARIANTS:
+        _fail("model.name", name, f"one of {['mae_' + n for n in VIT_VARIANTS]}")
+    if c.model.dtype not in ("float32", "bfloat16", "float16"):
+        _fail("model.dtype", c.model.dtype, "float32, bfloat16 or float16")
+    patch = c.model.patch_size or VIT_VARIANTS[name[4:]][0]
+    if c.model.img_size <= 0 or c.model.img_size % patch:
+        _fail("model.img_size", c.model.img_size, f"a positive multiple of the patch size {patch}")
+    if not 0.0 < c.masking.mask_ratio < 1.0:
+        _fail("masking.mask_ratio", c.masking.mask_ratio, "a fraction in (0, 1)")
+    _ratio_pair("masking.hard", c.masking.hard)
+    _ratio_pair("masking.soft", c.masking.soft)
+    if c.masking.strategy not in ("random", "gpa", "high"):
+        _fail("masking.strategy", c.masking.strategy, "random, gpa or high")
+    if c.masking.progress not in ("epoch", "step"):
+        _fail("masking.progress", c.masking.progress, "epoch or step")
+    if c.teacher.source not in ("none", "checkpoint", "ema", "self"):
+        _fail("teacher.source", c.teacher.source, "none, checkpoint, ema or self")
+    needs_teacher = c.masking.strategy in ("gpa", "high") or c.model.gpa_head
+    if needs_teacher and c.teacher.source == "none":
+        _fail("teacher.source", "none", f"a teacher (checkpoint, ema or self) for "
+              f"masking.strategy={c.masking.strategy!r} / model.gpa_head={c.model.gpa_head}")
+    if c.teacher.source == "checkpoint":
+        if not c.teacher.path:
+            _fail("teacher.path", c.teacher.path, "the path of a teacher checkpoint (teacher.source='checkpoint')")
+        if not os.path.exists(c.teacher.path):
+            _fail("teacher.path", c.teacher.path, "an existing path (it does not exist)")
+        if c.teacher.name not in VIT_VARIANTS:
+            _fail("teacher.name", c.teacher.name, f"one of {sorted(VIT_VARIANTS)}")
+    if needs_teacher:
+        arch = c.teacher.name if c.teacher.source == "checkpoint" else name[4:]
+        _, _, depth, heads = VIT_VARIANTS[arch]
+        if c.teacher.source != "checkpoint":
+            depth, heads = c.model.depth or depth, c.model.num_heads or heads
+        if not 0 <= c.teacher.block < depth:
+            _fail("teacher.block", c.teacher.block, f"a block index in [0, {depth}) for the {arch} teacher")
+        if not -1 <= c.teacher.head < heads:
+            _fail("teacher.head", c.teacher.head, f"a head index in [0, {heads}) or -1 (mean) for the {arch} teacher")
+    if not 0.0 <= c.teacher.ema_momentum < 1.0:
+        _fail("teacher.ema_momentum", c.teacher.ema_momentum, "a value in [0, 1)")
+    if c.optimizer.accum_steps < 1:
+        _fail("optimizer.accum_steps", c.optimizer.accum_steps, "an integer >= 1")
+    if c.data.source not in ("tfds", "folder", "embedded", "embedded_faces", "synthetic"):
+        _fail("data.source", c.data.source, "tfds, folder, embedded, embedded_faces or synthetic")
+    if c.data.source == "folder" and not os.path.isdir(c.data.folder):
+        _fail("data.folder", c.data.folder, "an existing directory of images")
+
+
+def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrinks a recipe to a smoke run of the same method on the embedded photos (CPU, ~1 min)."""
+    c.batch_size = 8
+    c.total_steps, c.total_epochs = 6, -1
+    c.log_every, c.checkpoint_every = 2, 3
+    c.optimizer.warmup_epochs, c.optimizer.warmup_steps = -1, 2
+    c.model.img_size, c.model.patch_size, c.model.depth = 32, 8, 2
+    c.model.width, c.model.num_heads = 64, 4
+    c.model.decoder_width, c.model.decoder_depth, c.model.decoder_heads = 32, 2, 4
+    c.model.remat = False
+    c.data.source = "embedded"
+    if c.teacher.source != "checkpoint":
+        c.teacher.block, c.teacher.head = min(c.teacher.block, 1), min(c.teacher.head, 3)
+    return c

@@ -1,0 +1,102 @@
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from mimjax import config as config_lib, optim
+from mimjax.models import init_mae, mae
+
+
+def mae_lr(step, steps_per_epoch, lr, min_lr, warmup_epochs, epochs):
+    """MAE util/lr_sched.adjust_learning_rate, with epoch = step / steps_per_epoch."""
+    epoch = step / steps_per_epoch
+    if epoch < warmup_epochs:
+        return lr * epoch / warmup_epochs
+    return min_lr + (lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup_epochs) / (epochs - warmup_epochs)))
+
+
+def test_lr_schedule_matches_mae():
+    c = config_lib.base_config().optimizer
+    c.min_lr = 1e-6
+    spe, epochs, warm = 10, 30, 4
+    fn = optim.lr_schedule(c, 512, epochs * spe, warm * spe)
+    peak = 1.5e-4 * 512 / 256
+    for s in [0, 1, 17, 39, 40, 41, 150, 299]:
+        assert float(fn(s)) == pytest.approx(mae_lr(s, spe, peak, 1e-6, warm, epochs), rel=1e-5, abs=1e-12)
+
+
+def test_weight_decay_mask():
+    params = init_mae(mae("mae_vit_tiny_patch16", img_size=32, patch_size=8, depth=1,
+                          decoder_depth=1, decoder_width=32, decoder_heads=4), jax.random.key(0))
+    mask = optim.decay_mask(params)
+    assert mask["encoder"]["blocks"]["block_0"]["mlp"]["fc1"]["kernel"]
+    assert mask["encoder"]["patch_embed"]["kernel"]
+    assert not mask["encoder"]["blocks"]["block_0"]["mlp"]["fc1"]["bias"]
+    assert not mask["encoder"]["blocks"]["block_0"]["attn"]["query"]["bias"]  # [H, hd] bias: no decay
+    assert not mask["encoder"]["norm"]["scale"]
+    assert not mask["encoder"]["cls_token"] and not mask["mask_token"]
+
+
+def valid():
+    c = config_lib.base_config()
+    c.total_steps = 10
+    c.batch_size = 8
+    c.data.source = "embedded"
+    return c
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda c: setattr(c.masking, "mask_ratio", 1.2), r"config.masking.mask_ratio=1.2: expected a fraction in \(0, 1\)"),
+    (lambda c: setattr(c, "batch_size", 6), r"config.batch_size=6: expected a positive multiple of the 4 devices"),
+    (lambda c: (setattr(c.teacher, "source", "checkpoint"), setattr(c.masking, "strategy", "gpa")),
+     r"config.teacher.path='': expected the path of a teacher checkpoint"),
+    (lambda c: (setattr(c.teacher, "source", "checkpoint"), setattr(c.teacher, "path", "/nonexistent/x"),
+                setattr(c.masking, "strategy", "gpa")), r"config.teacher.path='/nonexistent/x': expected an existing path"),
+    (lambda c: setattr(c.masking, "strategy", "gpa"), r"config.teacher.source='none': expected a teacher"),
+    (lambda c: (setattr(c.teacher, "source", "ema"), setattr(c.masking, "strategy", "gpa"),
+                setattr(c.teacher, "block", 12)), r"config.teacher.block=12: expected a block index in \[0, 12\)"),
+    (lambda c: setattr(c, "total_epochs", 3), "exactly one of total_steps / total_epochs"),
+    (lambda c: setattr(c.model, "img_size", 100), r"config.model.img_size=100: expected a positive multiple of the patch size 16"),
+])
+def test_validation_errors(change, match):
+    c = valid()
+    config_lib.validate(c, num_devices=4)
+    change(c)
+    with pytest.raises(config_lib.ConfigError, match=match):
+        config_lib.validate(c, num_devices=4)
+
+
+def test_unknown_key_and_old_config():
+    c = valid()
+    with c.unlocked():
+        c.model.widht = 3
+    with pytest.raises(config_lib.ConfigError, match=r"unknown config key\(s\) model.widht"):
+        config_lib.validate(c)
+    old = valid()
+    with old.unlocked():
+        del old.masking["progress"]
+    with pytest.raises(config_lib.ConfigError, match="lacks key"):
+        config_lib.validate(old)
+    filled = config_lib.fill_missing(old)
+    config_lib.validate(filled)
+    assert filled.masking.progress == "epoch" and filled.total_steps == 10
+
+
+@pytest.mark.parametrize("spec", ["mae.py:vit_base_patch16", "mae.py:vit_huge_patch14", "gpa_mae.py:vit_base_patch16",
+                                  "gpa_mae.py:vit_base_patch16,feature", "gpa_mae.py:vit_small_patch16,runlocal",
+                                  "mae.py:vit_tiny_patch16,runlocal", "demo.py", "demo.py:mae"])
+def test_shipped_configs_validate(spec, tmp_path):
+    import importlib.util
+    import os
+    path, _, arg = spec.partition(":")
+    mod_spec = importlib.util.spec_from_file_location("cfg", os.path.join(os.path.dirname(__file__), "..", "configs", path))
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    c = mod.get_config(arg or None)
+    if c.teacher.source == "checkpoint":
+        c.teacher.path = str(tmp_path)
+    config_lib.validate(c, num_devices=1)
+    assert isinstance(c, ml_collections.ConfigDict)
