@@ -8,6 +8,7 @@ documented inline). Integer durations use -1 for "not set".
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -132,6 +133,33 @@ def _ratio_pair(key, pair):
         _fail(key, tuple(pair), "a (start, end) pair of fractions in [0, 1]")
 
 
+def model_config_of_workdir(path: str):
+    """The `model` section of a mimjax workdir's config.json, or None if there is none."""
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        return None
+    with open(cfg_path) as f:
+        return ml_collections.ConfigDict(json.load(f)["model"])
+
+
+def encoder_dims(mc) -> tuple[int, int]:
+    """(depth, num_heads) of the encoder a `model` config section describes."""
+    _, _, depth, heads = VIT_VARIANTS[mc.name[len("mae_"):]]
+    return mc.get("depth") or depth, mc.get("num_heads") or heads
+
+
+def teacher_arch(c) -> tuple[str, int, int]:
+    """(description, depth, heads) of the teacher: a checkpoint workdir's own encoder,
+    the named ViT for an imported checkpoint, else the student's encoder."""
+    if c.teacher.source == "checkpoint":
+        mc = model_config_of_workdir(c.teacher.path)
+        if mc is not None:
+            return f"workdir {c.teacher.path!r}", *encoder_dims(mc)
+        _, _, depth, heads = VIT_VARIANTS[c.teacher.name]
+        return c.teacher.name, depth, heads
+    return "student", *encoder_dims(c.model)
+
+
 def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_count: int = 1) -> None:
     """Raises ConfigError for anything that cannot run; starts nothing."""
     unknown, missing = _schema_diff(c, base_config())
@@ -182,10 +210,7 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_coun
         if c.teacher.name not in VIT_VARIANTS:
             _fail("teacher.name", c.teacher.name, f"one of {sorted(VIT_VARIANTS)}")
     if needs_teacher:
-        arch = c.teacher.name if c.teacher.source == "checkpoint" else name[4:]
-        _, _, depth, heads = VIT_VARIANTS[arch]
-        if c.teacher.source != "checkpoint":
-            depth, heads = c.model.depth or depth, c.model.num_heads or heads
+        arch, depth, heads = teacher_arch(c)
         if not 0 <= c.teacher.block < depth:
             _fail("teacher.block", c.teacher.block, f"a block index in [0, {depth}) for the {arch} teacher")
         if not -1 <= c.teacher.head < heads:

@@ -1,9 +1,7 @@
 import math
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import pytest
 
 from mimjax import config as config_lib, optim

@@ -8,7 +8,6 @@ The mask comes from outside (`mimjax.masking`), so any masking strategy plugs in
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -150,3 +149,13 @@ def mae(name: str, **overrides) -> MAE:
     _check_overrides(MAE, name, {k: v for k, v in mae_over.items()})
     encoder = VisionTransformer(**{**vit_kwargs(name[len("mae_"):]), **enc_over})
     return MAE(encoder=encoder, **{**MAE_DEFAULTS, **mae_over})
+
+
+def mae_from_config(mc) -> MAE:
+    """The MAE a `model` config section (mimjax/config.py) describes."""
+    over = dict(img_size=mc.img_size, dtype=jnp.dtype(mc.dtype), remat=mc.remat,
+                norm_pix_loss=mc.norm_pix_loss, gpa_head=mc.gpa_head,
+                gpa_head_late_start=mc.gpa_head_late_start, decoder_width=mc.decoder_width,
+                decoder_depth=mc.decoder_depth, decoder_heads=mc.decoder_heads)
+    over.update({k: mc[k] for k in ("patch_size", "width", "depth", "num_heads") if mc.get(k)})
+    return mae(mc.name, **over)
