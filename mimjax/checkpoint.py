@@ -9,6 +9,8 @@ truncated) is reported by name and the previous one is tried; nothing is deleted
 from __future__ import annotations
 
 import logging
+
+log = logging.getLogger("mimjax")
 import os
 
 import orbax.checkpoint as ocp
@@ -38,7 +40,7 @@ class Checkpointer:
                     state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
                 return step, out["state"], out["data"]
             except Exception as e:  # noqa: BLE001 - any failure means this step is unusable
-                logging.warning("checkpoint step %d in %s could not be restored (%s: %s); "
+                log.warning("checkpoint step %d in %s could not be restored (%s: %s); "
                                 "trying the previous one", step, self.directory, type(e).__name__, e)
         return None
 

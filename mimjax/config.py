@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+
+log = logging.getLogger("mimjax")
 import os
 
 import ml_collections
@@ -109,7 +111,7 @@ def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     _, missing = _schema_diff(config, schema)
     if not missing:
         return config
-    logging.warning("config lacks %s (older mimjax?); using the defaults", ", ".join(missing))
+    log.warning("config lacks %s (older mimjax?); using the defaults", ", ".join(missing))
     merged = schema
     with merged.unlocked():
         _update(merged, config)

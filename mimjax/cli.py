@@ -1,0 +1,28 @@
+"""`mimjax <command>`: train (pre-training). Flags follow big_vision / the Flax examples:
+absl flags with an ml_collections config file, `--config path.py:arg --config.key=value`."""
+from __future__ import annotations
+
+import sys
+
+USAGE = """usage: mimjax <command> [flags]
+
+commands:
+  train   pre-train MAE / GPA-MAE: mimjax train --config configs/demo.py --workdir workdirs/demo
+"""
+
+
+def main(argv=None):
+    argv = list(sys.argv if argv is None else argv)
+    if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if len(argv) >= 2 else 2
+    command = argv[1]
+    if command == "train":
+        from mimjax import train_main
+        return train_main.run([argv[0] + " train"] + argv[2:])
+    print(f"mimjax: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""MAE / GPA-MAE pre-training, read top to bottom (big_vision style):
+config -> devices -> input -> model, teacher, optimizer -> train step -> restore -> loop.
+
+    mimjax train --config configs/demo.py --workdir workdirs/demo
+    python -m mimjax.train --config configs/gpa_mae.py:vit_base_patch16 --workdir W \
+        --config.batch_size=256
+
+Writes W/config.json, W/metrics.jsonl, W/tb/ (TensorBoard), W/checkpoints/<step>/,
+W/snapshots/*.png. Restarting the same command resumes from the latest complete checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+log = logging.getLogger("mimjax")
+import math
+import os
+import signal
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from mimjax import config as config_lib
+from mimjax import data, masking, metrics, optim, teacher as teacher_lib, visualize
+from mimjax.checkpoint import Checkpointer
+from mimjax.models import MAE, init_mae, mae_from_config
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar: optimizer steps taken
+    params: Any
+    opt_state: Any
+    ema_params: Any  # the EMA teacher's encoder params, or {} for other teachers
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """Durations in steps, resolved from epochs where the config gives epochs."""
+
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    total_epochs: float
+
+    @classmethod
+    def from_config(cls, c, num_examples: int):
+        spe = max(num_examples // c.batch_size, 1)
+        total = c.total_steps if c.total_steps > 0 else c.total_epochs * spe
+        warm = c.optimizer.warmup_steps if c.optimizer.warmup_steps >= 0 else c.optimizer.warmup_epochs * spe
+        return cls(spe, int(total), int(min(warm, total)), total / spe)
+
+    def progress(self, step, mode: str):
+        """Masking progress t in [0, 1]: epoch / epochs (authors) or step / total_steps."""
+        if mode == "epoch":
+            return (step // self.steps_per_epoch) / max(math.ceil(self.total_epochs), 1)
+        return step / self.total_steps
+
+
+def make_mask(cfg, key, scores, num_patches: int, batch: int, progress):
+    mk = cfg.masking
+    if mk.strategy == "gpa":
+        return masking.gpa_mask(key, scores, progress, mask_ratio=mk.mask_ratio,
+                                hard=tuple(mk.hard), soft=tuple(mk.soft))
+    if mk.strategy == "high":
+        return masking.high_mask(scores, mk.mask_ratio)
+    return masking.random_mask(key, batch, num_patches, mk.mask_ratio)
+
+
+def uses_teacher(cfg) -> bool:
+    return cfg.masking.strategy in ("gpa", "high") or cfg.model.gpa_head
+
+
+def teacher_params(cfg, state: TrainState, frozen):
+    """The teacher's weights this step: frozen checkpoint, EMA copy, or the student's own."""
+    if not uses_teacher(cfg):
+        return None
+    return {"checkpoint": lambda: frozen, "ema": lambda: state.ema_params,
+            "self": lambda: state.params["encoder"]}[cfg.teacher.source]()
+
+
+def teacher_scores(cfg, teacher, tparams, images):
+    """Teacher scores [B, N] for the masking / GPA head, or None without a teacher."""
+    if tparams is None:
+        return None
+    strategy = "high" if cfg.masking.strategy == "high" else "gpa"
+    return teacher_lib.scores(teacher, tparams, images, cfg.teacher, strategy)
+
+
+def make_train_step(cfg, model: MAE, teacher, tx, lr_fn, schedule: Schedule):
+    """(state, batch, teacher_params, key) -> (state, metrics); pure, jitted by the caller."""
+    accum, n = cfg.optimizer.accum_steps, model.encoder.num_patches
+
+    def step_fn(state: TrainState, batch, frozen_teacher, base_key):
+        key = jax.random.fold_in(base_key, state.step)
+        progress = schedule.progress(state.step, cfg.masking.progress)
+        images = batch["image"]  # [B, H, W, 3]
+        micro = images.reshape(accum, images.shape[0] // accum, *images.shape[1:])
+        tparams = teacher_params(cfg, state, frozen_teacher)
+
+        def micro_step(grad_sum, xs):
+            imgs, i = xs  # [b, H, W, 3], micro-batch index
+            k_mask, k_drop = jax.random.split(jax.random.fold_in(key, i))
+            g = teacher_scores(cfg, teacher, tparams, imgs)  # [b, N] or None
+            mask = make_mask(cfg, k_mask, g, n, imgs.shape[0], progress)
+
+            def loss_fn(params):
+                out = model.apply({"params": params}, imgs, mask, gpa_target=g if model.gpa_head else None,
+                                  progress=progress, train=True, rngs={"dropout": k_drop})
+                return out["loss"], out
+
+            (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+            m = {k: out[k] for k in ("loss", "pixel_loss", "gpa_loss")}
+            return jax.tree.map(jnp.add, grad_sum, grads), m
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        grads, ms = jax.lax.scan(micro_step, zeros, (micro, jnp.arange(accum)))
+        grads = jax.tree.map(lambda g: g / accum, grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = state.ema_params
+        if cfg.teacher.source == "ema":
+            ema = teacher_lib.ema_update(ema, params["encoder"], cfg.teacher.ema_momentum)
+        n_hard, n_soft, n_random = masking.mask_counts(progress, n, cfg.masking.mask_ratio,
+                                                       tuple(cfg.masking.hard), tuple(cfg.masking.soft))
+        metrics_ = {k: v.mean() for k, v in ms.items()}
+        metrics_.update(lr=lr_fn(state.step), grad_norm=optax.tree.norm(grads), progress=progress)
+        if cfg.masking.strategy == "gpa":
+            metrics_.update(n_hard=n_hard, n_soft=n_soft, n_random=n_random)
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema), metrics_
+
+    return step_fn
+
+
+def make_snapshot_fn(cfg, model: MAE, teacher):
+    """(params, teacher_params, images, key, progress) -> arrays for a reconstruction PNG."""
+    n = model.encoder.num_patches
+
+    def snapshot(state, frozen_teacher, images, key, progress):
+        g = teacher_scores(cfg, teacher, teacher_params(cfg, state, frozen_teacher), images)
+        mask = make_mask(cfg, key, g, n, images.shape[0], progress)
+        late = make_mask(cfg, key, g, n, images.shape[0], 1.0)  # the mask at the end of training
+        out = model.apply({"params": state.params}, images, mask,
+                          gpa_target=g if model.gpa_head else None, progress=progress, train=False)
+        return dict(pred=out["pred"], mask=mask.mask, gpa=g, late_mask=late.mask)
+
+    return snapshot
+
+
+class _Preemption:
+    """SIGTERM sets a flag the loop checks between steps (save, then exit 0)."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        log.warning("SIGTERM received: saving a checkpoint and exiting")
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._old)
+
+
+def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Runs (or resumes) pre-training; returns the last logged metrics."""
+    # --- Config and devices -------------------------------------------------------
+    cfg = config_lib.fill_missing(cfg)
+    devices = jax.devices()
+    config_lib.validate(cfg, num_devices=len(devices), process_count=jax.process_count())
+    workdir = os.path.abspath(workdir)
+    is_main = jax.process_index() == 0
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        if is_main:
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                f.write(cfg.to_json_best_effort(indent=2))
+    except OSError as e:
+        raise config_lib.ConfigError(f"workdir {workdir!r} is not writable: {e}") from e
+    mesh = Mesh(np.asarray(devices), ("data",))
+    replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+    # --- Input --------------------------------------------------------------------
+    model = mae_from_config(cfg.model)
+    enc = model.encoder
+    it = data.make_iterator(cfg.data, img_size=enc.img_size, global_batch_size=cfg.batch_size,
+                            seed=cfg.seed, process_index=jax.process_index(),
+                            process_count=jax.process_count())
+    num_examples = cfg.data.num_examples if cfg.data.num_examples > 0 else it.num_records
+    schedule = Schedule.from_config(cfg, num_examples)
+
+    # --- Model, teacher, optimizer --------------------------------------------------
+    teacher = teacher_lib.teacher_model(cfg, enc)
+    frozen_teacher = None
+    if uses_teacher(cfg) and cfg.teacher.source == "checkpoint":
+        frozen_teacher = jax.device_put(teacher_lib.load_checkpoint_params(cfg.teacher.path, teacher), replicated)
+    lr_fn = optim.lr_schedule(cfg.optimizer, cfg.batch_size, schedule.total_steps, schedule.warmup_steps)
+    tx = optim.make_optimizer(cfg.optimizer, lr_fn)
+    root_key = jax.random.key(cfg.seed)
+    init_key, step_key, snap_key = jax.random.split(root_key, 3)
+
+    def init_state():
+        params = init_mae(model, init_key)
+        ema = jax.tree.map(jnp.copy, params["encoder"]) if cfg.teacher.source == "ema" else {}
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), ema_params=ema)
+
+    abstract = jax.eval_shape(init_state)
+    state_sharding = jax.tree.map(lambda _: replicated, abstract)
+    step_fn = jax.jit(make_train_step(cfg, model, teacher, tx, lr_fn, schedule),
+                      in_shardings=(state_sharding, batch_sharding, replicated, replicated),
+                      out_shardings=(state_sharding, replicated), donate_argnums=(0,))
+    snapshot_fn = jax.jit(make_snapshot_fn(cfg, model, teacher))
+
+    # --- Restore or initialise ------------------------------------------------------
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
+    abstract_sharded = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                    abstract, state_sharding)
+    restored = ckpt.restore_latest(abstract_sharded)
+    if restored is not None:
+        start, state, data_state = restored
+        it.set_state(data_state)
+        log.info("resumed from step %d in %s", start, ckpt.directory)
+    else:
+        start = 0
+        state = jax.jit(init_state, out_shardings=state_sharding)()
+    if start >= schedule.total_steps:
+        log.info("nothing to do: step %d >= total_steps %d", start, schedule.total_steps)
+    batches = data.DevicePrefetcher(it, cfg.data.prefetch, batch_sharding)
+
+    # --- Loop -----------------------------------------------------------------------
+    writer = metrics.MetricWriter(workdir, enabled=is_main)
+    bar = metrics.ProgressBar(schedule.total_steps, start, enabled=is_main)
+    throughput = metrics.Throughput(cfg.batch_size)
+    preempt = _Preemption()
+    pending, last, snap_images, step = [], {}, None, start
+    n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
+    log.info("model %s: %.1fM params, %d patches; %d steps (%d/epoch), batch %d on %d device(s)",
+                 cfg.model.name, n_params / 1e6, enc.num_patches, schedule.total_steps,
+                 schedule.steps_per_epoch, cfg.batch_size, len(devices))
+
+    def save(step, force=False):
+        ckpt.save(step, state, batches.get_state(), force=force)
+
+    def write_snapshot(step):
+        if not is_main or snap_images is None:
+            return
+        progress = schedule.progress(step, cfg.masking.progress)
+        out = jax.device_get(snapshot_fn(state, frozen_teacher, snap_images, snap_key, progress))
+        grid = visualize.reconstruction_grid(
+            np.asarray(jax.device_get(snap_images)), out["pred"], out["mask"], patch_size=enc.patch_size,
+            norm_pix_loss=cfg.model.norm_pix_loss, gpa=out["gpa"], mask_at_progress=out["late_mask"],
+            upscale=max(1, 128 // enc.img_size))
+        visualize.save_png(os.path.join(workdir, "snapshots", f"step_{step:07d}.png"), grid)
+        writer.write_image(step, "reconstruction", grid)
+
+    try:
+        throughput.start(step)
+        while step < schedule.total_steps and not preempt.requested:
+            batch = next(batches)
+            if snap_images is None:
+                snap_images = batch["image"][: min(4, cfg.batch_size)]
+            state, m = step_fn(state, batch, frozen_teacher, step_key)
+            step += 1
+            pending.append(m)
+            if step % cfg.log_every == 0 or step == schedule.total_steps:
+                host = jax.device_get(pending)  # the only host sync: every log_every steps
+                last = {k: float(np.mean([p[k] for p in host])) for k in host[0]}
+                last["images_per_sec"] = throughput.update(step)
+                last["epoch"] = step / schedule.steps_per_epoch
+                last["skipped_images"] = batches.num_skipped
+                writer.write(step, last)
+                bar.update(step, images_per_sec=last["images_per_sec"], loss=last["loss"])
+                pending = []
+            if step % cfg.checkpoint_every == 0 and step < schedule.total_steps:
+                save(step)
+            if cfg.snapshot_every and step % cfg.snapshot_every == 0:
+                write_snapshot(step)
+        if step > start or restored is None:
+            save(step, force=True)
+        write_snapshot(step)
+        if is_main and os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+            visualize.plot_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "curves.png"))
+    finally:
+        ckpt.wait()
+        ckpt.close()
+        writer.close()
+        bar.close()
+        preempt.restore()
+    if preempt.requested:
+        log.warning("preempted at step %d: checkpoint saved in %s", step, ckpt.directory)
+    return last
+
+
+if __name__ == "__main__":  # python -m mimjax.train --config ... --workdir ...
+    import sys
+
+    from mimjax import train_main
+
+    train_main.run(sys.argv)

@@ -1,0 +1,144 @@
+"""End-to-end pre-training on CPU: tiny configs of the real recipes, a few steps each."""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from mimjax import config as config_lib, metrics, train
+from mimjax.checkpoint import load_params
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny(strategy="gpa", teacher="ema", gpa_head=True, steps=4):
+    c = config_lib.runlocal(config_lib.base_config())
+    c.total_steps = steps
+    c.masking.strategy = strategy
+    c.masking.progress = "step"
+    c.teacher.source = teacher
+    c.teacher.block, c.teacher.head = 1, 2
+    c.model.gpa_head = gpa_head
+    return c
+
+
+def read_jsonl(workdir):
+    return metrics.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+
+
+@pytest.mark.slow
+def test_gpa_mae_trains_and_writes_everything(tmp_path):
+    c = tiny()
+    c.snapshot_every = 2
+    train.train(c, str(tmp_path))
+    rows = read_jsonl(tmp_path)
+    assert [r["step"] for r in rows] == [2, 4]
+    for key in ("loss", "pixel_loss", "gpa_loss", "lr", "images_per_sec", "grad_norm", "n_hard", "n_soft", "n_random"):
+        assert key in rows[-1]
+    assert rows[-1]["gpa_loss"] > 0
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "4"]
+    assert os.path.exists(tmp_path / "snapshots" / "step_0000004.png")
+    assert os.path.exists(tmp_path / "curves.png")
+    assert json.load(open(tmp_path / "config.json"))["masking"]["strategy"] == "gpa"
+    assert any(f.startswith("events") for f in os.listdir(tmp_path / "tb"))
+
+
+@pytest.mark.slow
+def test_resume_after_sigterm_equals_uninterrupted(tmp_path, monkeypatch):
+    c = tiny(steps=6)
+    c.log_every = 1
+    c.checkpoint_every = 100
+    train.train(c, str(tmp_path / "straight"))
+    straight = load_params(str(tmp_path / "straight" / "checkpoints"))
+
+    write = metrics.MetricWriter.write
+
+    def write_then_preempt(self, step, scalars):  # a preemption notice arriving after step 2
+        write(self, step, scalars)
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(metrics.MetricWriter, "write", write_then_preempt)
+    train.train(c, str(tmp_path / "resumed"))
+    assert sorted(os.listdir(tmp_path / "resumed" / "checkpoints")) == ["2"]
+    monkeypatch.setattr(metrics.MetricWriter, "write", write)
+    train.train(c, str(tmp_path / "resumed"))
+    resumed = load_params(str(tmp_path / "resumed" / "checkpoints"))
+    jax.tree.map(np.testing.assert_array_equal, straight, resumed)
+    steps = [r["step"] for r in read_jsonl(tmp_path / "resumed")]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.slow
+def test_overfits_a_fixed_batch():
+    c = tiny(strategy="random", teacher="none", gpa_head=False, steps=60)
+    c.optimizer.lr, c.optimizer.warmup_steps, c.optimizer.weight_decay = 3e-3, 5, 0.0
+    c.model.norm_pix_loss = False
+    model = train.mae_from_config(c.model)
+    sched = train.Schedule.from_config(c, 1000)
+    lr_fn = train.optim.lr_schedule(c.optimizer, c.batch_size, sched.total_steps, sched.warmup_steps)
+    tx = train.optim.make_optimizer(c.optimizer, lr_fn)
+    params = train.init_mae(model, jax.random.key(0))
+    state = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), {})
+    step = jax.jit(train.make_train_step(c, model, None, tx, lr_fn, sched))
+    it = train.data.make_iterator(c.data, img_size=32, global_batch_size=8, seed=0)
+    images = {"image": jnp.asarray(next(it)["image"])}  # one batch of real photo crops
+    losses = []
+    for _ in range(60):  # one batch again and again (masks differ per step)
+        state, m = step(state, images, None, jax.random.key(2))
+        losses.append(float(m["loss"]))
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
+
+
+@pytest.mark.slow
+def test_checkpoint_teacher_from_an_mae_workdir(tmp_path):
+    mae_cfg = tiny(strategy="random", teacher="none", gpa_head=False, steps=2)
+    train.train(mae_cfg, str(tmp_path / "mae"))
+    c = tiny(teacher="checkpoint", gpa_head=False, steps=2)
+    c.teacher.path = str(tmp_path / "mae")
+    last = train.train(c, str(tmp_path / "gpa"))
+    assert np.isfinite(last["loss"])
+
+
+@pytest.mark.slow
+def test_image_folder_with_corrupt_file_trains_and_counts_skip(tmp_path, caplog):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        Image.fromarray(rng.integers(0, 255, (40, 48, 3), np.uint8)).save(folder / f"img{i}.png")
+    (folder / "broken.jpg").write_bytes(b"not a jpeg at all")
+    c = tiny(strategy="random", teacher="none", gpa_head=False, steps=2)
+    c.data.source, c.data.folder = "folder", str(folder)
+    train.train(c, str(tmp_path / "run"))
+    assert "broken.jpg" in caplog.text
+
+
+@pytest.mark.slow
+def test_tfds_mock_data_trains(tmp_path):
+    import tensorflow_datasets as tfds
+
+    c = tiny(strategy="random", teacher="none", gpa_head=False, steps=2)
+    c.data.source, c.data.name = "tfds", "imagenet2012"
+    with tfds.testing.mock_data(num_examples=32, policy=tfds.testing.MockPolicy.USE_CODE):
+        last = train.train(c, str(tmp_path))
+    assert np.isfinite(last["loss"])
+
+
+def run_cli(*args, cwd=REPO):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", "mimjax.cli", *args], capture_output=True, text=True, cwd=cwd, env=env)
+
+
+def test_cli_config_error_is_one_line_and_starts_nothing(tmp_path):
+    out = run_cli("train", "--config", "configs/demo.py", "--workdir", str(tmp_path / "w"),
+                  "--config.masking.mask_ratio=1.5")
+    assert out.returncode == 2
+    assert "config error: config.masking.mask_ratio=1.5: expected a fraction in (0, 1)" in out.stderr
+    assert not (tmp_path / "w").exists()
