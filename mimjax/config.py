@@ -33,7 +33,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every = 1000  # steps; also at the end and on SIGTERM
     c.keep_checkpoints = 3
     c.snapshot_every = 0  # steps between reconstruction PNGs (0: only at the end)
-    c.parallelism = "jit"  # data-parallel jit over all devices
+    c.parallelism = ml_collections.ConfigDict()
+    c.parallelism.mode = "jit"  # jit: mesh + sharding rules (mimjax/sharding.py) | pmap: replicated data-parallel
+    c.parallelism.data = -1  # mesh axis sizes for jit; -1 = all remaining devices
+    c.parallelism.fsdp = 1  # parameters + optimizer state sharded over this axis
+    c.parallelism.model = 1  # tensor parallel (attention heads, MLP hidden)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "mae_vit_base_patch16"
@@ -172,16 +176,25 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_coun
     if (c.total_steps > 0) == (c.total_epochs > 0):
         _fail("total_steps", c.total_steps, f"exactly one of total_steps / total_epochs > 0 "
               f"(total_epochs={c.total_epochs})")
-    if c.batch_size <= 0 or c.batch_size % num_devices:
-        _fail("batch_size", c.batch_size, f"a positive multiple of the {num_devices} devices")
-    if c.batch_size % (num_devices * c.optimizer.accum_steps):
-        _fail("batch_size", c.batch_size, f"divisible by devices x accum_steps = "
-              f"{num_devices} x {c.optimizer.accum_steps}")
+    pc = c.parallelism
+    if pc.mode not in ("jit", "pmap"):
+        _fail("parallelism.mode", pc.mode, "'jit' or 'pmap'")
+    if pc.mode == "pmap" and (pc.fsdp, pc.model) != (1, 1):
+        _fail("parallelism.mode", pc.mode, "fsdp = model = 1 (pmap replicates the state); use 'jit' for FSDP")
+    from mimjax.sharding import mesh_shape  # jax-free arithmetic; avoids an import cycle at load
+
+    try:
+        data, fsdp, _ = mesh_shape(pc, num_devices)
+    except ValueError as e:
+        raise ConfigError(f"config.parallelism: {e}") from None
+    batch_devices = data * fsdp if pc.mode == "jit" else num_devices
+    step_split = batch_devices * c.optimizer.accum_steps
+    if c.batch_size <= 0 or c.batch_size % step_split or c.batch_size % process_count:
+        _fail("batch_size", c.batch_size, f"a positive multiple of the {batch_devices} devices the batch is split over"
+              f" x {c.optimizer.accum_steps} accumulation steps, and of the {process_count} processes")
     for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
         if c[key] <= 0:
             _fail(key, c[key], "a positive integer")
-    if c.parallelism != "jit":
-        _fail("parallelism", c.parallelism, "'jit'")
     name = c.model.name
     if not name.startswith("mae_") or name[4:] not in VIT_VARIANTS:
         _fail("model.name", name, f"one of {['mae_' + n for n in VIT_VARIANTS]}")

@@ -25,10 +25,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
 from mimjax import config as config_lib
-from mimjax import data, masking, metrics, optim, teacher as teacher_lib, visualize
+from mimjax import data, masking, metrics, optim, parallel, teacher as teacher_lib, visualize
 from mimjax.checkpoint import Checkpointer
 from mimjax.models import MAE, init_mae, mae_from_config
 
@@ -64,14 +62,20 @@ class Schedule:
         return step / self.total_steps
 
 
-def make_mask(cfg, key, scores, num_patches: int, batch: int, progress):
+def make_mask(cfg, key, scores, num_patches: int, image_ids, progress) -> masking.Mask:
+    """Masks for a batch; image i's randomness is fold_in(key, image_ids[i]), its position in
+    the global batch, so masks do not depend on device count, sharding or accumulation."""
     mk = cfg.masking
-    if mk.strategy == "gpa":
-        return masking.gpa_mask(key, scores, progress, mask_ratio=mk.mask_ratio,
-                                hard=tuple(mk.hard), soft=tuple(mk.soft))
     if mk.strategy == "high":
         return masking.high_mask(scores, mk.mask_ratio)
-    return masking.random_mask(key, batch, num_patches, mk.mask_ratio)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(image_ids)  # [b] keys
+    if mk.strategy == "gpa":
+        one = lambda k, s: masking.gpa_mask(k, s[None], progress, mask_ratio=mk.mask_ratio,
+                                            hard=tuple(mk.hard), soft=tuple(mk.soft))
+        m = jax.vmap(one)(keys, scores)
+    else:
+        m = jax.vmap(lambda k: masking.random_mask(k, 1, num_patches, mk.mask_ratio))(keys)
+    return jax.tree.map(lambda a: a[:, 0], m)  # [b, 1, ...] -> [b, ...]
 
 
 def uses_teacher(cfg) -> bool:
@@ -94,26 +98,33 @@ def teacher_scores(cfg, teacher, tparams, images):
     return teacher_lib.scores(teacher, tparams, images, cfg.teacher, strategy)
 
 
-def make_train_step(cfg, model: MAE, teacher, tx, lr_fn, schedule: Schedule):
-    """(state, batch, teacher_params, key) -> (state, metrics); pure, jitted by the caller."""
+def make_train_step(cfg, model: MAE, teacher, tx, lr_fn, schedule: Schedule, axis_name=None):
+    """(state, batch, teacher_params, key) -> (state, metrics); pure, jitted by the caller.
+
+    With axis_name (pmap), the batch is this device's share, and gradients and metrics
+    are averaged over the axis."""
     accum, n = cfg.optimizer.accum_steps, model.encoder.num_patches
 
     def step_fn(state: TrainState, batch, frozen_teacher, base_key):
         key = jax.random.fold_in(base_key, state.step)
+        k_mask, k_drop = jax.random.split(key)
         progress = schedule.progress(state.step, cfg.masking.progress)
-        images = batch["image"]  # [B, H, W, 3]
-        micro = images.reshape(accum, images.shape[0] // accum, *images.shape[1:])
+        images = batch["image"]  # [B, H, W, 3] (this device's [B / devices, ...] under pmap)
+        b = images.shape[0] // accum
+        micro = images.reshape(accum, b, *images.shape[1:])
+        offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * images.shape[0]
+        if axis_name is not None:
+            k_drop = jax.random.fold_in(k_drop, jax.lax.axis_index(axis_name))
         tparams = teacher_params(cfg, state, frozen_teacher)
 
         def micro_step(grad_sum, xs):
             imgs, i = xs  # [b, H, W, 3], micro-batch index
-            k_mask, k_drop = jax.random.split(jax.random.fold_in(key, i))
             g = teacher_scores(cfg, teacher, tparams, imgs)  # [b, N] or None
-            mask = make_mask(cfg, k_mask, g, n, imgs.shape[0], progress)
+            mask = make_mask(cfg, k_mask, g, n, offset + i * b + jnp.arange(b), progress)
 
             def loss_fn(params):
                 out = model.apply({"params": params}, imgs, mask, gpa_target=g if model.gpa_head else None,
-                                  progress=progress, train=True, rngs={"dropout": k_drop})
+                                  progress=progress, train=True, rngs={"dropout": jax.random.fold_in(k_drop, i)})
                 return out["loss"], out
 
             (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -123,6 +134,9 @@ def make_train_step(cfg, model: MAE, teacher, tx, lr_fn, schedule: Schedule):
         zeros = jax.tree.map(jnp.zeros_like, state.params)
         grads, ms = jax.lax.scan(micro_step, zeros, (micro, jnp.arange(accum)))
         grads = jax.tree.map(lambda g: g / accum, grads)
+        metrics_ = {k: v.mean() for k, v in ms.items()}
+        if axis_name is not None:
+            grads, metrics_ = jax.lax.pmean((grads, metrics_), axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = state.ema_params
@@ -130,7 +144,6 @@ def make_train_step(cfg, model: MAE, teacher, tx, lr_fn, schedule: Schedule):
             ema = teacher_lib.ema_update(ema, params["encoder"], cfg.teacher.ema_momentum)
         n_hard, n_soft, n_random = masking.mask_counts(progress, n, cfg.masking.mask_ratio,
                                                        tuple(cfg.masking.hard), tuple(cfg.masking.soft))
-        metrics_ = {k: v.mean() for k, v in ms.items()}
         metrics_.update(lr=lr_fn(state.step), grad_norm=optax.tree.norm(grads), progress=progress)
         if cfg.masking.strategy == "gpa":
             metrics_.update(n_hard=n_hard, n_soft=n_soft, n_random=n_random)
@@ -145,8 +158,9 @@ def make_snapshot_fn(cfg, model: MAE, teacher):
 
     def snapshot(state, frozen_teacher, images, key, progress):
         g = teacher_scores(cfg, teacher, teacher_params(cfg, state, frozen_teacher), images)
-        mask = make_mask(cfg, key, g, n, images.shape[0], progress)
-        late = make_mask(cfg, key, g, n, images.shape[0], 1.0)  # the mask at the end of training
+        ids = jnp.arange(images.shape[0])
+        mask = make_mask(cfg, key, g, n, ids, progress)
+        late = make_mask(cfg, key, g, n, ids, 1.0)  # the mask at the end of training
         out = model.apply({"params": state.params}, images, mask,
                           gpa_target=g if model.gpa_head else None, progress=progress, train=False)
         return dict(pred=out["pred"], mask=mask.mask, gpa=g, late_mask=late.mask)
@@ -184,9 +198,6 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 f.write(cfg.to_json_best_effort(indent=2))
     except OSError as e:
         raise config_lib.ConfigError(f"workdir {workdir!r} is not writable: {e}") from e
-    mesh = Mesh(np.asarray(devices), ("data",))
-    replicated, batch_sharding = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-
     # --- Input --------------------------------------------------------------------
     model = mae_from_config(cfg.model)
     enc = model.encoder
@@ -198,9 +209,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 
     # --- Model, teacher, optimizer --------------------------------------------------
     teacher = teacher_lib.teacher_model(cfg, enc)
-    frozen_teacher = None
+    frozen_teacher = None  # uncommitted arrays: replicated by jit and broadcast by pmap
     if uses_teacher(cfg) and cfg.teacher.source == "checkpoint":
-        frozen_teacher = jax.device_put(teacher_lib.load_checkpoint_params(cfg.teacher.path, teacher), replicated)
+        frozen_teacher = teacher_lib.load_checkpoint_params(cfg.teacher.path, teacher)
     lr_fn = optim.lr_schedule(cfg.optimizer, cfg.batch_size, schedule.total_steps, schedule.warmup_steps)
     tx = optim.make_optimizer(cfg.optimizer, lr_fn)
     root_key = jax.random.key(cfg.seed)
@@ -212,49 +223,52 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), ema_params=ema)
 
     abstract = jax.eval_shape(init_state)
-    state_sharding = jax.tree.map(lambda _: replicated, abstract)
-    step_fn = jax.jit(make_train_step(cfg, model, teacher, tx, lr_fn, schedule),
-                      in_shardings=(state_sharding, batch_sharding, replicated, replicated),
-                      out_shardings=(state_sharding, replicated), donate_argnums=(0,))
-    snapshot_fn = jax.jit(make_snapshot_fn(cfg, model, teacher))
+    par = parallel.make(cfg.parallelism, abstract)
+    step_fn = par.compile_step(lambda axis: make_train_step(cfg, model, teacher, tx, lr_fn, schedule, axis))
+    snapshot_fn = jax.jit(make_snapshot_fn(cfg, model, teacher), out_shardings=par.replicated)
 
     # --- Restore or initialise ------------------------------------------------------
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
     abstract_sharded = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                    abstract, state_sharding)
+                                    abstract, par.state_sharding)
     restored = ckpt.restore_latest(abstract_sharded)
     if restored is not None:
         start, state, data_state = restored
+        state = par.from_global(state)
         it.set_state(data_state)
         log.info("resumed from step %d in %s", start, ckpt.directory)
     else:
         start = 0
-        state = jax.jit(init_state, out_shardings=state_sharding)()
+        state = par.init_state(init_state)
     if start >= schedule.total_steps:
         log.info("nothing to do: step %d >= total_steps %d", start, schedule.total_steps)
-    batches = data.DevicePrefetcher(it, cfg.data.prefetch, batch_sharding)
+    batches = data.DevicePrefetcher(it, cfg.data.prefetch, put=par.put_batch)
+    # A fixed set of images for the PNGs, the same on every process.
+    snap_images = next(data.make_iterator(cfg.data, img_size=enc.img_size, global_batch_size=min(4, cfg.batch_size),
+                                          seed=cfg.seed + 1))["image"]
 
     # --- Loop -----------------------------------------------------------------------
     writer = metrics.MetricWriter(workdir, enabled=is_main)
     bar = metrics.ProgressBar(schedule.total_steps, start, enabled=is_main)
     throughput = metrics.Throughput(cfg.batch_size)
     preempt = _Preemption()
-    pending, last, snap_images, step = [], {}, None, start
+    pending, last, step = [], {}, start
     n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
     log.info("model %s: %.1fM params, %d patches; %d steps (%d/epoch), batch %d on %d device(s)",
                  cfg.model.name, n_params / 1e6, enc.num_patches, schedule.total_steps,
                  schedule.steps_per_epoch, cfg.batch_size, len(devices))
 
     def save(step, force=False):
-        ckpt.save(step, state, batches.get_state(), force=force)
+        ckpt.save(step, par.to_global(state), batches.get_state(), force=force)
 
-    def write_snapshot(step):
-        if not is_main or snap_images is None:
-            return
+    def write_snapshot(step):  # every process computes (collectives), process 0 writes
         progress = schedule.progress(step, cfg.masking.progress)
-        out = jax.device_get(snapshot_fn(state, frozen_teacher, snap_images, snap_key, progress))
+        out = snapshot_fn(par.to_global(state), frozen_teacher, snap_images, snap_key, progress)
+        if not is_main:
+            return
+        out = jax.tree.map(np.asarray, out)
         grid = visualize.reconstruction_grid(
-            np.asarray(jax.device_get(snap_images)), out["pred"], out["mask"], patch_size=enc.patch_size,
+            snap_images, out["pred"], out["mask"], patch_size=enc.patch_size,
             norm_pix_loss=cfg.model.norm_pix_loss, gpa=out["gpa"], mask_at_progress=out["late_mask"],
             upscale=max(1, 128 // enc.img_size))
         visualize.save_png(os.path.join(workdir, "snapshots", f"step_{step:07d}.png"), grid)
@@ -263,14 +277,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     try:
         throughput.start(step)
         while step < schedule.total_steps and not preempt.requested:
-            batch = next(batches)
-            if snap_images is None:
-                snap_images = batch["image"][: min(4, cfg.batch_size)]
-            state, m = step_fn(state, batch, frozen_teacher, step_key)
+            state, m = step_fn(state, next(batches), frozen_teacher, step_key)
             step += 1
             pending.append(m)
             if step % cfg.log_every == 0 or step == schedule.total_steps:
-                host = jax.device_get(pending)  # the only host sync: every log_every steps
+                host = jax.device_get([par.host_metrics(p) for p in pending])  # the only host sync
                 last = {k: float(np.mean([p[k] for p in host])) for k in host[0]}
                 last["images_per_sec"] = throughput.update(step)
                 last["epoch"] = step / schedule.steps_per_epoch

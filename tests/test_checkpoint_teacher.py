@@ -7,7 +7,7 @@ import pytest
 
 from mimjax import masking, teacher as teacher_lib
 from mimjax.checkpoint import Checkpointer, load_params
-from mimjax.models import mae, vit
+from mimjax.models import vit
 
 
 def tiny_params(width=32):

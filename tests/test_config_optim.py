@@ -48,7 +48,7 @@ def valid():
 
 @pytest.mark.parametrize("change, match", [
     (lambda c: setattr(c.masking, "mask_ratio", 1.2), r"config.masking.mask_ratio=1.2: expected a fraction in \(0, 1\)"),
-    (lambda c: setattr(c, "batch_size", 6), r"config.batch_size=6: expected a positive multiple of the 4 devices"),
+    (lambda c: setattr(c, "batch_size", 6), r"config.batch_size=6: expected a positive multiple of the 4 devices the batch is split over"),
     (lambda c: (setattr(c.teacher, "source", "checkpoint"), setattr(c.masking, "strategy", "gpa")),
      r"config.teacher.path='': expected the path of a teacher checkpoint"),
     (lambda c: (setattr(c.teacher, "source", "checkpoint"), setattr(c.teacher, "path", "/nonexistent/x"),
@@ -57,6 +57,8 @@ def valid():
     (lambda c: (setattr(c.teacher, "source", "ema"), setattr(c.masking, "strategy", "gpa"),
                 setattr(c.teacher, "block", 12)), r"config.teacher.block=12: expected a block index in \[0, 12\)"),
     (lambda c: setattr(c, "total_epochs", 3), "exactly one of total_steps / total_epochs"),
+    (lambda c: setattr(c.parallelism, "fsdp", 3), r"config.parallelism: parallelism data x fsdp x model = \(-1, 3, 1\) does not fit 4 devices"),
+    (lambda c: (setattr(c.parallelism, "mode", "pmap"), setattr(c.parallelism, "fsdp", 2)), "pmap replicates the state"),
     (lambda c: setattr(c.model, "img_size", 100), r"config.model.img_size=100: expected a positive multiple of the patch size 16"),
 ])
 def test_validation_errors(change, match):

@@ -155,3 +155,14 @@ def test_epochs_reshuffle():
     e1, e2 = next(it)["label"], next(it)["label"]
     assert e1.sum() == e2.sum() == 100 and not np.array_equal(e1, e2)
     assert math.isclose(len(e1), 200)
+
+
+def test_two_processes_read_disjoint_halves_of_the_same_global_batches():
+    c = data_cfg(source="embedded")
+    single = make_iterator(c, img_size=16, global_batch_size=8, seed=5)
+    halves = [make_iterator(c, img_size=16, global_batch_size=8, seed=5, process_index=p, process_count=2)
+              for p in (0, 1)]
+    for _ in range(3):
+        want = next(single)["image"]
+        got = np.concatenate([next(h)["image"] for h in halves])
+        np.testing.assert_array_equal(got, want)
