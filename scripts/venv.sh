@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the quick-start scripts: make ./.venv with the pinned requirements and mimjax
 # (editable) installed, and activate it. Re-installs only when requirements.txt or
 # setup.cfg changed since the last install.
