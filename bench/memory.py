@@ -32,7 +32,7 @@ def step_memory(size: str, batch: int, remat: bool, gpa: bool, dtype: str) -> di
 
     def init():
         p = train.init_mae(model, jax.random.key(0))
-        return train.TrainState(jnp.zeros((), jnp.int32), p, tx.init(p), {})
+        return train.TrainState.create(p, tx)
 
     state = jax.eval_shape(init)
     images = jax.ShapeDtypeStruct((batch, 224, 224, 3), jnp.float32)

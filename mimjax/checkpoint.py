@@ -4,7 +4,9 @@
 (JSON), so a resumed run sees exactly the batches it would have seen. Orbax finalises a
 step atomically (a temporary directory renamed when complete), so a run killed mid-save
 resumes from the previous complete step. A step that fails to restore (corrupted,
-truncated) is reported by name and the previous one is tried; nothing is deleted.
+truncated) is reported by name, moved aside to `<step>.unreadable` (not deleted, so it can
+be inspected, and out of the way of the step being saved again), and the previous one is
+tried. Orbax removes old steps (keep) only after a new one is finalised.
 """
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ import logging
 log = logging.getLogger("mimjax")
 import os
 
+import jax
 import orbax.checkpoint as ocp
+from jax.experimental.multihost_utils import sync_global_devices
 
 
 class Checkpointer:
@@ -40,8 +44,14 @@ class Checkpointer:
                     state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
                 return step, out["state"], out["data"]
             except Exception as e:  # noqa: BLE001 - any failure means this step is unusable
-                log.warning("checkpoint step %d in %s could not be restored (%s: %s); "
-                                "trying the previous one", step, self.directory, type(e).__name__, e)
+                aside = os.path.join(self.directory, f"{step}.unreadable")
+                log.warning("checkpoint step %d in %s could not be restored (%s: %s); moved it to %s "
+                            "and trying the previous one", step, self.directory, type(e).__name__,
+                            str(e)[:300], aside)
+                if jax.process_index() == 0:
+                    os.replace(os.path.join(self.directory, str(step)), aside)
+                sync_global_devices(f"mimjax_quarantine_{step}")
+                self.manager.reload()
         return None
 
     def wait(self):

@@ -92,6 +92,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.weight_decay = 0.05
     c.optimizer.grad_clip = 0.0  # global-norm clipping; 0 = off
     c.optimizer.accum_steps = 1  # gradient accumulation: micro-batches per step
+    c.optimizer.nonfinite = "halt"  # non-finite loss/grads: halt (stop, keep last good checkpoint) | skip
     return c
 
 
@@ -232,6 +233,8 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_coun
             _fail("teacher.head", c.teacher.head, f"a head index in [0, {heads}) or -1 (mean) for the {arch} teacher")
     if not 0.0 <= c.teacher.ema_momentum < 1.0:
         _fail("teacher.ema_momentum", c.teacher.ema_momentum, "a value in [0, 1)")
+    if c.optimizer.nonfinite not in ("halt", "skip"):
+        _fail("optimizer.nonfinite", c.optimizer.nonfinite, "halt or skip")
     if c.optimizer.accum_steps < 1:
         _fail("optimizer.accum_steps", c.optimizer.accum_steps, "an integer >= 1")
     if c.data.source not in ("tfds", "folder", "embedded", "embedded_faces", "synthetic"):

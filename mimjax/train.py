@@ -37,6 +37,18 @@ class TrainState:
     params: Any
     opt_state: Any
     ema_params: Any  # the EMA teacher's encoder params, or {} for other teachers
+    nonfinite_steps: jax.Array  # int32: steps whose loss or gradients were not finite (update skipped)
+    first_nonfinite_step: jax.Array  # int32: the first such step, -1 if none
+
+    @classmethod
+    def create(cls, params, tx, ema_params=None):
+        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                   ema_params={} if ema_params is None else ema_params,
+                   nonfinite_steps=jnp.zeros((), jnp.int32), first_nonfinite_step=-jnp.ones((), jnp.int32))
+
+
+class NonFiniteError(RuntimeError):
+    """Raised (optimizer.nonfinite = 'halt') when a step's loss or gradients were not finite."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,12 +154,22 @@ def make_train_step(cfg, model: MAE, teacher, tx, lr_fn, schedule: Schedule, axi
         ema = state.ema_params
         if cfg.teacher.source == "ema":
             ema = teacher_lib.ema_update(ema, params["encoder"], cfg.teacher.ema_momentum)
+        # A non-finite loss or gradient never reaches the weights: the update is skipped and
+        # counted; with optimizer.nonfinite = "halt" the loop then stops (see `train`).
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(metrics_["loss"]) & jnp.isfinite(grad_norm)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        params, opt_state, ema = keep((params, opt_state, ema), (state.params, state.opt_state, state.ema_params))
+        nonfinite = state.nonfinite_steps + (~finite).astype(jnp.int32)
+        first_bad = jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step, state.first_nonfinite_step)
         n_hard, n_soft, n_random = masking.mask_counts(progress, n, cfg.masking.mask_ratio,
                                                        tuple(cfg.masking.hard), tuple(cfg.masking.soft))
-        metrics_.update(lr=lr_fn(state.step), grad_norm=optax.tree.norm(grads), progress=progress)
+        metrics_.update(lr=lr_fn(state.step), grad_norm=grad_norm, progress=progress, nonfinite_steps=nonfinite)
         if cfg.masking.strategy == "gpa":
             metrics_.update(n_hard=n_hard, n_soft=n_soft, n_random=n_random)
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema), metrics_
+        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
+                            nonfinite_steps=nonfinite, first_nonfinite_step=first_bad)
+        return new, metrics_
 
     return step_fn
 
@@ -219,8 +241,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 
     def init_state():
         params = init_mae(model, init_key)
-        ema = jax.tree.map(jnp.copy, params["encoder"]) if cfg.teacher.source == "ema" else {}
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params), ema_params=ema)
+        ema = jax.tree.map(jnp.copy, params["encoder"]) if cfg.teacher.source == "ema" else None
+        return TrainState.create(params, tx, ema)
 
     abstract = jax.eval_shape(init_state)
     par = parallel.make(cfg.parallelism, abstract)
@@ -258,7 +280,20 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                  cfg.model.name, n_params / 1e6, enc.num_patches, schedule.total_steps,
                  schedule.steps_per_epoch, cfg.batch_size, len(devices))
 
+    def check_finite():  # one scalar sync, at checkpoints only
+        if cfg.optimizer.nonfinite != "halt":
+            return
+        g = par.to_global(state)
+        if int(jax.device_get(g.nonfinite_steps)):
+            good = ckpt.latest_step()
+            raise NonFiniteError(
+                f"non-finite loss or gradients at step {int(jax.device_get(g.first_nonfinite_step)) + 1} "
+                f"(optimizer.nonfinite='halt'); the weights were not updated with them. Last good checkpoint: "
+                f"{os.path.join(ckpt.directory, str(good)) if good is not None else 'none'} (kept). "
+                f"Lower the learning rate, enable optimizer.grad_clip, or set optimizer.nonfinite='skip'.")
+
     def save(step, force=False):
+        check_finite()
         ckpt.save(step, par.to_global(state), batches.get_state(), force=force)
 
     def write_snapshot(step):  # every process computes (collectives), process 0 writes
@@ -287,6 +322,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 last["epoch"] = step / schedule.steps_per_epoch
                 last["skipped_images"] = batches.num_skipped
                 writer.write(step, last)
+                if last["nonfinite_steps"] and cfg.optimizer.nonfinite == "halt":
+                    check_finite()
                 bar.update(step, images_per_sec=last["images_per_sec"], loss=last["loss"])
                 pending = []
             if step % cfg.checkpoint_every == 0 and step < schedule.total_steps:

@@ -66,6 +66,9 @@ def _main(argv):
     except ConfigError as e:
         print(f"mimjax: config error: {e}", file=sys.stderr)
         sys.exit(2)
+    except train.NonFiniteError as e:
+        print(f"mimjax: {e}", file=sys.stderr)
+        sys.exit(3)
 
 
 def run(argv):

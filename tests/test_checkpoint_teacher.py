@@ -34,7 +34,7 @@ def test_save_restore_and_fallback_from_a_corrupted_latest_step(tmp_path, caplog
     step, restored, data_state = ckpt.restore_latest(abstract)
     assert step == 1 and data_state == {"position": 1}
     assert "step 2" in caplog.text
-    assert os.path.isdir(tmp_path / "2")  # nothing deleted
+    assert os.path.isdir(tmp_path / "2.unreadable") and not os.path.exists(tmp_path / "2")  # moved aside
     ckpt.close()
 
 

@@ -85,7 +85,7 @@ def test_overfits_a_fixed_batch():
     lr_fn = train.optim.lr_schedule(c.optimizer, c.batch_size, sched.total_steps, sched.warmup_steps)
     tx = train.optim.make_optimizer(c.optimizer, lr_fn)
     params = train.init_mae(model, jax.random.key(0))
-    state = train.TrainState(jnp.zeros((), jnp.int32), params, tx.init(params), {})
+    state = train.TrainState.create(params, tx)
     step = jax.jit(train.make_train_step(c, model, None, tx, lr_fn, sched))
     it = train.data.make_iterator(c.data, img_size=32, global_batch_size=8, seed=0)
     images = {"image": jnp.asarray(next(it)["image"])}  # one batch of real photo crops

@@ -1,0 +1,161 @@
+"""Faults: kill -9, SIGTERM, corrupted checkpoints, non-finite steps, unwritable workdirs."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mimjax import config as config_lib, data, metrics, train
+from mimjax.checkpoint import load_params
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = "configs/gpa_mae.py:vit_tiny_patch16,runlocal"
+
+
+def start(workdir, steps, *extra):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    cmd = [sys.executable, "-m", "mimjax.cli", "train", "--config", CONFIG, "--workdir", str(workdir),
+           f"--config.total_steps={steps}", "--config.log_every=1", "--config.checkpoint_every=1", *extra]
+    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_step(workdir, step, proc, timeout=300):
+    path = os.path.join(workdir, "metrics.jsonl")
+    t0 = time.time()
+    while time.time() - t0 < timeout and proc.poll() is None:
+        if os.path.exists(path) and any(r["step"] >= step for r in metrics.read_metrics(path)):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"step {step} never logged: {proc.stderr.read()[-2000:] if proc.poll() is not None else ''}")
+
+
+def finish(workdir, steps):
+    p = start(workdir, steps)
+    assert p.wait(timeout=600) == 0, p.stderr.read()[-3000:]
+    return load_params(os.path.join(workdir, "checkpoints"))
+
+
+@pytest.mark.slow
+def test_kill_9_anywhere_then_restart_gives_bitwise_the_same_weights(tmp_path):
+    want = finish(tmp_path / "straight", 7)
+    # Kill right after steps are logged: with a checkpoint every step and async saving,
+    # these land during steps and during checkpoint writes.
+    for i, kill_at in enumerate([1, 3, 5]):
+        wd = tmp_path / f"killed{i}"
+        p = start(wd, 7)
+        wait_for_step(wd, kill_at, p)
+        time.sleep(0.05 * i)
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        got = finish(wd, 7)
+        jax.tree.map(np.testing.assert_array_equal, want, got)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_the_current_step_and_exits_0(tmp_path):
+    p = start(tmp_path, 1000, "--config.checkpoint_every=100000")
+    wait_for_step(tmp_path, 2, p)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=120) == 0, p.stderr.read()[-2000:]
+    last_logged = metrics.read_metrics(str(tmp_path / "metrics.jsonl"))[-1]["step"]
+    assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints")) == [last_logged]
+
+
+def tiny(steps):
+    c = config_lib.runlocal(config_lib.base_config())
+    c.total_steps, c.log_every, c.checkpoint_every = steps, 1, 2
+    return c
+
+
+@pytest.mark.slow
+def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+    c = tiny(6)
+    train.train(c, str(tmp_path / "straight"))
+    c.total_steps = 4
+    train.train(c, str(tmp_path / "run"))
+    ckdir = tmp_path / "run" / "checkpoints"
+    for root, _, files in os.walk(ckdir / "4" / "state"):
+        for f in files:  # flip bytes in every file of the newest step
+            with open(os.path.join(root, f), "r+b") as fh:
+                head = fh.read(64)
+                fh.seek(0)
+                fh.write(bytes(b ^ 0xFF for b in head))
+    c.total_steps = 6
+    train.train(c, str(tmp_path / "run"))
+    assert "checkpoint step 4" in caplog.text and "could not be restored" in caplog.text
+    assert os.path.isdir(ckdir / "4.unreadable") and os.path.isdir(ckdir / "6")
+    want = load_params(str(tmp_path / "straight" / "checkpoints"))
+    jax.tree.map(np.testing.assert_array_equal, want, load_params(str(ckdir)))
+
+
+def poison_third_batch(monkeypatch):
+    make = data.make_iterator
+
+    def poisoned(*args, **kwargs):
+        it = make(*args, **kwargs)
+        inner, count = it._it, [0]
+
+        class Poison:
+            def __next__(self):
+                batch = next(inner)
+                count[0] += 1
+                if count[0] == 3:
+                    batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
+                return batch
+
+            get_state, set_state = inner.get_state, inner.set_state
+
+        it._it = Poison()
+        return it
+
+    monkeypatch.setattr(data, "make_iterator", poisoned)
+
+
+@pytest.mark.slow
+def test_nonfinite_halt_names_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    poison_third_batch(monkeypatch)
+    with pytest.raises(train.NonFiniteError, match=r"non-finite loss or gradients at step 3 .*"
+                                                  r"Last good checkpoint: .*checkpoints/2 \(kept\)"):
+        train.train(tiny(6), str(tmp_path))
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+    params = load_params(str(tmp_path / "checkpoints"))
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+@pytest.mark.slow
+def test_nonfinite_skip_counts_and_goes_on(tmp_path, monkeypatch):
+    poison_third_batch(monkeypatch)
+    c = tiny(5)
+    c.optimizer.nonfinite = "skip"
+    train.train(c, str(tmp_path))
+    rows = metrics.read_metrics(str(tmp_path / "metrics.jsonl"))
+    assert [r["nonfinite_steps"] for r in rows] == [0, 0, 1, 1, 1]
+    assert rows[2]["loss"] is None and rows[3]["loss"] is not None
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(load_params(str(tmp_path / "checkpoints"))))
+
+
+def test_unwritable_workdir_is_refused_before_anything_starts(tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(config_lib.ConfigError, match="is not writable"):
+        train.train(tiny(2), str(tmp_path / "a_file" / "run"))
+    assert (tmp_path / "a_file").read_text() == "x"
+
+
+def test_skipped_update_leaves_weights_untouched():
+    c = tiny(4)
+    c.optimizer.nonfinite = "skip"
+    model = train.mae_from_config(c.model)
+    sched = train.Schedule.from_config(c, 100)
+    lr_fn = train.optim.lr_schedule(c.optimizer, 8, 4, 0)
+    tx = train.optim.make_optimizer(c.optimizer, lr_fn)
+    state = train.TrainState.create(train.init_mae(model, jax.random.key(0)), tx)
+    step = jax.jit(train.make_train_step(c, model, None, tx, lr_fn, sched))
+    bad = {"image": jnp.full((8, 32, 32, 3), jnp.nan)}
+    new, m = step(state, bad, None, jax.random.key(1))
+    jax.tree.map(np.testing.assert_array_equal, new.params, state.params)
+    assert int(new.nonfinite_steps) == 1 and int(new.first_nonfinite_step) == 0 and int(new.step) == 1
