@@ -8,6 +8,8 @@ USAGE = """usage: mimjax <command> [flags]
 
 commands:
   train   pre-train MAE / GPA-MAE: mimjax train --config configs/demo.py --workdir workdirs/demo
+  export  weights for PyTorch:     mimjax export --workdir W --format timm|mae --out F.safetensors
+  import  a PyTorch checkpoint:    mimjax import --in mae_pretrain_vit_base.pth --out DIR
 """
 
 
@@ -20,6 +22,9 @@ def main(argv=None):
     if command == "train":
         from mimjax import train_main
         return train_main.run([argv[0] + " train"] + argv[2:])
+    if command in ("export", "import"):
+        from mimjax import interop_main
+        return interop_main.main(command, argv[2:])
     print(f"mimjax: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -149,21 +149,21 @@ def model_config_of_workdir(path: str):
         return ml_collections.ConfigDict(json.load(f)["model"])
 
 
-def encoder_dims(mc) -> tuple[int, int]:
-    """(depth, num_heads) of the encoder a `model` config section describes."""
-    _, _, depth, heads = VIT_VARIANTS[mc.name[len("mae_"):]]
-    return mc.get("depth") or depth, mc.get("num_heads") or heads
+def encoder_dims(mc) -> tuple[int, int, int]:
+    """(depth, num_heads, patch_size) of the encoder a `model` config section describes."""
+    patch, _, depth, heads = VIT_VARIANTS[mc.name[len("mae_"):]]
+    return mc.get("depth") or depth, mc.get("num_heads") or heads, mc.get("patch_size") or patch
 
 
-def teacher_arch(c) -> tuple[str, int, int]:
-    """(description, depth, heads) of the teacher: a checkpoint workdir's own encoder,
+def teacher_arch(c) -> tuple[str, int, int, int]:
+    """(description, depth, heads, patch) of the teacher: a checkpoint workdir's own encoder,
     the named ViT for an imported checkpoint, else the student's encoder."""
     if c.teacher.source == "checkpoint":
         mc = model_config_of_workdir(c.teacher.path)
         if mc is not None:
             return f"workdir {c.teacher.path!r}", *encoder_dims(mc)
-        _, _, depth, heads = VIT_VARIANTS[c.teacher.name]
-        return c.teacher.name, depth, heads
+        patch, _, depth, heads = VIT_VARIANTS[c.teacher.name]
+        return c.teacher.name, depth, heads, patch
     return "student", *encoder_dims(c.model)
 
 
@@ -226,7 +226,11 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_coun
         if c.teacher.name not in VIT_VARIANTS:
             _fail("teacher.name", c.teacher.name, f"one of {sorted(VIT_VARIANTS)}")
     if needs_teacher:
-        arch, depth, heads = teacher_arch(c)
+        arch, depth, heads, teacher_patch = teacher_arch(c)
+        if teacher_patch != patch:
+            _fail("teacher.path" if c.teacher.source == "checkpoint" else "teacher.source", c.teacher.path or
+                  c.teacher.source, f"a teacher with the student's patch size {patch} (the {arch} teacher has "
+                  f"{teacher_patch}): GPA scores are per student patch")
         if not 0 <= c.teacher.block < depth:
             _fail("teacher.block", c.teacher.block, f"a block index in [0, {depth}) for the {arch} teacher")
         if not -1 <= c.teacher.head < heads:

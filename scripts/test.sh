@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Installs mimjax and its pinned dependencies into ./.venv (if needed) and runs the tests.
+# Installs mimjax, its pinned dependencies and the PyTorch interop extras (for the
+# timm/MAE parity tests) into ./.venv (if needed) and runs the tests.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export MIMJAX_TORCH=1 HF_HUB_OFFLINE=1
 source scripts/venv.sh
 python -m pytest -q "$@" || rc=$?
 rc=${rc:-0}

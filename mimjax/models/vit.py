@@ -53,14 +53,20 @@ class VisionTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, images, *, ids_keep=None, attn_block: int | None = None,
-                 attn_head: int | None = None, stop_at_attn: bool = False, train: bool = False):
+                 attn_head: int | None = None, stop_at_attn: bool = False, train: bool = False,
+                 pool: str | None = None):
         """images: float [B, H, W, 3] (H = W = img_size).
 
         ids_keep: optional int32 [B, K], the patches to encode (MAE visible tokens).
         attn_block / attn_head / stop_at_attn: see `Transformer`.
-        Returns tokens [B, 1+K, D] after the final LayerNorm; with attn_block, the pair
-        (tokens, logits [B, H or 1, 1+K, 1+K]); with stop_at_attn, only the logits.
+        pool: None -> tokens [B, 1+K, D] after the final LayerNorm; "token" -> the normed cls
+        token [B, D] (timm global_pool='token'); "avg" -> LayerNorm of the mean patch token
+        [B, D] (timm global_pool='avg', MAE fine-tuning's fc_norm; the same norm parameters).
+        With attn_block, the pair (output, logits [B, H or 1, 1+K, 1+K]); with stop_at_attn,
+        only the logits.
         """
+        if pool not in (None, "token", "avg"):
+            raise ValueError(f"pool must be None, 'token' or 'avg', got {pool!r}")
         if images.ndim != 4 or images.shape[1:3] != (self.img_size, self.img_size):
             raise ValueError(f"images must be [B, {self.img_size}, {self.img_size}, C], "
                              f"got shape {images.shape}")
@@ -86,7 +92,10 @@ class VisionTransformer(nn.Module):
             deterministic=not train)
         if stop_at_attn:
             return logits
-        x = LayerNorm(dtype=self.dtype, name="norm")(x)
+        norm = LayerNorm(dtype=self.dtype, name="norm")
+        x = norm(x[:, 1:].mean(axis=1)) if pool == "avg" else norm(x)
+        if pool == "token":
+            x = x[:, 0]
         return x if attn_block is None else (x, logits)
 
 

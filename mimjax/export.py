@@ -1,0 +1,279 @@
+"""PyTorch interop: mimjax params <-> timm `VisionTransformer` and official MAE
+`MaskedAutoencoderViT` state dicts (REFERENCE.md "timm VisionTransformer state dict").
+
+Flax -> PyTorch: Dense kernel [in, out] -> weight [out, in]; conv kernel HWIO -> OIHW;
+q/k/v kernels [D, H, hd] -> one qkv weight [3D, D] (q, k, v stacked); out kernel [H, hd, D]
+-> proj weight [D, D]; LayerNorm scale -> weight. Position embeddings are the fixed 2-D
+sin-cos tables (not parameters in mimjax); they are written for timm/MAE and, on import,
+checked against the table (a learned one, e.g. a supervised timm ViT, is reported).
+
+State dicts here are dicts of numpy arrays; files are `.safetensors` (no pickle) with a
+JSON sidecar, or `.pth` on request. Nothing here imports torch except `.pth` I/O.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import numpy as np
+
+from mimjax.models.layers import posemb_sincos_2d
+from mimjax.models.vit import VIT_VARIANTS
+
+log = logging.getLogger("mimjax")
+
+_BLOCK_NORMS = ("norm1", "norm2")
+
+
+def _ln(p):
+    return {"weight": p["scale"], "bias": p["bias"]}
+
+
+def _block_to_torch(b) -> dict:
+    """One mimjax block -> timm block keys (without the `blocks.{i}.` prefix)."""
+    a = b["attn"]
+    d = a["query"]["kernel"].shape[0]
+    out = {}
+    for n in _BLOCK_NORMS:
+        out.update({f"{n}.{k}": v for k, v in _ln(b[n]).items()})
+    out["attn.qkv.weight"] = np.concatenate([a[n]["kernel"].reshape(d, d).T for n in ("query", "key", "value")])
+    out["attn.qkv.bias"] = np.concatenate([a[n]["bias"].reshape(d) for n in ("query", "key", "value")])
+    out["attn.proj.weight"] = a["out"]["kernel"].reshape(d, d).T
+    out["attn.proj.bias"] = a["out"]["bias"]
+    for fc in ("fc1", "fc2"):
+        out[f"mlp.{fc}.weight"] = b["mlp"][fc]["kernel"].T
+        out[f"mlp.{fc}.bias"] = b["mlp"][fc]["bias"]
+    return out
+
+
+def _block_from_torch(sd, prefix: str, heads: int) -> dict:
+    w = lambda k: np.asarray(sd[prefix + k])
+    d = w("attn.proj.weight").shape[0]
+    hd = d // heads
+    qkv_w, qkv_b = np.split(w("attn.qkv.weight"), 3), np.split(w("attn.qkv.bias"), 3)
+    attn = {n: {"kernel": qkv_w[i].T.reshape(d, heads, hd), "bias": qkv_b[i].reshape(heads, hd)}
+            for i, n in enumerate(("query", "key", "value"))}
+    attn["out"] = {"kernel": w("attn.proj.weight").T.reshape(heads, hd, d), "bias": w("attn.proj.bias")}
+    b = {n: {"scale": w(f"{n}.weight"), "bias": w(f"{n}.bias")} for n in _BLOCK_NORMS}
+    b["attn"] = attn
+    b["mlp"] = {fc: {"kernel": w(f"mlp.{fc}.weight").T, "bias": w(f"mlp.{fc}.bias")} for fc in ("fc1", "fc2")}
+    return b
+
+
+def _np(tree):
+    return {k: _np(v) for k, v in tree.items()} if isinstance(tree, dict) else np.asarray(tree, np.float32)
+
+
+def _encoder_params(params):
+    params = _np(params)
+    return params["encoder"] if "encoder" in params else params
+
+
+def _grid(params_enc, img_size: int) -> tuple[int, int]:
+    p = params_enc["patch_embed"]["kernel"].shape[0]
+    if img_size % p:
+        raise ValueError(f"img_size={img_size} is not divisible by the patch size {p}")
+    return p, img_size // p
+
+
+def to_timm_state_dict(params, name: str, *, img_size: int = 224, global_pool: str = "token") -> dict:
+    """Encoder params (or full MAE params) -> timm VisionTransformer state dict (no head).
+
+    global_pool 'token' writes `norm.*`; 'avg' writes `fc_norm.*` (timm's avg-pool layout,
+    matching the encoder's pool='avg'). `name` (e.g. 'vit_base_patch16') must be a known
+    size; custom widths/depths export the same way (timm's VisionTransformer(**kwargs))."""
+    if global_pool not in ("token", "avg"):
+        raise ValueError(f"global_pool must be 'token' or 'avg', got {global_pool!r}")
+    enc = _encoder_params(params)
+    if name not in VIT_VARIANTS:
+        raise ValueError(f"unknown ViT name {name!r}; expected one of {sorted(VIT_VARIANTS)}")
+    p, grid = _grid(enc, img_size)
+    d = enc["cls_token"].shape[-1]
+    sd = {"cls_token": enc["cls_token"], "pos_embed": posemb_sincos_2d(grid, grid, d)[None],
+          "patch_embed.proj.weight": enc["patch_embed"]["kernel"].transpose(3, 2, 0, 1),
+          "patch_embed.proj.bias": enc["patch_embed"]["bias"]}
+    i = 0
+    while f"block_{i}" in enc["blocks"]:
+        sd.update({f"blocks.{i}.{k}": v for k, v in _block_to_torch(enc["blocks"][f"block_{i}"]).items()})
+        i += 1
+    norm = "norm" if global_pool == "token" else "fc_norm"
+    sd.update({f"{norm}.{k}": v for k, v in _ln(enc["norm"]).items()})
+    return {k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()}
+
+
+def to_mae_state_dict(params, name: str, *, img_size: int = 224) -> dict:
+    """Full MAE params -> official `MaskedAutoencoderViT` state dict (encoder, mask token,
+    decoder, pixel head). The GPA head has no place in that layout and is not written."""
+    params = _np(params)
+    if "decoder_blocks" not in params:
+        raise ValueError("to_mae_state_dict needs full MAE params (encoder + decoder), got encoder params")
+    sd = to_timm_state_dict(params, name, img_size=img_size)
+    _, grid = _grid(params["encoder"], img_size)
+    dd = params["mask_token"].shape[-1]
+    sd.update({"mask_token": params["mask_token"], "decoder_pos_embed": posemb_sincos_2d(grid, grid, dd)[None],
+               "decoder_embed.weight": params["decoder_embed"]["kernel"].T,
+               "decoder_embed.bias": params["decoder_embed"]["bias"],
+               "decoder_pred.weight": params["decoder_pred"]["kernel"].T,
+               "decoder_pred.bias": params["decoder_pred"]["bias"]})
+    sd.update({f"decoder_norm.{k}": v for k, v in _ln(params["decoder_norm"]).items()})
+    dec = params["decoder_blocks"]
+    i = 0
+    while f"block_{i}" in dec:
+        sd.update({f"decoder_blocks.{i}.{k}": v for k, v in _block_to_torch(dec[f"block_{i}"]).items()})
+        i += 1
+    return {k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()}
+
+
+def _count(sd, prefix: str) -> int:
+    i = 0
+    while f"{prefix}{i}.norm1.weight" in sd:
+        i += 1
+    return i
+
+
+def from_torch_state_dict(state_dict, name: str, *, img_size: int = 224, decoder_heads: int = 16) -> dict:
+    """timm ViT or official MAE state dict (optionally under a 'model' key) -> mimjax params:
+    {'encoder': ...} plus the decoder when the dict has one. Missing, unexpected and
+    mis-shaped keys are listed by name in a ValueError; a classifier `head.*` is dropped."""
+    sd = dict(state_dict.get("model", state_dict)) if isinstance(state_dict, dict) else None
+    if sd is None:
+        raise ValueError(f"expected a dict of tensors, got {type(state_dict).__name__}")
+    sd = {k: _to_numpy(k, v) for k, v in sd.items()}
+    for k in [k for k in sd if k.startswith("head.")]:
+        log.info("dropping the classifier %s %s", k, sd.pop(k).shape)
+    if name not in VIT_VARIANTS:
+        raise ValueError(f"unknown ViT name {name!r}; expected one of {sorted(VIT_VARIANTS)}")
+    patch, width, depth, heads = VIT_VARIANTS[name]
+    has_decoder = "decoder_embed.weight" in sd
+    expected = _expected_shapes(sd, name, img_size, has_decoder)
+    problems = _diff(sd, expected)
+    if problems:
+        raise ValueError(f"state dict does not match {name} ({'MAE' if has_decoder else 'timm'} layout, "
+                         f"img_size {img_size}): " + "; ".join(problems))
+    grid = img_size // patch
+    if "pos_embed" in sd:
+        dev = float(np.abs(sd["pos_embed"][0] - posemb_sincos_2d(grid, grid, width)).max())
+        if dev > 1e-3:
+            log.warning("pos_embed differs from the fixed 2-D sin-cos table by up to %.3g (a learned "
+                        "position embedding?); mimjax uses the fixed table, outputs will differ", dev)
+    norm = "fc_norm" if "fc_norm.weight" in sd else "norm"
+    enc = {"cls_token": sd["cls_token"],
+           "patch_embed": {"kernel": sd["patch_embed.proj.weight"].transpose(2, 3, 1, 0),
+                           "bias": sd["patch_embed.proj.bias"]},
+           "blocks": {f"block_{i}": _block_from_torch(sd, f"blocks.{i}.", heads) for i in range(depth)},
+           "norm": {"scale": sd[f"{norm}.weight"], "bias": sd[f"{norm}.bias"]}}
+    params = {"encoder": enc}
+    if has_decoder:
+        params.update({
+            "mask_token": sd["mask_token"],
+            "decoder_embed": {"kernel": sd["decoder_embed.weight"].T, "bias": sd["decoder_embed.bias"]},
+            "decoder_blocks": {f"block_{i}": _block_from_torch(sd, f"decoder_blocks.{i}.", decoder_heads)
+                               for i in range(_count(sd, "decoder_blocks."))},
+            "decoder_norm": {"scale": sd["decoder_norm.weight"], "bias": sd["decoder_norm.bias"]},
+            "decoder_pred": {"kernel": sd["decoder_pred.weight"].T, "bias": sd["decoder_pred.bias"]}})
+    return params
+
+
+def _to_numpy(key, v):
+    if isinstance(v, np.ndarray):
+        return v.astype(np.float32)
+    if type(v).__module__.startswith("torch") and hasattr(v, "detach"):
+        return v.detach().float().cpu().numpy()
+    raise ValueError(f"state dict entry {key!r} is a {type(v).__name__}, not a tensor")
+
+
+def _expected_shapes(sd, name, img_size, has_decoder) -> dict:
+    """The key -> shape table a state dict of this architecture has (from a zero model)."""
+    import jax
+    import jax.numpy as jnp
+
+    from mimjax.models import init_mae, mae, vit
+
+    if has_decoder:
+        dd = sd["decoder_embed.weight"].shape[0]
+        dec_depth = _count(sd, "decoder_blocks.")
+        model = mae("mae_" + name, img_size=img_size, decoder_width=dd, decoder_depth=max(dec_depth, 1),
+                    decoder_heads=_heads_for(dd), norm_pix_loss=True)
+        params = jax.eval_shape(lambda: init_mae(model, jax.random.key(0)))
+        table = to_mae_state_dict(_zeros(params), name, img_size=img_size)
+    else:
+        model = vit(name, img_size=img_size)
+        params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, img_size, img_size, 3))))
+        pool = "avg" if "fc_norm.weight" in sd else "token"
+        table = to_timm_state_dict(_zeros(params["params"]), name, img_size=img_size, global_pool=pool)
+    return {k: v.shape for k, v in table.items()}
+
+
+def _heads_for(width: int) -> int:
+    return 16 if width % 16 == 0 else 1
+
+
+def architecture(params, img_size: int) -> dict:
+    """What a loader needs to rebuild the encoder: patch, width, depth, heads, image size."""
+    enc = _encoder_params(params)
+    q = enc["blocks"]["block_0"]["attn"]["query"]["kernel"]
+    return {"patch_size": int(enc["patch_embed"]["kernel"].shape[0]), "width": int(q.shape[0]),
+            "depth": len(enc["blocks"]), "num_heads": int(q.shape[1]), "img_size": img_size,
+            "mlp_ratio": enc["blocks"]["block_0"]["mlp"]["fc1"]["kernel"].shape[1] / q.shape[0]}
+
+
+def _zeros(abstract):
+    return {k: _zeros(v) for k, v in abstract.items()} if isinstance(abstract, dict) else \
+        np.zeros(abstract.shape, np.float32)
+
+
+def _diff(sd, expected) -> list[str]:
+    missing = sorted(set(expected) - set(sd))
+    extra = sorted(set(sd) - set(expected))
+    wrong = sorted(f"{k} {tuple(sd[k].shape)} (expected {tuple(expected[k])})"
+                   for k in set(sd) & set(expected) if tuple(sd[k].shape) != tuple(expected[k]))
+    return [f"{label}: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
+            for label, names in (("missing keys", missing), ("unexpected keys", extra),
+                                 ("wrong shapes", wrong)) if names]
+
+
+# --- files ------------------------------------------------------------------------------
+
+def save_state_dict(state_dict: dict, path: str, meta: dict) -> None:
+    """`.safetensors` (+ `<path>.json` with meta) or `.pth` (torch.save of tensors + meta json)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import save_file
+
+        save_file(state_dict, path, metadata={"mimjax": json.dumps(meta)})
+    elif path.endswith(".pth"):
+        import torch
+
+        torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, path)
+    else:
+        raise ValueError(f"output {path!r}: expected a .safetensors or .pth file name")
+    with open(path + ".json", "w") as f:
+        json.dump(meta, f, indent=2)
+
+
+def load_state_dict(path: str) -> dict:
+    """Tensors from `.safetensors` or `.pth` (torch.load with weights_only=True: no code runs;
+    anything but tensors, possibly under a 'model' key, is refused)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path!r} does not exist")
+    if path.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        return load_file(path)
+    if path.endswith((".pth", ".pt", ".bin")):
+        import pickle
+
+        import torch
+
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
+            raise ValueError(f"{path!r} is not a plain tensor checkpoint; refused without running it "
+                             f"(torch.load weights_only=True: {str(e).splitlines()[0][:300]})") from None
+        inner = obj.get("model", obj) if isinstance(obj, dict) else obj
+        if not isinstance(inner, dict) or not all(isinstance(v, torch.Tensor) for v in inner.values()):
+            raise ValueError(f"{path!r} holds {type(inner).__name__} entries that are not all tensors; "
+                             f"expected a state dict (optionally under 'model')")
+        return {k: v.float().numpy() for k, v in inner.items()}
+    raise ValueError(f"input {path!r}: expected a .safetensors or .pth file")
