@@ -10,6 +10,7 @@ commands:
   train   pre-train MAE / GPA-MAE: mimjax train --config configs/demo.py --workdir workdirs/demo
   export  weights for PyTorch:     mimjax export --workdir W --format timm|mae --out F.safetensors
   import  a PyTorch checkpoint:    mimjax import --in mae_pretrain_vit_base.pth --out DIR
+  eval    frozen features:         mimjax eval knn --workdir W --dataset embedded_faces
 """
 
 
@@ -22,6 +23,9 @@ def main(argv=None):
     if command == "train":
         from mimjax import train_main
         return train_main.run([argv[0] + " train"] + argv[2:])
+    if command == "eval":
+        from mimjax import eval_main
+        return eval_main.main(argv[2:])
     if command in ("export", "import"):
         from mimjax import interop_main
         return interop_main.main(command, argv[2:])

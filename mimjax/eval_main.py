@@ -1,0 +1,105 @@
+"""`mimjax eval knn`: weighted k-NN accuracy of a run's frozen encoder.
+
+    mimjax eval knn --workdir W --dataset embedded_faces
+    mimjax eval knn --workdir W --dataset tfds:imagenet2012 --data_dir /data/tfds --train_split train --test_split validation
+    mimjax eval knn --workdir W --dataset folder:/path/train --test_dataset folder:/path/val
+
+The embedded labelled set (`embedded_faces`: 100 faces, 100 other 25x25 crops) is split
+deterministically: every 4th image is a test image, the rest are training images.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+class _Subset:
+    def __init__(self, src, indices):
+        self.src, self.indices = src, list(indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        return self.src[self.indices[i]]
+
+
+def _sources(args):
+    from mimjax import config as config_lib
+    from mimjax.data import make_source
+
+    def source(spec, split):
+        d = config_lib.base_config().data
+        kind, _, arg = spec.partition(":")
+        d.source = kind
+        if kind == "tfds":
+            d.name, d.split, d.data_dir = arg, split, args.data_dir or ""
+        elif kind == "folder":
+            d.folder = arg
+        return make_source(d)
+
+    train = source(args.dataset, args.train_split)
+    if args.test_dataset:
+        return train, source(args.test_dataset, args.test_split)
+    if args.dataset.startswith("tfds:"):
+        return train, source(args.dataset, args.test_split)
+    n = len(train)
+    return _Subset(train, [i for i in range(n) if i % 4]), _Subset(train, range(0, n, 4))
+
+
+def knn_main(argv) -> int:
+    ap = argparse.ArgumentParser(prog="mimjax eval knn", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", required=True)
+    ap.add_argument("--dataset", default="embedded_faces", help="embedded_faces | tfds:NAME | folder:PATH")
+    ap.add_argument("--test_dataset", default="", help="a separate test set (folder:PATH or tfds:NAME)")
+    ap.add_argument("--train_split", default="train")
+    ap.add_argument("--test_split", default="test")
+    ap.add_argument("--data_dir", default="")
+    ap.add_argument("--pool", choices=("token", "avg"), default="token")
+    ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--temperature", type=float, default=0.07)
+    ap.add_argument("--batch_size", type=int, default=256)
+    ap.add_argument("--random_init", action="store_true", help="evaluate a randomly initialised encoder "
+                    "of the same architecture (the baseline)")
+    args = ap.parse_args(argv)
+
+    import jax
+
+    from mimjax import evaluate
+    from mimjax.checkpoint import load_params
+    from mimjax.config import model_config_of_workdir
+    from mimjax.data import make_iterator
+    from mimjax.models import init_mae, mae_from_config
+
+    mc = model_config_of_workdir(args.workdir)
+    if mc is None:
+        print(f"mimjax eval: {args.workdir!r} has no config.json; is it a mimjax workdir?", file=sys.stderr)
+        return 2
+    model = mae_from_config(mc)
+    params = (init_mae(model, jax.random.key(0)) if args.random_init
+              else load_params(os.path.join(args.workdir, "checkpoints")))
+    train_src, test_src = _sources(args)
+    feats = []
+    for src in (train_src, test_src):
+        it = make_iterator(None, img_size=mc.img_size, global_batch_size=args.batch_size, seed=0,
+                           train=False, source=src)
+        feats.append(evaluate.extract_features(model.encoder, params["encoder"], it, args.pool))
+    (tr_x, tr_y), (te_x, te_y) = feats
+    result = evaluate.knn_accuracy(tr_x, tr_y, te_x, te_y, k=args.k, temperature=args.temperature)
+    result.update(workdir=os.path.abspath(args.workdir), dataset=args.dataset, pool=args.pool,
+                  random_init=args.random_init)
+    print(json.dumps(result))
+    if not args.random_init:
+        with open(os.path.join(args.workdir, "knn.json"), "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+def main(argv) -> int:
+    if not argv or argv[0] != "knn":
+        print("usage: mimjax eval knn --workdir W [--dataset embedded_faces] ...", file=sys.stderr)
+        return 2
+    return knn_main(argv[1:])

@@ -1,0 +1,52 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mimjax import evaluate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_knn_on_separable_clusters_is_perfect():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(5, 32)) * 5
+    y_tr, y_te = rng.integers(0, 5, 500), rng.integers(0, 5, 100)
+    x_tr = centers[y_tr] + rng.normal(size=(500, 32)) * 0.5
+    x_te = centers[y_te] + rng.normal(size=(100, 32)) * 0.5
+    res = evaluate.knn_accuracy(x_tr.astype(np.float32), y_tr, x_te.astype(np.float32), y_te, batch=32)
+    assert res["top1"] == 100.0 and res["top5"] == 100.0 and res["num_test"] == 100
+
+
+def test_knn_weighting_matches_numpy():
+    rng = np.random.default_rng(1)
+    x_tr, y_tr = rng.normal(size=(30, 4)).astype(np.float32), rng.integers(0, 3, 30)
+    x_te = rng.normal(size=(5, 4)).astype(np.float32)
+    got = np.asarray(evaluate.knn_scores(x_tr, y_tr, x_te, k=7, temperature=0.1, num_classes=3))
+    a = x_tr / np.linalg.norm(x_tr, axis=1, keepdims=True)
+    b = x_te / np.linalg.norm(x_te, axis=1, keepdims=True)
+    sim = b @ a.T
+    want = np.zeros((5, 3))
+    for t in range(5):
+        for j in np.argsort(-sim[t])[:7]:
+            want[t, y_tr[j]] += np.exp(sim[t, j] / 0.1)
+    np.testing.assert_allclose(got, want, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_eval_knn_cli_on_a_trained_workdir(tmp_path):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    run = lambda *a: subprocess.run([sys.executable, "-m", "mimjax.cli", *a], capture_output=True, text=True,
+                                    cwd=REPO, env=env)
+    out = run("train", "--config", "configs/mae.py:vit_tiny_patch16,runlocal", "--workdir", str(tmp_path),
+              "--config.total_steps=2")
+    assert out.returncode == 0, out.stderr[-2000:]
+    out = run("eval", "knn", "--workdir", str(tmp_path), "--dataset", "embedded_faces", "--k", "5")
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    assert res["num_test"] == 50 and res["num_train"] == 150 and 0 <= res["top1"] <= 100
+    assert res["top1"] > 50  # faces vs non-faces: even barely trained features beat chance
+    assert json.load(open(tmp_path / "knn.json"))["top1"] == res["top1"]
