@@ -6,7 +6,8 @@ A small ViT (width 192, 6 blocks, 64x64 images, 8x8 patches -> 64 patches) with 
 4-block decoder, trained on random crops of the real photographs bundled with
 scikit-image (no download). No pre-trained teacher is available offline, so the teacher is
 an EMA copy of the student (`teacher.source = "ema"`); the GPA masks and heatmaps are
-computed exactly as with a frozen MAE teacher. Variants: `demo.py:mae` (random masking).
+computed exactly as with a frozen MAE teacher. Variants: `demo.py:mae` (random masking),
+`demo.py:teacher` (GPA masking without the GPA head), default = "teacher + feature".
 """
 from mimjax.config import base_config
 
@@ -32,7 +33,7 @@ def get_config(arg=None):
     else:
         c.masking.strategy = "gpa"
         c.masking.progress = "step"
-        c.model.gpa_head = True
+        c.model.gpa_head = arg != "teacher"
         c.teacher.source = "ema"
         c.teacher.block, c.teacher.head = 4, -1
         c.teacher.ema_momentum = 0.99

@@ -9,7 +9,8 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = sorted(glob.glob(os.path.join(REPO, "launch", "*.sh")) + glob.glob(os.path.join(REPO, "launch", "*.sbatch"))
-                 + glob.glob(os.path.join(REPO, "scripts", "*.sh")) + [os.path.join(REPO, ".ci", "run")])
+                 + glob.glob(os.path.join(REPO, "scripts", "*.sh")) + glob.glob(os.path.join(REPO, "bench", "*.sh"))
+                 + [os.path.join(REPO, ".ci", "run")])
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=os.path.basename)
