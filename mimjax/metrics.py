@@ -1,66 +1,113 @@
-"""Run outputs a person or a tool reads: `W/metrics.jsonl`, TensorBoard events in `W/tb/`,
-and a progress line with throughput and ETA. Only process 0 writes (enabled=False elsewhere).
+"""Run outputs a person or a tool reads: `W/metrics.jsonl`, TensorBoard events in `W/tb/`
+(tensorboardX, no TensorFlow), and a progress line with throughput and ETA. Only process 0
+writes (enabled=False elsewhere).
 
-metrics.jsonl: one JSON object per logged step, `{"step": int, "<name>": float, ...}`;
-non-finite values are written as null (JSON has no NaN).
+metrics.jsonl: one JSON object per logged step, `{"step": int, "<name>": number, ...}`;
+integers stay integers, everything else becomes a float, and non-finite values (NaN, inf)
+are written as null, since JSON has no NaN. A resumed run appends to the same file, so a
+step may appear twice after a kill -9 (the later row is the one that counts).
 """
 from __future__ import annotations
 
 import datetime
 import json
 import logging
-
-log = logging.getLogger("mimjax")
 import math
+import numbers
 import os
 import sys
 import time
 
+import numpy as np
+
+log = logging.getLogger("mimjax")
+
 
 def _plain(v):
-    v = float(v)
-    return v if math.isfinite(v) else None
+    """A scalar (Python, NumPy or 0-d JAX array) -> int, float or None (non-finite)."""
+    a = np.asarray(v)
+    if a.size != 1:
+        raise ValueError(f"metrics are scalars, got shape {a.shape}")
+    if a.dtype.kind in "biu":
+        return int(a)
+    f = float(a)
+    return f if math.isfinite(f) else None
+
+
+def _drop_partial_line(path: str):
+    """Cut a last line without its newline (a writer killed mid-line), so that appended
+    rows start on a line of their own."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) != b"\n":  # rare: read the whole file once to find the last newline
+            f.seek(0)
+            f.truncate(f.read().rfind(b"\n") + 1)
 
 
 class MetricWriter:
+    """Appends scalars to `workdir/metrics.jsonl` (flushed every row) and TensorBoard
+    `workdir/tb`. With enabled=False every method is a no-op and nothing is created."""
+
     def __init__(self, workdir: str, *, enabled: bool = True):
-        self.enabled, self._tb = enabled, None
+        self.enabled, self._tb, self._jsonl = enabled, None, None
         if not enabled:
             return
         os.makedirs(workdir, exist_ok=True)
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        path = os.path.join(workdir, "metrics.jsonl")
+        _drop_partial_line(path)
+        self._jsonl = open(path, "a")  # noqa: SIM115 (open for the whole run)
         try:
             from tensorboardX import SummaryWriter
-
-            self._tb = SummaryWriter(logdir=os.path.join(workdir, "tb"))
         except ImportError:
             log.warning("tensorboardX is not installed: no TensorBoard events (metrics.jsonl is written)")
+        else:
+            self._tb = SummaryWriter(logdir=os.path.join(workdir, "tb"))
 
     def write(self, step: int, scalars: dict):
-        if not self.enabled:
+        """One row: {"step": step, **scalars}; scalars are numbers or 0-d arrays."""
+        if self._jsonl is None:
             return
         row = {"step": int(step), **{k: _plain(v) for k, v in scalars.items()}}
-        self._jsonl.write(json.dumps(row) + "\n")
+        self._jsonl.write(json.dumps(row, allow_nan=False) + "\n")
         self._jsonl.flush()
         if self._tb is not None:
             for k, v in row.items():
                 if k != "step" and v is not None:
-                    self._tb.add_scalar(k, v, step)
+                    self._tb.add_scalar(k, v, int(step))
 
     def write_image(self, step: int, tag: str, image_uint8):
-        """image_uint8: [H, W, 3] uint8."""
-        if self.enabled and self._tb is not None:
-            self._tb.add_image(tag, image_uint8, step, dataformats="HWC")
+        """image_uint8: uint8 [H, W, 3], to TensorBoard only."""
+        if self._tb is None:
+            return
+        image = np.asarray(image_uint8)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"write_image wants uint8 [H, W, 3], got {image.dtype} {image.shape}")
+        self._tb.add_image(tag, image, int(step), dataformats="HWC")
+
+    def flush(self):
+        if self._jsonl is not None:
+            self._jsonl.flush()
+        if self._tb is not None:
+            self._tb.flush()
 
     def close(self):
-        if self.enabled:
+        """Flush and close; safe to call twice."""
+        if self._jsonl is not None:
             self._jsonl.close()
-            if self._tb is not None:
-                self._tb.close()
+            self._jsonl = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
 
 
 def read_metrics(path: str) -> list[dict]:
-    """The rows of a metrics.jsonl; a truncated last line (a killed run) is skipped."""
+    """The rows of a metrics.jsonl in file order; lines that are not JSON (a last line cut
+    by a kill) are skipped. Nulls come back as None."""
     rows = []
     with open(path) as f:
         for line in f:
@@ -72,7 +119,8 @@ def read_metrics(path: str) -> list[dict]:
 
 
 class Throughput:
-    """Images per second between successive `update` calls (wall clock, global batch)."""
+    """Images per second between successive log points (wall clock, global batch size).
+    Call `start(step)` before the loop, then `update(step)` at each log point."""
 
     def __init__(self, global_batch_size: int):
         self.batch = global_batch_size
@@ -82,6 +130,7 @@ class Throughput:
         self._step, self._time = step, time.perf_counter()
 
     def update(self, step: int) -> float:
+        """Images/s since the last `start` or `update` (the first interval includes compilation)."""
         now = time.perf_counter()
         rate = (step - self._step) * self.batch / max(now - self._time, 1e-9)
         self._step, self._time = step, now
@@ -89,18 +138,20 @@ class Throughput:
 
 
 class ProgressBar:
-    """`step 120/1000  12%  loss 0.512  312.4 img/s  ETA 0:04:41`: rewritten in place on a
-    terminal, a plain line every `every_s` seconds (and at the end) otherwise. The ETA
-    uses the rate since the first update, so compilation does not distort it."""
+    """`step 120/1000  12%  loss 0.512  312.4 img/s  ETA 0:04:41`, rewritten in place
+    ("\\r") on a terminal; on anything else (a log file) a full line at most every
+    `every_s` seconds, plus the last step. The ETA uses the rate since the first update,
+    not since `start_step`, so compilation (before the first update) does not distort it;
+    it reads "?" until a second update."""
 
     def __init__(self, total_steps: int, start_step: int = 0, *, stream=None, enabled: bool = True,
                  every_s: float = 10.0):
-        self.total, self.enabled, self.every_s = total_steps, enabled, every_s
+        self.total, self.start_step, self.enabled, self.every_s = total_steps, start_step, enabled, every_s
         self.stream = stream if stream is not None else sys.stderr
         self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self._first = None  # (step, time) of the first update
         self._last_print = -math.inf
-        self._dirty = False
+        self._dirty = False  # a \r line is on screen without its newline
 
     def update(self, step: int, images_per_sec: float | None = None, **scalars):
         if not self.enabled:
@@ -111,15 +162,15 @@ class ProgressBar:
         eta = "?"
         done, elapsed = step - self._first[0], now - self._first[1]
         if done > 0 and elapsed > 0:
-            eta = str(datetime.timedelta(seconds=round((self.total - step) * elapsed / done)))
+            eta = str(datetime.timedelta(seconds=round(max(self.total - step, 0) * elapsed / done)))
         parts = [f"step {step}/{self.total}", f"{100 * step / max(self.total, 1):3.0f}%"]
-        parts += [f"{k} {v:.4g}" for k, v in scalars.items()]
+        parts += [f"{k} {v:.4g}" if isinstance(v, numbers.Real) else f"{k} {v}" for k, v in scalars.items()]
         if images_per_sec is not None:
             parts.append(f"{images_per_sec:.1f} img/s")
         parts.append(f"ETA {eta}")
         line = "  ".join(parts)
         if self._tty:
-            self.stream.write("\r" + line + "\x1b[K")
+            self.stream.write("\r" + line + "\x1b[K")  # \x1b[K clears what a longer line left
             self._dirty = True
         elif now - self._last_print >= self.every_s or step >= self.total:
             self.stream.write(line + "\n")
@@ -130,3 +181,4 @@ class ProgressBar:
         if self.enabled and self._dirty:
             self.stream.write("\n")
             self.stream.flush()
+            self._dirty = False

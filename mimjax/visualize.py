@@ -1,9 +1,12 @@
 """PNGs a person looks at instead of numbers: reconstruction grids and training curves.
-Host-side NumPy + PIL only.
+Host-side NumPy + PIL only (no matplotlib, nothing runs on the accelerator).
 
-Grid layout: one row per image, square cells of the image size, no separators; columns
-original | masked input (masked patches grey 128) | reconstruction | reconstruction on the
-visible patches | GPA heatmap (if scores given) | mask at another progress (if given).
+Grid geometry: one row per image, one column per view, every cell exactly the image size
+(H x W, times `upscale`), no separators; cell (row i, column j) is
+grid[i*H:(i+1)*H, j*W:(j+1)*W]. Columns, in order:
+  0 original | 1 masked input (masked patches grey 128) | 2 reconstruction (every patch
+  predicted) | 3 reconstruction pasted on the visible patches | 4 GPA heatmap (only when
+  `gpa` is given) | last: the mask at another progress, grey (only when given).
 """
 from __future__ import annotations
 
@@ -13,95 +16,135 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mimjax.data.augment import IMAGENET_MEAN, IMAGENET_STD, denormalize
-from mimjax.models.mae import patchify, unpatchify
+from mimjax.models.mae import patchify, unpatchify  # MAE's layout; NumPy in, NumPy out
 
 GREY = 128
+HEAT_ALPHA = 0.6  # heatmap weight when blended over the image
 
 
-def _viridis_like(t):
-    """t in [0, 1] [...] -> uint8 [..., 3]: dark blue -> teal -> yellow."""
-    stops = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], np.float64)
-    x = np.clip(np.asarray(t, np.float64), 0, 1) * (len(stops) - 1)
+def _colormap_lut(stops, n=256):
+    """Piecewise-linear colormap through `stops` (uint8 RGB) -> uint8 LUT [n, 3]."""
+    stops = np.asarray(stops, np.float64)
+    x = np.linspace(0, len(stops) - 1, n)
     i = np.minimum(np.floor(x).astype(int), len(stops) - 2)
-    f = (x - i)[..., None]
+    f = (x - i)[:, None]
     return np.round(stops[i] * (1 - f) + stops[i + 1] * f).astype(np.uint8)
 
 
-def _patch_map(values, patch_size, grid):
-    """[N] per-patch values -> [H, W] by repeating each value over its patch."""
-    return np.kron(np.asarray(values).reshape(grid, grid), np.ones((patch_size, patch_size)))
+# Viridis-like: dark purple (g = 0) -> blue -> teal -> green -> yellow (g = 1).
+VIRIDIS_LUT = _colormap_lut([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]])
+
+
+def colormap(values):
+    """values in [0, 1], any shape [...] -> uint8 [..., 3] (NaN shown as 0)."""
+    v = np.nan_to_num(np.asarray(values, np.float64), nan=0.0)
+    return VIRIDIS_LUT[np.round(np.clip(v, 0, 1) * 255).astype(int)]
+
+
+def _per_pixel(values, patch_size):
+    """Per-patch values [B, N] -> [B, H, W] (each value repeated over its p x p patch)."""
+    b, n = values.shape
+    g = round(n ** 0.5)
+    return values.reshape(b, g, g).repeat(patch_size, axis=1).repeat(patch_size, axis=2)
 
 
 def reconstruction_grid(images, pred, mask, *, patch_size: int, norm_pix_loss: bool, gpa=None,
                         mask_at_progress=None, mean=IMAGENET_MEAN, std=IMAGENET_STD,
                         max_images: int = 4, upscale: int = 1) -> np.ndarray:
-    """images float [B, H, W, 3] (normalised), pred [B, N, p*p*3], mask bool [B, N]
-    (True = masked), gpa [B, N] in [0, 1] or None, mask_at_progress bool [B, N] or None.
-    Returns uint8 [rows * H * upscale, cols * W * upscale, 3] (nearest-neighbour upscale)."""
+    """The MAE picture for the first `max_images` images, as uint8
+    [rows * H * upscale, cols * W * upscale, 3] (geometry in the module docstring).
+
+    images: float [B, H, W, 3], normalised with mean/std; H = W, divisible by patch_size.
+    pred: float [B, N, p*p*3], the model's `pred` (per-patch normalised when
+      norm_pix_loss: each patch is mapped back with the mean and unbiased std (+1e-6 inside
+      the sqrt) of the same original patch, as MAE's visualisation does).
+    mask: bool [B, N], True = masked. gpa: GPA scores [B, N] in [0, 1] or None.
+    mask_at_progress: bool [B, N] or None, e.g. the GPA mask at another progress.
+    upscale: integer nearest-neighbour magnification, for small images.
+    """
     images = np.asarray(images, np.float32)
+    if images.ndim != 4 or images.shape[-1] != 3 or images.shape[1] != images.shape[2] \
+            or images.shape[1] % patch_size:
+        raise ValueError(f"images shape {images.shape}: expected [B, H, H, 3] with H divisible by "
+                         f"patch_size {patch_size}")
+    b, h, _, c = images.shape
+    n_patches = (h // patch_size) ** 2
     pred, mask = np.asarray(pred, np.float32), np.asarray(mask, bool)
-    b, h, w, c = images.shape
-    if pred.shape != (b, (h // patch_size) * (w // patch_size), patch_size * patch_size * c):
-        raise ValueError(f"pred shape {pred.shape} does not match images {images.shape} with patch {patch_size}")
-    if mask.shape != pred.shape[:2]:
-        raise ValueError(f"mask shape {mask.shape}, expected {pred.shape[:2]}")
-    n = min(b, max_images)
-    images, pred, mask = images[:n], pred[:n], mask[:n]
-    target = np.asarray(patchify(images, patch_size))  # [n, N, p*p*3]
+    if pred.shape != (b, n_patches, patch_size * patch_size * c):
+        raise ValueError(f"pred shape {pred.shape} does not match images {images.shape} with patch "
+                         f"{patch_size}: expected {(b, n_patches, patch_size * patch_size * c)}")
+    for name, arr in (("mask", mask), ("gpa", gpa), ("mask_at_progress", mask_at_progress)):
+        if arr is not None and np.shape(arr) != (b, n_patches):
+            raise ValueError(f"{name} shape {np.shape(arr)}, expected [B, N] = {(b, n_patches)}")
+    if max_images < 1 or upscale < 1:
+        raise ValueError(f"max_images ({max_images}) and upscale ({upscale}) must be >= 1")
+
+    k = min(b, max_images)
+    images, pred, mask = images[:k], pred[:k], mask[:k]
     if norm_pix_loss:  # back from per-patch normalised space, with the original patch stats
+        target = np.asarray(patchify(images, patch_size))  # [k, N, p*p*3]
         mu = target.mean(-1, keepdims=True)
         sd = np.sqrt(target.var(-1, ddof=1, keepdims=True) + 1e-6)
         pred = pred * sd + mu
-    grid = h // patch_size
-    recon = np.asarray(unpatchify(pred, patch_size, c))
-    pixel_mask = np.stack([_patch_map(m, patch_size, grid) for m in mask])[..., None] > 0  # [n, H, W, 1]
-    original = denormalize(images, mean, std)
-    cols = [original,
-            np.where(pixel_mask, np.uint8(GREY), original),
-            denormalize(recon, mean, std),
-            np.where(pixel_mask, denormalize(recon, mean, std), original)]
+    original = denormalize(images, mean, std)  # uint8 [k, H, W, 3]
+    recon = denormalize(np.asarray(unpatchify(pred, patch_size, c)), mean, std)
+    masked = _per_pixel(mask, patch_size)[..., None]  # bool [k, H, W, 1]
+
+    cols = [original, np.where(masked, np.uint8(GREY), original), recon, np.where(masked, recon, original)]
     if gpa is not None:
-        heat = np.stack([_viridis_like(_patch_map(g, patch_size, grid)) for g in np.asarray(gpa)[:n]])
-        cols.append(np.round(0.6 * heat + 0.4 * original).astype(np.uint8))
+        heat = colormap(_per_pixel(np.asarray(gpa, np.float64)[:k], patch_size))
+        cols.append(np.round(HEAT_ALPHA * heat + (1 - HEAT_ALPHA) * original).astype(np.uint8))
     if mask_at_progress is not None:
-        later = np.stack([_patch_map(m, patch_size, grid) for m in np.asarray(mask_at_progress)[:n]])[..., None] > 0
-        cols.append(np.where(later, np.uint8(GREY), original))
-    rows = [np.concatenate([col[i] for col in cols], axis=1) for i in range(n)]
-    grid_img = np.concatenate(rows, axis=0)
-    return grid_img.repeat(upscale, axis=0).repeat(upscale, axis=1)
+        other = _per_pixel(np.asarray(mask_at_progress, bool)[:k], patch_size)[..., None]
+        cols.append(np.where(other, np.uint8(GREY), original))
+    grid = np.concatenate([np.concatenate([col[i] for col in cols], axis=1) for i in range(k)], axis=0)
+    return grid.repeat(upscale, axis=0).repeat(upscale, axis=1)
 
 
 def save_png(path: str, array: np.ndarray):
+    """Write uint8 [H, W, 3] (or [H, W]) as a PNG, creating parent directories."""
+    array = np.asarray(array)
+    if array.dtype != np.uint8 or array.ndim not in (2, 3):
+        raise ValueError(f"save_png wants uint8 [H, W] or [H, W, 3], got {array.dtype} {array.shape}")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(np.asarray(array, np.uint8)).save(path)
+    Image.fromarray(array).save(path)
 
 
 def plot_curves(metrics_path: str, out_png: str, keys=("loss", "pixel_loss", "gpa_loss", "lr"),
                 panel=(320, 200)) -> None:
-    """One small line-plot panel per key present in metrics.jsonl, side by side."""
+    """Training curves from metrics.jsonl as a PNG: one panel (panel = (width, height) px)
+    per key that has at least one finite value, side by side; the PNG is
+    [height, width * n_panels, 3] (one blank panel if no key has data). Each panel: a box,
+    the key, min/max value on the left, first/last step underneath. A step logged twice
+    (a run resumed from an older checkpoint) keeps its last value."""
     from mimjax.metrics import read_metrics
 
     rows = read_metrics(metrics_path)
-    keys = [k for k in keys if any(r.get(k) is not None for r in rows)]
+    series = {}
+    for key in keys:
+        by_step = {int(r["step"]): float(r[key]) for r in rows
+                   if isinstance(r.get(key), (int, float)) and "step" in r}
+        if by_step:
+            series[key] = sorted(by_step.items())
     pw, ph = panel
-    img = Image.new("RGB", (pw * max(len(keys), 1), ph), "white")
+    img = Image.new("RGB", (pw * max(len(series), 1), ph), "white")
     draw = ImageDraw.Draw(img)
-    for j, key in enumerate(keys):
-        pts = [(r["step"], r[key]) for r in rows if r.get(key) is not None]
-        x0, y0, x1, y1 = j * pw + 45, 20, (j + 1) * pw - 10, ph - 25
+    color = (31, 119, 180)
+    for j, (key, pts) in enumerate(series.items()):
+        x0, y0, x1, y1 = j * pw + 45, 20, (j + 1) * pw - 10, ph - 25  # plot box
         draw.rectangle([x0, y0, x1, y1], outline="black")
         draw.text((x0, 4), key, fill="black")
-        steps, vals = np.array([p[0] for p in pts], float), np.array([p[1] for p in pts], float)
+        steps, vals = np.array(pts, np.float64).T
         lo, hi = vals.min(), vals.max()
         draw.text((j * pw + 2, y0), f"{hi:.3g}", fill="black")
         draw.text((j * pw + 2, y1 - 10), f"{lo:.3g}", fill="black")
-        draw.text((x0, y1 + 4), f"{int(steps.min())}", fill="black")
-        draw.text((x1 - 40, y1 + 4), f"{int(steps.max())}", fill="black")
-        sx = (steps - steps.min()) / max(steps.max() - steps.min(), 1e-12)
+        draw.text((x0, y1 + 4), f"{int(steps[0])}", fill="black")
+        draw.text((x1 - 40, y1 + 4), f"{int(steps[-1])}", fill="black")
+        sx = (steps - steps[0]) / max(steps[-1] - steps[0], 1e-12)
         sy = (vals - lo) / max(hi - lo, 1e-12)
         xy = [(x0 + 2 + u * (x1 - x0 - 4), y1 - 2 - v * (y1 - y0 - 4)) for u, v in zip(sx, sy)]
         if len(xy) > 1:
-            draw.line(xy, fill=(31, 119, 180), width=2)
-        elif xy:
-            draw.ellipse([xy[0][0] - 2, xy[0][1] - 2, xy[0][0] + 2, xy[0][1] + 2], fill=(31, 119, 180))
+            draw.line(xy, fill=color, width=2)
+        else:
+            draw.ellipse([xy[0][0] - 2, xy[0][1] - 2, xy[0][0] + 2, xy[0][1] + 2], fill=color)
     save_png(out_png, np.asarray(img))

@@ -1,0 +1,134 @@
+"""Reconstruction grids and curve PNGs, checked against an independent NumPy patchify."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mimjax import visualize
+
+MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+P, S = 4, 16  # patch size, image size: a 4 x 4 grid of patches
+MASKED = [0, 5, 10, 15]  # the diagonal patches
+
+
+def make_batch(b=3, norm_pix=False, seed=0):
+    """raw uint8 [b, S, S, 3], normalised images, the perfect prediction [b, N, p*p*3], mask."""
+    raw = np.random.default_rng(seed).integers(0, 256, (b, S, S, 3), np.uint8)
+    images = ((raw / 255.0 - MEAN) / STD).astype(np.float32)
+    g = S // P
+    target = images.reshape(b, g, P, g, P, 3).transpose(0, 1, 3, 2, 4, 5).reshape(b, g * g, P * P * 3)
+    if norm_pix:
+        target = (target - target.mean(-1, keepdims=True)) / np.sqrt(target.var(-1, ddof=1, keepdims=True) + 1e-6)
+    mask = np.zeros((b, g * g), bool)
+    mask[:, MASKED] = True
+    return raw, images, target, mask
+
+
+def cell(grid, row, col, size=S):
+    return grid[row * size:(row + 1) * size, col * size:(col + 1) * size].astype(int)
+
+
+def patch(img, i):
+    r, c = divmod(i, S // P)
+    return img[r * P:(r + 1) * P, c * P:(c + 1) * P]
+
+
+@pytest.mark.parametrize("norm_pix", [False, True])
+def test_perfect_prediction_reproduces_the_image(norm_pix):
+    raw, images, pred, mask = make_batch(norm_pix=norm_pix)
+    grid = visualize.reconstruction_grid(images, pred, mask, patch_size=P, norm_pix_loss=norm_pix)
+    assert grid.shape == (3 * S, 4 * S, 3) and grid.dtype == np.uint8  # B < max_images, no gpa
+    for i in range(3):
+        original = cell(grid, i, 0)
+        assert np.abs(original - raw[i]).max() <= 1
+        assert np.abs(cell(grid, i, 2) - raw[i]).max() <= 1  # reconstruction
+        np.testing.assert_array_equal(cell(grid, i, 3), original)  # pasted = original, exactly
+        masked_input = cell(grid, i, 1)
+        for k in range(16):
+            want = 128 if k in MASKED else patch(original, k)
+            np.testing.assert_array_equal(patch(masked_input, k), np.broadcast_to(want, (P, P, 3)))
+
+
+def test_wrong_prediction_shows_in_reconstruction_and_only_masked_patches_are_pasted():
+    _, images, pred, mask = make_batch()
+    grid = visualize.reconstruction_grid(images, pred + 1.0, mask, patch_size=P, norm_pix_loss=False)
+    original, recon, pasted = cell(grid, 0, 0), cell(grid, 0, 2), cell(grid, 0, 3)
+    assert (recon != original).any()
+    for k in range(16):
+        want = patch(recon, k) if k in MASKED else patch(original, k)
+        np.testing.assert_array_equal(patch(pasted, k), want)
+
+
+def test_norm_pix_prediction_is_unnormalised_with_the_original_patch_stats():
+    raw, images, _, mask = make_batch(b=1)
+    pred = np.zeros((1, 16, P * P * 3), np.float32)  # predicts every patch at its own mean
+    grid = visualize.reconstruction_grid(images, pred, mask, patch_size=P, norm_pix_loss=True)
+    normalised = (raw[0] / 255.0 - MEAN) / STD
+    for k in range(16):
+        mu = patch(normalised, k).mean()  # one mean over the patch's pixels and channels
+        want = np.clip(np.round((mu * STD + MEAN) * 255), 0, 255)
+        np.testing.assert_allclose(patch(cell(grid, 0, 2), k), np.broadcast_to(want, (P, P, 3)), atol=1)
+
+
+def test_max_images_gpa_column_and_mask_at_progress():
+    _, images, pred, mask = make_batch(b=6)
+    gpa = np.linspace(0, 1, 16)[None].repeat(6, 0)
+    assert visualize.reconstruction_grid(images, pred, mask, patch_size=P, norm_pix_loss=False,
+                                         max_images=2).shape == (2 * S, 4 * S, 3)
+    grid = visualize.reconstruction_grid(images, pred, mask, patch_size=P, norm_pix_loss=False, gpa=gpa)
+    assert grid.shape == (4 * S, 5 * S, 3)
+    heat = cell(grid, 0, 4)
+    assert not np.array_equal(patch(heat, 0), patch(heat, 15))  # g = 0 vs g = 1
+    # The heatmap is the colour of g, not of the image: flat images show g alone.
+    flat = np.zeros_like(images)
+    heat = cell(visualize.reconstruction_grid(flat, pred, mask, patch_size=P, norm_pix_loss=False, gpa=gpa), 0, 4)
+    assert len({patch(heat, k)[0, 0].tobytes() for k in range(16)}) > 8
+
+    later = ~mask
+    grid = visualize.reconstruction_grid(images, pred, mask, patch_size=P, norm_pix_loss=False,
+                                         gpa=gpa, mask_at_progress=later, upscale=2)
+    assert grid.shape == (4 * 2 * S, 6 * 2 * S, 3)
+    last = cell(grid, 0, 5, size=2 * S)
+    assert (last[0:2 * P, 2 * P:4 * P] == 128).all()  # patch 1 is masked later
+    np.testing.assert_array_equal(last[0:2 * P, 0:2 * P], cell(grid, 0, 0, size=2 * S)[0:2 * P, 0:2 * P])
+
+
+def test_shape_errors_name_the_argument():
+    _, images, pred, mask = make_batch()
+    kw = {"patch_size": P, "norm_pix_loss": False}
+    with pytest.raises(ValueError, match="pred shape"):
+        visualize.reconstruction_grid(images, pred[:, :5], mask, **kw)
+    with pytest.raises(ValueError, match="mask shape"):
+        visualize.reconstruction_grid(images, pred, mask[:, :5], **kw)
+    with pytest.raises(ValueError, match="gpa shape"):
+        visualize.reconstruction_grid(images, pred, mask, gpa=np.zeros((3, 4)), **kw)
+    with pytest.raises(ValueError, match="mask_at_progress shape"):
+        visualize.reconstruction_grid(images, pred, mask, mask_at_progress=mask[:1], **kw)
+    with pytest.raises(ValueError, match="images shape"):
+        visualize.reconstruction_grid(images[..., :2], pred, mask, **kw)
+    with pytest.raises(ValueError, match="images shape"):
+        visualize.reconstruction_grid(images, pred, mask, patch_size=5, norm_pix_loss=False)
+
+
+def test_save_png_creates_directories_and_round_trips(tmp_path):
+    img = np.random.default_rng(0).integers(0, 256, (5, 7, 3), np.uint8)
+    path = tmp_path / "a" / "b" / "x.png"
+    visualize.save_png(str(path), img)
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), img)
+    with pytest.raises(ValueError, match="uint8"):
+        visualize.save_png(str(path), img.astype(np.float32))
+
+
+def test_plot_curves(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"step": s, "loss": 1.0 / s, "lr": 1e-3 * s, "gpa_loss": None} for s in range(1, 20)]
+    rows.append({"step": 5, "loss": 0.3, "lr": 5e-3, "gpa_loss": None})  # a resumed run re-logs step 5
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 20, "lo')
+    visualize.plot_curves(str(path), str(tmp_path / "out" / "curves.png"))
+    img = np.asarray(Image.open(tmp_path / "out" / "curves.png"))
+    assert img.shape == (200, 2 * 320, 3)  # loss and lr; gpa_loss has no value
+    for j in range(2):  # each panel has a drawn line, not just text and a box
+        assert (np.all(img[:, j * 320:(j + 1) * 320] == (31, 119, 180), axis=-1)).sum() > 50
+    visualize.plot_curves(str(path), str(tmp_path / "one.png"), keys=("lr",), panel=(100, 80))
+    assert np.asarray(Image.open(tmp_path / "one.png")).shape == (80, 100, 3)
