@@ -1,15 +1,21 @@
 """Random-access image sources: `len(src)` and `src[i] -> {"image": ..., "label": int}`.
 
-`image` is a uint8 [H, W, 3] array, or for image folders the file's bytes (decoded, and
-skipped if unreadable, by the pipeline). Sources:
-- tfds: any TFDS image dataset by name through `tfds.data_source` (ArrayRecord; no
-  TensorFlow needed). `imagenet2012` must have been prepared once (see README).
-- folder: a user's images, class-per-folder (`root/<class>/*.jpg`, labels = sorted class
-  index) or flat (`root/*.jpg`, label 0).
-- embedded: the real photographs bundled in scikit-image's wheel (no download): the
-  default demo data, a stream of random crops (item i is photo i % n).
-- embedded_faces: scikit-image's `lfw_subset`, 200 grayscale 25x25 images, the first 100
-  faces (label 1), the rest not (label 0): a small labelled set for evaluation.
+`image` is a uint8 [H, W, 3] array (uint8 [H, W, 1] for grayscale TFDS sets), or for image
+folders the file's bytes, decoded by the pipeline so an unreadable file is skipped and
+counted there instead of failing inside a source. Sources:
+- tfds: any TFDS image dataset by name through `tfds.data_source` (ArrayRecord, random
+  access, no TensorFlow needed). `imagenet2012` must have been prepared once (README).
+- folder: a user's images, class-per-folder (`root/<class>/**.jpg`, labels = sorted class
+  index) or flat (`root/*.jpg`, label 0). Hidden files and folders are ignored.
+- embedded: the default demo data, the real photographs bundled in scikit-image's wheel
+  (read from the installed `skimage/data/` files, never `skimage.data` fetchers, which may
+  download). Drawings, text, binary masks and test patterns are left out; grayscale photos
+  become RGB. A stream of random crops: the virtual epoch is 64 crops per photo, item i
+  is photo i % n.
+- embedded_faces: a small labelled set for k-NN / linear-probe checks, scikit-image's
+  `lfw_subset` (200 grayscale 25x25 crops from LFW; per its docstring the first 100 are
+  faces -> label 1, the other 100 background -> label 0). Chosen over scikit-learn's
+  digits so that no extra dependency is needed.
 - synthetic: random images, deterministic per index, for benchmarks.
 """
 from __future__ import annotations
@@ -18,27 +24,36 @@ import io
 import os
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
-# Photographs among scikit-image's bundled files (skipping drawings, text and binary masks).
+# Photographs among scikit-image's bundled files (not: horse (binary mask), logo, text,
+# page, color, chessboard_*, phantom, microaneurysms (tiny), multipage*, gifs).
 EMBEDDED_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "hubble_deep_field.jpg",
                    "retina.jpg", "ihc.png", "motorcycle_left.png", "motorcycle_right.png", "camera.png",
                    "coins.png", "moon.png", "grass.png", "gravel.png", "brick.png", "clock_motion.png",
                    "cell.png")
 EMBEDDED_CROPS_PER_PHOTO = 64  # virtual epoch: 17 photos x 64 crops
-SOURCES = ("tfds", "folder", "embedded", "embedded_faces", "synthetic")
+SOURCES = ("embedded", "embedded_faces", "tfds", "folder", "synthetic")
 
 
 def to_rgb_uint8(im: Image.Image) -> np.ndarray:
-    """Any PIL image (L, P, CMYK, I;16, RGBA, ...) -> uint8 [H, W, 3]."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+    """Any PIL image (RGB, RGBA, L, LA, P, CMYK, I;16, I, F, ...) -> uint8 [H, W, 3]."""
+    im = ImageOps.exif_transpose(im)  # camera photos store their rotation in EXIF
+    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        # PIL's convert("RGB") clips these at 255 (a 16-bit image turns white): rescale.
         a = np.asarray(im, np.float64)
-        im = Image.fromarray((a / max(a.max(), 1) * 255).astype(np.uint8))
+        if im.mode.startswith("I;16") or (im.mode == "I" and a.max() > 255):
+            a = a / 257.0  # 16-bit range -> 8-bit
+        elif im.mode == "F" and a.max() <= 1.0:
+            a = a * 255.0  # float images in [0, 1]
+        im = Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8))
     return np.asarray(im.convert("RGB"))
 
 
 def decode(data: bytes) -> np.ndarray:
+    """Encoded image bytes -> uint8 [H, W, 3]; raises (OSError, ValueError, ...) if unreadable,
+    truncated included (PIL's LOAD_TRUNCATED_IMAGES stays off)."""
     with Image.open(io.BytesIO(data)) as im:
         im.load()
         return to_rgb_uint8(im)
@@ -51,9 +66,14 @@ def _skimage_dir() -> str:
 
 
 class EmbeddedPhotos:
+    """17 bundled photos (uint8 [H, W, 3], 300..1000 px a side), label 0."""
+
     def __init__(self):
         root = _skimage_dir()
-        self.photos = [to_rgb_uint8(Image.open(os.path.join(root, f))) for f in EMBEDDED_PHOTOS]
+        self.photos = []
+        for name in EMBEDDED_PHOTOS:
+            with Image.open(os.path.join(root, name)) as im:
+                self.photos.append(to_rgb_uint8(im))
 
     def __len__(self):
         return len(self.photos) * EMBEDDED_CROPS_PER_PHOTO
@@ -63,10 +83,12 @@ class EmbeddedPhotos:
 
 
 class EmbeddedFaces:
+    """200 images uint8 [25, 25, 3]; label 1 for the first 100 (faces), 0 for the rest."""
+
     def __init__(self):
-        faces = np.load(os.path.join(_skimage_dir(), "lfw_subset.npy"))  # [200, 25, 25] in [0, 1]
+        faces = np.load(os.path.join(_skimage_dir(), "lfw_subset.npy"))  # float64 [200, 25, 25] in [0, 1]
         self.images = np.repeat((faces * 255).round().astype(np.uint8)[..., None], 3, axis=-1)
-        self.labels = (np.arange(len(faces)) < 100).astype(np.int32)  # first 100 are faces
+        self.labels = (np.arange(len(faces)) < 100).astype(np.int32)
 
     def __len__(self):
         return len(self.images)
@@ -76,7 +98,11 @@ class EmbeddedFaces:
 
 
 class Synthetic:
+    """`size` random uint8 [image_size, image_size, 3] images; item i is the same every time."""
+
     def __init__(self, size: int, image_size: int = 256):
+        if size <= 0:
+            raise ValueError(f"data.synthetic_size={size}: expected a positive number of images")
         self.size, self.image_size = size, image_size
 
     def __len__(self):
@@ -88,24 +114,35 @@ class Synthetic:
                 "label": int(i % 1000)}
 
 
+def _images_in(directory: str, recursive: bool) -> list[str]:
+    """Sorted image paths under `directory` (extension match is case-insensitive)."""
+    found = []
+    for dirpath, dirnames, names in os.walk(directory):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
+        found += [os.path.join(dirpath, n) for n in names
+                  if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS)]
+    return sorted(found)
+
+
 class ImageFolder:
-    """Files are read lazily; decoding (and skipping bad files) happens in the pipeline."""
+    """A folder of images: class-per-folder when any sub-folder holds images (labels are
+    the sorted sub-folder index; files directly in root are then ignored), else flat (label
+    0). Items are {"image": file bytes, "label": int, "path": str}."""
 
     def __init__(self, root: str):
-        if not os.path.isdir(root):
+        if not root or not os.path.isdir(root):
             raise ValueError(f"data.folder={root!r}: expected an existing directory of images")
-        is_image = lambda f: f.lower().endswith(IMAGE_EXTENSIONS)
-        classes = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
-        files = []
-        for label, c in enumerate(classes):
-            for dirpath, _, names in sorted(os.walk(os.path.join(root, c))):
-                files += [(os.path.join(dirpath, n), label) for n in sorted(names) if is_image(n)]
-        if not classes:
-            files = [(os.path.join(root, n), 0) for n in sorted(os.listdir(root)) if is_image(n)]
-        if not files:
+        classes = sorted(d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
+        per_class = [_images_in(os.path.join(root, c), recursive=True) for c in classes]
+        if any(per_class):
+            self.classes = classes
+            self.files = [(p, label) for label, paths in enumerate(per_class) for p in paths]
+        else:
+            self.classes = []
+            self.files = [(p, 0) for p in _images_in(root, recursive=False)]
+        if not self.files:
             raise ValueError(f"data.folder={root!r} holds no images ({', '.join(IMAGE_EXTENSIONS)}), "
                              f"neither directly nor in class sub-folders")
-        self.files, self.classes = files, classes
 
     def __len__(self):
         return len(self.files)
@@ -116,9 +153,14 @@ class ImageFolder:
             return {"image": f.read(), "label": label, "path": path}
 
 
-def tfds_source(name: str, split: str, data_dir: str = "", manual_dir: str = ""):
+def tfds_source(name: str, split: str = "train", data_dir: str | None = None, manual_dir: str | None = None):
+    """`tfds.data_source(name, split)`: items {"image": uint8 [H, W, C], "label": int, ...}.
+
+    With `manual_dir` (where e.g. imagenet2012's tar files are) a missing dataset is
+    prepared first; otherwise nothing is downloaded or built."""
     import tensorflow_datasets as tfds
 
+    # Check the name first: a typo should not cost a failed preparation.
     if name.split(":")[0].split("/")[0] not in tfds.list_builders(with_community_datasets=False):
         raise ValueError(f"data.name={name!r} is not a TFDS dataset (see tfds.list_builders())")
     kwargs = {"data_dir": data_dir or None}
@@ -133,17 +175,19 @@ def tfds_source(name: str, split: str, data_dir: str = "", manual_dir: str = "")
                          f"once as ArrayRecord (`tfds build {name} --file_format=array_record`)") from e
 
 
-def make_source(dcfg):
-    """The source a `data` config section names (see mimjax/config.py)."""
-    kind = dcfg.source
+def make_source(data_config):
+    """The source a `data` config names. Keys read (attribute access; "" and None both mean
+    unset): source, and per source: tfds: name, split, data_dir, manual_dir; folder:
+    folder; synthetic: synthetic_size."""
+    kind = data_config.source
     if kind == "tfds":
-        return tfds_source(dcfg.name, dcfg.split, dcfg.data_dir, dcfg.manual_dir)
+        return tfds_source(data_config.name, data_config.split, data_config.data_dir, data_config.manual_dir)
     if kind == "folder":
-        return ImageFolder(dcfg.folder)
+        return ImageFolder(data_config.folder)
     if kind == "embedded":
         return EmbeddedPhotos()
     if kind == "embedded_faces":
         return EmbeddedFaces()
     if kind == "synthetic":
-        return Synthetic(dcfg.synthetic_size)
+        return Synthetic(data_config.synthetic_size)
     raise ValueError(f"data.source={kind!r}: expected one of {', '.join(SOURCES)}")
