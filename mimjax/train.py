@@ -213,19 +213,15 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     config_lib.validate(cfg, num_devices=len(devices), process_count=jax.process_count())
     workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        if is_main:
-            with open(os.path.join(workdir, "config.json"), "w") as f:
-                f.write(cfg.to_json_best_effort(indent=2))
-    except OSError as e:
-        raise config_lib.ConfigError(f"workdir {workdir!r} is not writable: {e}") from e
     # --- Input --------------------------------------------------------------------
     model = mae_from_config(cfg.model)
     enc = model.encoder
-    it = data.make_iterator(cfg.data, img_size=enc.img_size, global_batch_size=cfg.batch_size,
-                            seed=cfg.seed, process_index=jax.process_index(),
-                            process_count=jax.process_count())
+    try:  # a missing dataset or folder is a config problem: one line, nothing written yet
+        it = data.make_iterator(cfg.data, img_size=enc.img_size, global_batch_size=cfg.batch_size,
+                                seed=cfg.seed, process_index=jax.process_index(),
+                                process_count=jax.process_count())
+    except ValueError as e:
+        raise config_lib.ConfigError(str(e)) from e
     num_examples = cfg.data.num_examples if cfg.data.num_examples > 0 else it.num_records
     schedule = Schedule.from_config(cfg, num_examples)
 
@@ -233,7 +229,18 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     teacher = teacher_lib.teacher_model(cfg, enc)
     frozen_teacher = None  # uncommitted arrays: replicated by jit and broadcast by pmap
     if uses_teacher(cfg) and cfg.teacher.source == "checkpoint":
-        frozen_teacher = teacher_lib.load_checkpoint_params(cfg.teacher.path, teacher)
+        try:
+            frozen_teacher = teacher_lib.load_checkpoint_params(cfg.teacher.path, teacher)
+        except ValueError as e:
+            raise config_lib.ConfigError(str(e)) from e
+    # Everything checked: only now is the workdir touched.
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        if is_main:
+            with open(os.path.join(workdir, "config.json"), "w") as f:
+                f.write(cfg.to_json_best_effort(indent=2))
+    except OSError as e:
+        raise config_lib.ConfigError(f"workdir {workdir!r} is not writable: {e}") from e
     lr_fn = optim.lr_schedule(cfg.optimizer, cfg.batch_size, schedule.total_steps, schedule.warmup_steps)
     tx = optim.make_optimizer(cfg.optimizer, lr_fn)
     root_key = jax.random.key(cfg.seed)

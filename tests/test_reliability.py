@@ -159,3 +159,13 @@ def test_skipped_update_leaves_weights_untouched():
     new, m = step(state, bad, None, jax.random.key(1))
     jax.tree.map(np.testing.assert_array_equal, new.params, state.params)
     assert int(new.nonfinite_steps) == 1 and int(new.first_nonfinite_step) == 0 and int(new.step) == 1
+
+
+def test_bad_data_config_leaves_an_existing_workdir_untouched(tmp_path):
+    c = tiny(2)
+    train.train(c, str(tmp_path))
+    before = (tmp_path / "config.json").read_text()
+    c.data.source, c.data.name = "tfds", "no_such_dataset_xyz"
+    with pytest.raises(config_lib.ConfigError, match="'no_such_dataset_xyz' is not a TFDS dataset"):
+        train.train(c, str(tmp_path))
+    assert (tmp_path / "config.json").read_text() == before
