@@ -147,7 +147,7 @@ def from_torch_state_dict(state_dict, name: str, *, img_size: int = 224, decoder
     patch, width, depth, heads = VIT_VARIANTS[name]
     has_decoder = "decoder_embed.weight" in sd
     expected = _expected_shapes(sd, name, img_size, has_decoder)
-    problems = _diff(sd, expected)
+    problems = shape_mismatches({k: v.shape for k, v in sd.items()}, expected)
     if problems:
         raise ValueError(f"state dict does not match {name} ({'MAE' if has_decoder else 'timm'} layout, "
                          f"img_size {img_size}): " + "; ".join(problems))
@@ -223,12 +223,14 @@ def _zeros(abstract):
         np.zeros(abstract.shape, np.float32)
 
 
-def _diff(sd, expected) -> list[str]:
-    missing = sorted(set(expected) - set(sd))
-    extra = sorted(set(sd) - set(expected))
-    wrong = sorted(f"{k} {tuple(sd[k].shape)} (expected {tuple(expected[k])})"
-                   for k in set(sd) & set(expected) if tuple(sd[k].shape) != tuple(expected[k]))
-    return [f"{label}: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}"
+def shape_mismatches(got: dict, expected: dict) -> list[str]:
+    """name -> shape tables compared: readable 'missing keys: ...', 'unexpected keys: ...',
+    'wrong shapes: k (got) (expected ...)' lines, empty when they agree."""
+    missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))
+    wrong = sorted(f"{k} {tuple(got[k])} (expected {tuple(expected[k])})"
+                   for k in set(got) & set(expected) if tuple(got[k]) != tuple(expected[k]))
+    return [f"{label}: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''} ({len(names)} in all)"
             for label, names in (("missing keys", missing), ("unexpected keys", extra),
                                  ("wrong shapes", wrong)) if names]
 

@@ -78,12 +78,8 @@ def _flat_shapes(tree) -> dict:
 
 def check_shapes(got, expected, what: str):
     """Raises ValueError listing missing, unexpected and mis-shaped parameters by name."""
-    flat_got, flat_exp = _flat_shapes(got), _flat_shapes(expected)
-    missing = sorted(set(flat_exp) - set(flat_got))
-    extra = sorted(set(flat_got) - set(flat_exp))
-    wrong = sorted(f"{k} {flat_got[k]} (expected {flat_exp[k]})"
-                   for k in set(flat_got) & set(flat_exp) if flat_got[k] != flat_exp[k])
-    problems = [f"{label}: {', '.join(names[:6])}{' ...' if len(names) > 6 else ''} ({len(names)} in all)"
-                for label, names in (("missing", missing), ("unexpected", extra), ("wrong shapes", wrong)) if names]
+    from mimjax.export import shape_mismatches
+
+    problems = shape_mismatches(_flat_shapes(got), _flat_shapes(expected))
     if problems:
         raise ValueError(f"{what} does not match the architecture; " + "; ".join(problems))
