@@ -18,15 +18,9 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from mimjax import sharding
+from mimjax.data.prefetch import device_put_fn
 
 AXIS = "batch"  # the pmap axis name
-
-
-def _put_global(batch, batch_sharding):
-    """Host batch of this process -> global jax.Array split over the batch axes."""
-    if jax.process_count() > 1:
-        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(batch_sharding, x), batch)
-    return jax.device_put(batch, batch_sharding)
 
 
 class JitParallel:
@@ -35,14 +29,12 @@ class JitParallel:
         self.replicated = NamedSharding(self.mesh, P())
         self.state_sharding = sharding.state_shardings(abstract_state, self.mesh)
         self.batch_sharding = sharding.batch_sharding(self.mesh)
+        self.put_batch = device_put_fn(self.batch_sharding)  # host batch -> global array over data x fsdp
 
     def compile_step(self, make_step):
         return jax.jit(make_step(None),
                        in_shardings=(self.state_sharding, self.batch_sharding, self.replicated, self.replicated),
                        out_shardings=(self.state_sharding, self.replicated), donate_argnums=(0,))
-
-    def put_batch(self, batch):
-        return _put_global(batch, self.batch_sharding)
 
     def init_state(self, init_fn):
         return jax.jit(init_fn, out_shardings=self.state_sharding)()
