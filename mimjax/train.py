@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from mimjax import config as config_lib
 from mimjax import data, masking, metrics, optim, parallel, teacher as teacher_lib, visualize
-from mimjax.checkpoint import Checkpointer
+from mimjax.checkpoint import Checkpointer, is_disk_full
 from mimjax.models import MAE, init_mae, mae_from_config
 
 
@@ -342,12 +342,18 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         write_snapshot(step)
         if is_main and os.path.exists(os.path.join(workdir, "metrics.jsonl")):
             visualize.plot_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "curves.png"))
+    except OSError as e:  # a full disk while writing PNGs or metrics: say so, like a checkpoint would
+        if is_disk_full(e):
+            raise ckpt.disk_full_error(None, e) from e
+        raise
     finally:
-        ckpt.wait()
-        ckpt.close()
-        writer.close()
-        bar.close()
-        preempt.restore()
+        try:
+            ckpt.wait()  # raises DiskFullError if the last async save ran out of space
+        finally:
+            ckpt.close()
+            writer.close()
+            bar.close()
+            preempt.restore()
     if preempt.requested:
         log.warning("preempted at step %d: checkpoint saved in %s", step, ckpt.directory)
     return last

@@ -59,8 +59,12 @@ def _main(argv):
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     init_distributed()  # before anything touches the devices
     from mimjax import train  # heavy imports after flag parsing, so --help is instant
+    from mimjax.checkpoint import DiskFullError
     logging.set_verbosity(logging.WARNING)  # absl: Orbax's per-file INFO lines
     std_logging.getLogger("mimjax").setLevel(std_logging.INFO)
+    # A failed async Orbax write leaves hundreds of "Task exception was never retrieved"
+    # lines from asyncio; the error itself reaches us (DiskFullError below) and is printed once.
+    std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
     try:
         train.train(FLAGS.config, FLAGS.workdir)
     except ConfigError as e:
@@ -69,6 +73,9 @@ def _main(argv):
     except train.NonFiniteError as e:
         print(f"mimjax: {e}", file=sys.stderr)
         sys.exit(3)
+    except DiskFullError as e:
+        print(f"mimjax: {e}", file=sys.stderr)
+        sys.exit(4)
 
 
 def run(argv):

@@ -17,11 +17,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = "configs/gpa_mae.py:vit_tiny_patch16,runlocal"
 
 
-def start(workdir, steps, *extra):
+def start(workdir, steps, *extra, **popen_kwargs):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     cmd = [sys.executable, "-m", "mimjax.cli", "train", "--config", CONFIG, "--workdir", str(workdir),
            f"--config.total_steps={steps}", "--config.log_every=1", "--config.checkpoint_every=1", *extra]
-    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            **popen_kwargs)
 
 
 def wait_for_step(workdir, step, proc, timeout=300):
