@@ -145,12 +145,18 @@ class Checkpointer:
         self.manager.close()
 
 
-def load_params(directory: str):
-    """`params` of the latest checkpoint in `directory`, as saved (no target needed)."""
+def load_state(directory: str) -> dict:
+    """The train state of the latest checkpoint in `directory` as saved (nested dicts of
+    arrays: `params`, `opt_state`, `ema_params`, ...); no target needed."""
     manager = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "data"))
     step = manager.latest_step()
     if step is None:
         raise ValueError(f"no complete checkpoint in {directory!r}")
     state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
     manager.close()
-    return state["params"]
+    return state
+
+
+def load_params(directory: str):
+    """`params` of the latest checkpoint in `directory`, as saved (no target needed)."""
+    return load_state(directory)["params"]

@@ -11,6 +11,8 @@ commands:
   export  weights for PyTorch:     mimjax export --workdir W --format timm|mae --out F.safetensors
   import  a PyTorch checkpoint:    mimjax import --in mae_pretrain_vit_base.pth --out DIR
   eval    frozen features:         mimjax eval knn --workdir W --dataset embedded_faces
+  visualize  reconstructions, GPA heatmaps, masks and curves as PNGs:
+                                   mimjax visualize --workdir W --out DIR [--images a.jpg ...]
 """
 
 
@@ -26,6 +28,9 @@ def main(argv=None):
     if command == "eval":
         from mimjax import eval_main
         return eval_main.main(argv[2:])
+    if command == "visualize":
+        from mimjax import visualize_main
+        return visualize_main.main(argv[2:])
     if command in ("export", "import"):
         from mimjax import interop_main
         return interop_main.main(command, argv[2:])

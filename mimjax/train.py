@@ -175,14 +175,15 @@ def make_train_step(cfg, model: MAE, teacher, tx, lr_fn, schedule: Schedule, axi
 
 
 def make_snapshot_fn(cfg, model: MAE, teacher):
-    """(params, teacher_params, images, key, progress) -> arrays for a reconstruction PNG."""
+    """(state, teacher_params, images, key, progress[, late_progress]) -> arrays for a
+    reconstruction PNG (state needs only `params` and `ema_params`)."""
     n = model.encoder.num_patches
 
-    def snapshot(state, frozen_teacher, images, key, progress):
+    def snapshot(state, frozen_teacher, images, key, progress, late_progress=1.0):
         g = teacher_scores(cfg, teacher, teacher_params(cfg, state, frozen_teacher), images)
         ids = jnp.arange(images.shape[0])
         mask = make_mask(cfg, key, g, n, ids, progress)
-        late = make_mask(cfg, key, g, n, ids, 1.0)  # the mask at the end of training
+        late = make_mask(cfg, key, g, n, ids, late_progress)  # by default the mask at the end of training
         out = model.apply({"params": state.params}, images, mask,
                           gpa_target=g if model.gpa_head else None, progress=progress, train=False)
         return dict(pred=out["pred"], mask=mask.mask, gpa=g, late_mask=late.mask)

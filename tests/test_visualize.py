@@ -132,3 +132,59 @@ def test_plot_curves(tmp_path):
         assert (np.all(img[:, j * 320:(j + 1) * 320] == (31, 119, 180), axis=-1)).sum() > 50
     visualize.plot_curves(str(path), str(tmp_path / "one.png"), keys=("lr",), panel=(100, 80))
     assert np.asarray(Image.open(tmp_path / "one.png")).shape == (80, 100, 3)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A 3-step GPA-MAE run (EMA teacher, 32 px images, 8 px patches: 16 patches)."""
+    from mimjax import config as config_lib, train
+
+    c = config_lib.runlocal(config_lib.base_config())
+    c.total_steps, c.log_every, c.checkpoint_every = 3, 1, 3
+    c.masking.strategy, c.teacher.source, c.teacher.block, c.teacher.head = "gpa", "ema", 1, -1
+    wd = str(tmp_path_factory.mktemp("run"))
+    train.train(c, wd)
+    return wd, c
+
+
+def grey_patches(grid, row, col, cell_px, grid_n):
+    """How many of the grid_n x grid_n patches of one cell are uniformly grey (128)."""
+    c = cell(grid, row, col, cell_px)
+    p = cell_px // grid_n
+    return sum(bool((c[i * p:(i + 1) * p, j * p:(j + 1) * p] == visualize.GREY).all())
+               for i in range(grid_n) for j in range(grid_n))
+
+
+def test_visualize_command_writes_the_grid_and_curves(tiny_run, tmp_path):
+    from mimjax import visualize_main
+
+    wd, c = tiny_run
+    assert visualize_main.main(["--workdir", wd, "--out", str(tmp_path), "--num_images", "3"]) == 0
+    grid = np.asarray(Image.open(tmp_path / "reconstruction.png"))
+    cell_px = 32 * (128 // 32)  # the 32 px images are magnified 4x
+    # 3 rows; original | masked | reconstruction | pasted | GPA heatmap | mask at progress 1
+    assert grid.shape == (3 * cell_px, 6 * cell_px, 3)
+    for row in range(3):  # 75% of 16 patches are masked, shown grey; the original has none
+        assert grey_patches(grid, row, 1, cell_px, 4) == 12
+        assert grey_patches(grid, row, 5, cell_px, 4) == 12
+        assert grey_patches(grid, row, 0, cell_px, 4) == 0
+    curves = Image.open(tmp_path / "curves.png")
+    assert curves.size[1] == 200 and curves.size[0] >= 320
+
+
+def test_visualize_command_on_own_images_and_bad_input(tiny_run, tmp_path, capsys):
+    from mimjax import visualize_main
+
+    wd, _ = tiny_run
+    img = tmp_path / "mine.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), np.uint8)).save(img)
+    out = tmp_path / "out"
+    assert visualize_main.main(["--workdir", wd, "--out", str(out), "--images", str(img), "--progress", "0"]) == 0
+    assert np.asarray(Image.open(out / "reconstruction.png")).shape == (128, 6 * 128, 3)
+    assert visualize_main.main(["--workdir", wd, "--out", str(out), "--progress", "1.5"]) == 2
+    assert "--progress=1.5: expected a value in [0, 1]" in capsys.readouterr().err
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    assert visualize_main.main(["--workdir", wd, "--out", str(out), "--images", str(tmp_path / "broken.jpg")]) == 2
+    assert "broken.jpg' is not a readable image" in capsys.readouterr().err
+    assert visualize_main.main(["--workdir", str(tmp_path), "--out", str(out)]) == 2
+    assert "has no config.json" in capsys.readouterr().err
