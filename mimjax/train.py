@@ -191,6 +191,24 @@ def make_snapshot_fn(cfg, model: MAE, teacher):
     return snapshot
 
 
+class RecompilationError(RuntimeError):
+    """The train step was traced (hence compiled) again after its first call."""
+
+
+class TraceCount:
+    """How often JAX traces the wrapped functions: under jit or pmap a trace happens
+    exactly when the step is (re)compiled, so after step 1 the count must stay at 1."""
+
+    def __init__(self):
+        self.n = 0
+
+    def wrap(self, fn):
+        def traced(*args):
+            self.n += 1
+            return fn(*args)
+        return traced
+
+
 class _Preemption:
     """SIGTERM sets a flag the loop checks between steps (save, then exit 0)."""
 
@@ -254,7 +272,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 
     abstract = jax.eval_shape(init_state)
     par = parallel.make(cfg.parallelism, abstract)
-    step_fn = par.compile_step(lambda axis: make_train_step(cfg, model, teacher, tx, lr_fn, schedule, axis))
+    compiles = TraceCount()  # checked in the loop: the step must compile once
+    step_fn = par.compile_step(lambda axis: compiles.wrap(make_train_step(cfg, model, teacher, tx, lr_fn,
+                                                                          schedule, axis)))
     snapshot_fn = jax.jit(make_snapshot_fn(cfg, model, teacher), out_shardings=par.replicated)
 
     # --- Restore or initialise ------------------------------------------------------
@@ -334,6 +354,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                     check_finite()
                 bar.update(step, images_per_sec=last["images_per_sec"], loss=last["loss"])
                 pending = []
+                if compiles.n > 1:  # a changed shape, dtype or sharding: a silent slowdown
+                    raise RecompilationError(
+                        f"the train step was compiled {compiles.n} times by step {step} (once expected): "
+                        f"an input's shape, dtype or sharding changed between steps")
             if step % cfg.checkpoint_every == 0 and step < schedule.total_steps:
                 save(step)
             if cfg.snapshot_every and step % cfg.snapshot_every == 0:

@@ -142,3 +142,39 @@ def test_cli_config_error_is_one_line_and_starts_nothing(tmp_path):
     assert out.returncode == 2
     assert "config error: config.masking.mask_ratio=1.5: expected a fraction in (0, 1)" in out.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_trace_count_sees_every_recompilation():
+    for transform in (jax.jit, jax.pmap):
+        count = train.TraceCount()
+        f = transform(count.wrap(lambda x: x * 2))
+        f(jnp.ones((1, 3)))
+        f(jnp.ones((1, 3)) + 1)
+        assert count.n == 1
+        f(jnp.ones((1, 4)))  # a new shape: compiled again
+        assert count.n == 2
+
+
+def test_a_batch_of_another_shape_stops_the_run_instead_of_recompiling(tmp_path, monkeypatch):
+    make = train.data.make_iterator
+
+    def shrinking(*args, **kwargs):  # the pre-training iterator's third batch is half as big
+        it, calls = make(*args, **kwargs), [0]
+        inner = it._it
+
+        class Shrink:
+            def __next__(self):
+                batch = next(inner)
+                calls[0] += 1
+                return {**batch, "image": batch["image"][: len(batch["image"]) // 2]} if calls[0] == 3 else batch
+
+            get_state, set_state = inner.get_state, inner.set_state
+
+        it._it = Shrink()
+        return it
+
+    monkeypatch.setattr(train.data, "make_iterator", shrinking)
+    c = tiny(steps=5)
+    c.log_every = 1
+    with pytest.raises(train.RecompilationError, match="compiled 2 times by step 3"):
+        train.train(c, str(tmp_path))
