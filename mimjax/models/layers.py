@@ -107,13 +107,14 @@ class Mlp(nn.Module):
 
 
 class DropPath(nn.Module):
-    """Stochastic depth per sample (timm's drop_path); identity when deterministic."""
+    """Stochastic depth per sample (timm's drop_path); identity when deterministic. The
+    rate may be a traced scalar (a scanned stack of blocks with increasing rates)."""
 
-    rate: float = 0.0
+    rate: Any = 0.0
 
     @nn.compact
     def __call__(self, x, deterministic: bool):
-        if deterministic or self.rate == 0.0:
+        if deterministic or (isinstance(self.rate, (int, float)) and self.rate == 0.0):
             return x
         keep = 1.0 - self.rate
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
@@ -159,6 +160,11 @@ class Transformer(nn.Module):
     stop_at_attn: return (None, logits) right after block attn_block's q and k.
     remat: rematerialise each block in the backward pass (memory for compute).
     drop_path: maximum stochastic-depth rate, linearly increasing over blocks (timm).
+    scan: run the blocks as one `lax.scan` over their stacked parameters, so XLA compiles
+      one block instead of `depth` (compile time and code size for ViT-L/H). Parameters
+      keep the same `block_{i}` layout (checkpoints, export and sharding rules do not
+      change); they are stacked inside the step. Same outputs as the unrolled stack
+      (up to float reassociation); dropout draws its randomness differently.
     """
 
     depth: int
@@ -167,6 +173,7 @@ class Transformer(nn.Module):
     dtype: Dtype = jnp.float32
     remat: bool = False
     drop_path: float = 0.0
+    scan: bool = False
 
     @nn.compact
     def __call__(self, x, *, attn_block: int | None = None, attn_head: int | None = None,
@@ -177,13 +184,14 @@ class Transformer(nn.Module):
             raise ValueError(f"attn_head must be in [0, {self.num_heads}), got {attn_head}")
         if stop_at_attn and attn_block is None:
             raise ValueError("stop_at_attn=True needs attn_block")
+        if self.scan:
+            return self._scanned(x, attn_block, attn_head, stop_at_attn, deterministic)
         block_cls = nn.remat(Block) if self.remat else Block
         logits = None
         for i in range(self.depth):
             wanted = i == attn_block
-            rate = self.drop_path * i / max(self.depth - 1, 1)
             x, block_logits = block_cls(
-                self.num_heads, self.mlp_ratio, self.dtype, rate, deterministic,
+                self.num_heads, self.mlp_ratio, self.dtype, self._rate(i), deterministic,
                 return_logits=wanted, qk_only=wanted and stop_at_attn,
                 logits_head=attn_head if wanted else None, name=f"block_{i}")(x)
             if wanted:
@@ -191,3 +199,38 @@ class Transformer(nn.Module):
                 if stop_at_attn:
                     return None, logits
         return x, logits
+
+    def _rate(self, i):
+        return self.drop_path * i / max(self.depth - 1, 1)
+
+    def _scanned(self, x, attn_block, attn_head, stop_at_attn, deterministic):
+        def block(rate=0.0, **mode):  # an unbound Block, applied to explicit params
+            return Block(self.num_heads, self.mlp_ratio, self.dtype, rate, deterministic, parent=None, **mode)
+
+        params = [self.param(f"block_{i}", lambda key, shape: block().init(key, jnp.zeros(shape, x.dtype))["params"],
+                             x.shape) for i in range(self.depth)]
+        keys = jax.random.split(self.make_rng("dropout") if not deterministic else jax.random.key(0), self.depth)
+
+        def body(h, xs):  # h [B, T, D]; xs: one block's params, drop-path rate and key
+            p, rate, key = xs
+            h, _ = block(rate).apply({"params": p}, h, rngs={"dropout": key})
+            return h, None
+
+        body = jax.checkpoint(body) if self.remat else body
+
+        def run(h, lo, hi):  # blocks lo .. hi-1 as one scan
+            if lo >= hi:
+                return h
+            stacked = jax.tree.map(lambda *a: jnp.stack(a), *params[lo:hi])  # leaves [hi-lo, ...]
+            rates = jnp.array([self._rate(i) for i in range(lo, hi)], jnp.float32)
+            return jax.lax.scan(body, h, (stacked, rates, keys[lo:hi]))[0]
+
+        if attn_block is None:
+            return run(x, 0, self.depth), None
+        x = run(x, 0, attn_block)
+        j = attn_block
+        x, logits = block(self._rate(j), return_logits=True, qk_only=stop_at_attn, logits_head=attn_head).apply(
+            {"params": params[j]}, x, rngs={"dropout": keys[j]})
+        if stop_at_attn:
+            return None, logits
+        return run(x, j + 1, self.depth), logits

@@ -1,0 +1,51 @@
+"""The scanned block stack computes what the unrolled one does, with the same parameters."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mimjax.models.layers import Transformer
+
+X = jax.random.normal(jax.random.key(0), (2, 5, 32))  # [B, T, D]
+
+
+@pytest.fixture(scope="module")
+def params():
+    return Transformer(4, 4).init(jax.random.key(1), X)
+
+
+def test_scan_keeps_the_parameter_layout(params):
+    scanned = Transformer(4, 4, scan=True).init(jax.random.key(1), X)
+    shapes = lambda t: jax.tree.map(lambda a: a.shape, t)  # noqa: E731
+    assert shapes(scanned) == shapes(params)  # block_0 ... block_3, unstacked
+
+
+@pytest.mark.parametrize("remat", [False, True])
+@pytest.mark.parametrize("attn_block, stop", [(None, False), (0, False), (2, False), (3, False), (2, True)])
+def test_scan_equals_the_unrolled_stack(params, remat, attn_block, stop):
+    kw = dict(attn_block=attn_block, attn_head=1 if attn_block is not None else None, stop_at_attn=stop)
+    unrolled, scanned = Transformer(4, 4), Transformer(4, 4, remat=remat, scan=True)
+    want_x, want_logits = unrolled.apply(params, X, **kw)
+    got_x, got_logits = scanned.apply(params, X, **kw)
+    if stop:
+        assert want_x is None and got_x is None
+    else:
+        np.testing.assert_allclose(got_x, want_x, atol=2e-5)
+    if attn_block is not None:
+        assert got_logits.shape == (2, 1, 5, 5)
+        np.testing.assert_allclose(got_logits, want_logits, atol=2e-5)
+    if not stop:  # and the gradients
+        loss = lambda m: lambda p: (m.apply(p, X, **kw)[0] ** 2).sum()  # noqa: E731
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4),
+                     jax.grad(loss(unrolled))(params), jax.grad(loss(scanned))(params))
+
+
+def test_scan_drop_path_is_random_in_training_and_off_in_eval(params):
+    m = Transformer(4, 4, drop_path=0.5, scan=True)
+    eval_x, _ = m.apply(params, X)
+    np.testing.assert_allclose(eval_x, Transformer(4, 4).apply(params, X)[0], atol=2e-5)
+    a, _ = m.apply(params, X, deterministic=False, rngs={"dropout": jax.random.key(3)})
+    b, _ = m.apply(params, X, deterministic=False, rngs={"dropout": jax.random.key(3)})
+    c, _ = m.apply(params, X, deterministic=False, rngs={"dropout": jax.random.key(4)})
+    np.testing.assert_array_equal(a, b)
+    assert float(jnp.abs(a - eval_x).max()) > 1e-3 and float(jnp.abs(a - c).max()) > 1e-3
