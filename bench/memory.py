@@ -25,13 +25,13 @@ def step_memory(size: str, batch: int, remat: bool, gpa: bool, dtype: str) -> di
     c.batch_size, c.total_steps = batch, 1000
     c.masking.strategy = "gpa" if gpa else "random"
     c.teacher.source, c.teacher.block, c.teacher.head = ("self", 9, 11) if gpa else ("none", 9, 11)
-    model = train.mae_from_config(c.model)
+    model = train.model_from_config(c.model)
     sched = train.Schedule(1000, 1000, 100, 1.0)
     lr_fn = optim.lr_schedule(c.optimizer, batch, 1000, 100)
     tx = optim.make_optimizer(c.optimizer, lr_fn)
 
     def init():
-        p = train.init_mae(model, jax.random.key(0))
+        p = train.init_model(model, jax.random.key(0))
         return train.TrainState.create(p, tx)
 
     state = jax.eval_shape(init)

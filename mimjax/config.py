@@ -16,6 +16,7 @@ import os
 
 import ml_collections
 
+from mimjax.models import ARCHS
 from mimjax.models.vit import VIT_VARIANTS
 
 
@@ -40,13 +41,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.parallelism.model = 1  # tensor parallel (attention heads, MLP hidden)
 
     c.model = ml_collections.ConfigDict()
-    c.model.name = "mae_vit_base_patch16"
+    c.model.arch = "mae"  # mae (encoder on visible patches + decoder) | simmim (mask token in the encoder, linear head, L1)
+    c.model.name = "mae_vit_base_patch16"  # the encoder, "mae_<vit>" for every arch
     c.model.img_size = 224
     c.model.patch_size = 0  # 0: from the name; likewise width / depth / num_heads
     c.model.width = 0
     c.model.depth = 0
     c.model.num_heads = 0
-    c.model.decoder_width = 512
+    c.model.decoder_width = 512  # decoder_* and gpa_head_late_start: MAE only
     c.model.decoder_depth = 8
     c.model.decoder_heads = 16
     c.model.norm_pix_loss = True
@@ -54,6 +56,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.gpa_head_late_start = False  # released-code quirk: head blocks only after t > 0.75
     c.model.dtype = "float32"  # compute dtype ("bfloat16" on accelerators); params float32
     c.model.remat = False
+    c.model.scan = False  # lax.scan over the blocks: one compiled block (ViT-L/H compile time)
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "tfds"  # tfds | folder | embedded | embedded_faces | synthetic
@@ -196,6 +199,10 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_coun
     for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
         if c[key] <= 0:
             _fail(key, c[key], "a positive integer")
+    if c.model.arch not in ARCHS:
+        _fail("model.arch", c.model.arch, f"one of {sorted(ARCHS)}")
+    if c.model.arch == "simmim" and c.model.gpa_head_late_start:
+        _fail("model.gpa_head_late_start", True, "False for model.arch='simmim' (a quirk of the released GPA-MAE code)")
     name = c.model.name
     if not name.startswith("mae_") or name[4:] not in VIT_VARIANTS:
         _fail("model.name", name, f"one of {['mae_' + n for n in VIT_VARIANTS]}")

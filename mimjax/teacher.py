@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from mimjax import config as config_lib, masking
-from mimjax.models import VisionTransformer, mae_from_config, vit
+from mimjax.models import VisionTransformer, model_from_config, vit
 
 
 def teacher_model(cfg, student: VisionTransformer) -> VisionTransformer:
@@ -28,7 +28,7 @@ def teacher_model(cfg, student: VisionTransformer) -> VisionTransformer:
     mc = config_lib.model_config_of_workdir(cfg.teacher.path)
     if mc is None:
         return vit(cfg.teacher.name, img_size=student.img_size, dtype=student.dtype)
-    return mae_from_config(mc).encoder.clone(img_size=student.img_size, dtype=student.dtype,
+    return model_from_config(mc).encoder.clone(img_size=student.img_size, dtype=student.dtype,
                                              remat=False, drop_path=0.0)
 
 

@@ -28,7 +28,7 @@ import optax
 from mimjax import config as config_lib
 from mimjax import data, masking, metrics, optim, parallel, teacher as teacher_lib, visualize
 from mimjax.checkpoint import Checkpointer, is_disk_full
-from mimjax.models import MAE, init_mae, mae_from_config
+from mimjax.models import MAE, init_model, model_from_config
 
 
 @flax.struct.dataclass
@@ -233,7 +233,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     workdir = os.path.abspath(workdir)
     is_main = jax.process_index() == 0
     # --- Input --------------------------------------------------------------------
-    model = mae_from_config(cfg.model)
+    model = model_from_config(cfg.model)  # MAE or SimMIM, by model.arch
     enc = model.encoder
     try:  # a missing dataset or folder is a config problem: one line, nothing written yet
         it = data.make_iterator(cfg.data, img_size=enc.img_size, global_batch_size=cfg.batch_size,
@@ -266,7 +266,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     init_key, step_key, snap_key = jax.random.split(root_key, 3)
 
     def init_state():
-        params = init_mae(model, init_key)
+        params = init_model(model, init_key)
         ema = jax.tree.map(jnp.copy, params["encoder"]) if cfg.teacher.source == "ema" else None
         return TrainState.create(params, tx, ema)
 

@@ -73,7 +73,7 @@ def main(argv) -> int:
 
     with open(cfg_path) as f:
         cfg = config_lib.fill_missing(ml_collections.ConfigDict(json.load(f)))
-    model = train.mae_from_config(cfg.model)
+    model = train.model_from_config(cfg.model)
     enc = model.encoder
     try:
         images = (_own_images(args.images, enc.img_size) if args.images else

@@ -104,3 +104,44 @@ def mae_loss(params, images, mask, ids_keep, patch, heads, dec_heads, norm_pix=T
         target = (target - target.mean(-1, keepdims=True)) / np.sqrt(target.var(-1, ddof=1, keepdims=True) + 1e-6)
     per_patch = ((pred - target) ** 2).mean(-1)
     return (per_patch * mask).sum() / mask.sum(), pred
+
+
+def encoder_with_mask_token(params, images, patch, heads, mask, mask_token):
+    """SimMIM's encoder (VisionTransformerForSimMIM): every patch embedded, masked ones
+    (mask [B, N] bool) replaced by mask_token [1, 1, D] before the position embedding.
+    Returns the normed tokens [B, 1+N, D]."""
+    params = to64(params)
+    k = params["patch_embed"]["kernel"]  # [p, p, c, D]
+    x = patches(np.asarray(images, np.float64), patch) @ k.reshape(-1, k.shape[-1]) + params["patch_embed"]["bias"]
+    w = np.asarray(mask, np.float64)[:, :, None]
+    x = x * (1 - w) + np.asarray(mask_token, np.float64) * w
+    d = x.shape[-1]
+    pos = sincos_2d(round(x.shape[1] ** 0.5), d)
+    x = np.concatenate([np.broadcast_to(params["cls_token"], (x.shape[0], 1, d)), x], axis=1) + pos
+    i = 0
+    while f"block_{i}" in params["blocks"]:
+        x, _ = block(x, params["blocks"][f"block_{i}"], heads)
+        i += 1
+    return layer_norm(x, params["norm"])
+
+
+def simmim_loss(params, images, mask, patch, heads, norm_pix=False):
+    """SimMIM forward + its L1 loss, computed in image layout as the released code does:
+    sum(|x - x_rec| * pixel_mask) / (sum(pixel_mask) + 1e-5) / channels.
+    Returns (loss, pred [B, N, p*p*3])."""
+    latent = encoder_with_mask_token(params["encoder"], images, patch, heads, mask, params["mask_token"])
+    pred = dense(latent[:, 1:], to64(params)["decoder_pred"])  # [B, N, p*p*3]
+    images = np.asarray(images, np.float64)
+    target = patches(images, patch)
+    if norm_pix:
+        target = (target - target.mean(-1, keepdims=True)) / np.sqrt(target.var(-1, ddof=1, keepdims=True) + 1e-6)
+    b, hh, ww, c = images.shape
+    g = hh // patch
+
+    def image(x):  # [B, N, p*p*c] -> [B, H, W, c]
+        return x.reshape(b, g, g, patch, patch, c).transpose(0, 1, 3, 2, 4, 5).reshape(b, hh, ww, c)
+
+    grid_mask = np.asarray(mask, np.float64).reshape(b, g, g)
+    pixel_mask = np.repeat(np.repeat(grid_mask, patch, axis=1), patch, axis=2)[..., None]  # [B, H, W, 1]
+    loss = (np.abs(image(target) - image(pred)) * pixel_mask).sum() / (pixel_mask.sum() + 1e-5) / c
+    return loss, pred

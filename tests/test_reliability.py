@@ -150,11 +150,11 @@ def test_unwritable_workdir_is_refused_before_anything_starts(tmp_path):
 def test_skipped_update_leaves_weights_untouched():
     c = tiny(4)
     c.optimizer.nonfinite = "skip"
-    model = train.mae_from_config(c.model)
+    model = train.model_from_config(c.model)
     sched = train.Schedule.from_config(c, 100)
     lr_fn = train.optim.lr_schedule(c.optimizer, 8, 4, 0)
     tx = train.optim.make_optimizer(c.optimizer, lr_fn)
-    state = train.TrainState.create(train.init_mae(model, jax.random.key(0)), tx)
+    state = train.TrainState.create(train.init_model(model, jax.random.key(0)), tx)
     step = jax.jit(train.make_train_step(c, model, None, tx, lr_fn, sched))
     bad = {"image": jnp.full((8, 32, 32, 3), jnp.nan)}
     new, m = step(state, bad, None, jax.random.key(1))

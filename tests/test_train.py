@@ -80,11 +80,11 @@ def test_overfits_a_fixed_batch():
     c = tiny(strategy="random", teacher="none", gpa_head=False, steps=60)
     c.optimizer.lr, c.optimizer.warmup_steps, c.optimizer.weight_decay = 3e-3, 5, 0.0
     c.model.norm_pix_loss = False
-    model = train.mae_from_config(c.model)
+    model = train.model_from_config(c.model)
     sched = train.Schedule.from_config(c, 1000)
     lr_fn = train.optim.lr_schedule(c.optimizer, c.batch_size, sched.total_steps, sched.warmup_steps)
     tx = train.optim.make_optimizer(c.optimizer, lr_fn)
-    params = train.init_mae(model, jax.random.key(0))
+    params = train.init_model(model, jax.random.key(0))
     state = train.TrainState.create(params, tx)
     step = jax.jit(train.make_train_step(c, model, None, tx, lr_fn, sched))
     it = train.data.make_iterator(c.data, img_size=32, global_batch_size=8, seed=0)

@@ -50,6 +50,14 @@ def zscore(g):
     return (g - g.mean(-1, keepdims=True)) / jnp.sqrt(g.var(-1, keepdims=True, ddof=1) + 1e-6)
 
 
+def gpa_feature_loss(gpa_pred, gpa_target):
+    """GPA_SPEC 4 loss: MSE over all N patches between the head's prediction [B, N] and the
+    teacher's z-scored GPA map g [B, N] (stop-gradient on the target)."""
+    if gpa_target is None:
+        raise ValueError("gpa_head=True needs gpa_target (the teacher's GPA scores [B, N])")
+    return ((gpa_pred - jax.lax.stop_gradient(zscore(gpa_target))) ** 2).mean()
+
+
 class MAE(nn.Module):
     encoder: VisionTransformer
     decoder_width: int = 512
@@ -89,7 +97,7 @@ class MAE(nn.Module):
 
         def decoder(prefix, out_dim):
             y, _ = Transformer(self.decoder_depth, self.decoder_heads, enc.mlp_ratio, dtype,
-                               enc.remat, name=f"{prefix}_blocks")(x)
+                               enc.remat, scan=enc.scan, name=f"{prefix}_blocks")(x)
             y = LayerNorm(dtype=dtype, name=f"{prefix}_norm")(y)
             y = nn.Dense(out_dim, dtype=dtype, kernel_init=xavier_uniform, name=f"{prefix}_pred")(y)
             return y[:, 1:].astype(jnp.float32)  # drop cls
@@ -103,24 +111,22 @@ class MAE(nn.Module):
 
         gpa_loss = jnp.zeros((), jnp.float32)
         if self.gpa_head:
-            if gpa_target is None:
-                raise ValueError("gpa_head=True needs gpa_target (the teacher's GPA scores [B, N])")
             gpa_pred = decoder("gpa", p * p * images.shape[-1]).mean(-1)  # [B, N]
             if self.gpa_head_late_start:
                 # Released code: before progress 0.75 the prediction is the channel mean of
                 # the head's input (no blocks), and its loss still trains encoder + mask token.
                 early = x[:, 1:].astype(jnp.float32).mean(-1)
                 gpa_pred = jnp.where(jnp.asarray(progress) > 0.75, gpa_pred, early)
-            gpa_loss = ((gpa_pred - jax.lax.stop_gradient(zscore(gpa_target))) ** 2).mean()
+            gpa_loss = gpa_feature_loss(gpa_pred, gpa_target)
             out["gpa_pred"] = gpa_pred
         out["gpa_loss"] = gpa_loss
         out["loss"] = pixel_loss + gpa_loss
         return out
 
 
-def init_mae(model: MAE, key, batch_size: int = 1):
-    """Initialise MAE params; the GPA head's blocks start as copies of the pixel decoder's
-    (GPA_SPEC 4). Returns the `params` collection."""
+def init_params(model, key, batch_size: int = 1):
+    """`model.init` on dummy inputs (zero images, a random mask, zero GPA scores when the
+    model has a GPA head) for any model with the MAE call signature. Returns `params`."""
     from mimjax.masking import random_mask  # masking has no Flax dependency; import here keeps models standalone
 
     enc = model.encoder
@@ -128,7 +134,13 @@ def init_mae(model: MAE, key, batch_size: int = 1):
     k_init, k_mask = jax.random.split(key)
     mask = random_mask(k_mask, batch_size, enc.num_patches, 0.75)
     gpa = jnp.zeros((batch_size, enc.num_patches)) if model.gpa_head else None
-    params = model.init(k_init, images, mask, gpa_target=gpa, train=False)["params"]
+    return model.init(k_init, images, mask, gpa_target=gpa, train=False)["params"]
+
+
+def init_mae(model: MAE, key, batch_size: int = 1):
+    """Initialise MAE params; the GPA head's blocks start as copies of the pixel decoder's
+    (GPA_SPEC 4). Returns the `params` collection."""
+    params = init_params(model, key, batch_size)
     if model.gpa_head:
         params = {**params, "gpa_blocks": params["decoder_blocks"]}
     return params
@@ -153,7 +165,7 @@ def mae(name: str, **overrides) -> MAE:
 
 def mae_from_config(mc) -> MAE:
     """The MAE a `model` config section (mimjax/config.py) describes."""
-    over = dict(img_size=mc.img_size, dtype=jnp.dtype(mc.dtype), remat=mc.remat,
+    over = dict(img_size=mc.img_size, dtype=jnp.dtype(mc.dtype), remat=mc.remat, scan=mc.get("scan", False),
                 norm_pix_loss=mc.norm_pix_loss, gpa_head=mc.gpa_head,
                 gpa_head_late_start=mc.gpa_head_late_start, decoder_width=mc.decoder_width,
                 decoder_depth=mc.decoder_depth, decoder_heads=mc.decoder_heads)

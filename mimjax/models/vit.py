@@ -3,6 +3,8 @@
 One forward serves three users:
 - the plain encoder: NHWC images -> normed tokens [B, 1+N, D], cls first;
 - the MAE student: only the visible patches `ids_keep` [B, K] -> [B, 1+K, D];
+- the SimMIM student: every patch, the masked ones (`mask` [B, N]) replaced by a learned
+  `mask_token` before the position embedding -> [B, 1+N, D];
 - the GPA teacher: the pre-softmax attention logits of one block (and head), stopping
   right after that block's q and k.
 """
@@ -35,6 +37,7 @@ class VisionTransformer(nn.Module):
     mlp_ratio: float = 4.0
     dtype: Any = jnp.float32  # compute dtype; parameters stay float32
     remat: bool = False
+    scan: bool = False  # one lax.scan over the blocks (see `Transformer`)
     drop_path: float = 0.0
 
     def __post_init__(self):
@@ -52,12 +55,15 @@ class VisionTransformer(nn.Module):
         return self.grid_size ** 2
 
     @nn.compact
-    def __call__(self, images, *, ids_keep=None, attn_block: int | None = None,
+    def __call__(self, images, *, ids_keep=None, mask=None, mask_token=None, attn_block: int | None = None,
                  attn_head: int | None = None, stop_at_attn: bool = False, train: bool = False,
                  pool: str | None = None):
         """images: float [B, H, W, 3] (H = W = img_size).
 
         ids_keep: optional int32 [B, K], the patches to encode (MAE visible tokens).
+        mask / mask_token: optional bool [B, N] (True = masked) and [1, 1, D]: the masked
+        patches' embeddings are replaced by mask_token before the position embedding is
+        added (SimMIM's `VisionTransformerForSimMIM`); the token is the caller's parameter.
         attn_block / attn_head / stop_at_attn: see `Transformer`.
         pool: None -> tokens [B, 1+K, D] after the final LayerNorm; "token" -> the normed cls
         token [B, D] (timm global_pool='token'); "avg" -> LayerNorm of the mean patch token
@@ -67,6 +73,8 @@ class VisionTransformer(nn.Module):
         """
         if pool not in (None, "token", "avg"):
             raise ValueError(f"pool must be None, 'token' or 'avg', got {pool!r}")
+        if (mask is None) != (mask_token is None):
+            raise ValueError("mask and mask_token must be given together (SimMIM input masking)")
         if images.ndim != 4 or images.shape[1:3] != (self.img_size, self.img_size):
             raise ValueError(f"images must be [B, {self.img_size}, {self.img_size}, C], "
                              f"got shape {images.shape}")
@@ -79,6 +87,9 @@ class VisionTransformer(nn.Module):
                     name="patch_embed")(images)
         b = x.shape[0]
         x = x.reshape(b, self.num_patches, self.width)  # [B, N, D], row-major patches
+        if mask is not None:  # SimMIM: x * (1 - w) + mask_token * w, w = 1 on masked patches
+            w = mask.astype(x.dtype)[:, :, None]  # [B, N, 1]
+            x = x * (1 - w) + mask_token.astype(x.dtype) * w
         pos = jnp.asarray(posemb_sincos_2d(self.grid_size, self.grid_size, self.width))  # [1+N, D]
         x = x + pos[1:].astype(x.dtype)
         if ids_keep is not None:
@@ -87,7 +98,7 @@ class VisionTransformer(nn.Module):
         cls = (cls + pos[:1]).astype(x.dtype)
         x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)), x], axis=1)  # [B, 1+K, D]
         x, logits = Transformer(self.depth, self.num_heads, self.mlp_ratio, self.dtype,
-                                self.remat, self.drop_path, name="blocks")(
+                                self.remat, self.drop_path, self.scan, name="blocks")(
             x, attn_block=attn_block, attn_head=attn_head, stop_at_attn=stop_at_attn,
             deterministic=not train)
         if stop_at_attn:

@@ -49,3 +49,26 @@ def test_scan_drop_path_is_random_in_training_and_off_in_eval(params):
     c, _ = m.apply(params, X, deterministic=False, rngs={"dropout": jax.random.key(4)})
     np.testing.assert_array_equal(a, b)
     assert float(jnp.abs(a - eval_x).max()) > 1e-3 and float(jnp.abs(a - c).max()) > 1e-3
+
+
+@pytest.mark.parametrize("arch", ["mae", "simmim"])
+def test_scanned_model_from_config_gives_the_same_loss_and_teacher_logits(arch):
+    from mimjax import config as config_lib, masking
+    from mimjax.models import init_model, model_from_config
+
+    mc = config_lib.runlocal(config_lib.base_config()).model
+    mc.arch, mc.gpa_head = arch, True
+    unrolled = model_from_config(mc)
+    mc.scan = True
+    scanned = model_from_config(mc)
+    assert scanned.encoder.scan
+    params = init_model(unrolled, jax.random.key(0), batch_size=2)
+    images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    mask = masking.random_mask(jax.random.key(2), 2, 16, 0.75)
+    g = jax.random.uniform(jax.random.key(3), (2, 16))
+    want, got = (m.apply({"params": params}, images, mask, gpa_target=g, train=False) for m in (unrolled, scanned))
+    np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
+    np.testing.assert_allclose(got["pred"], want["pred"], atol=1e-4)
+    logits = [m.encoder.apply({"params": params["encoder"]}, images, attn_block=1, attn_head=0, stop_at_attn=True)
+              for m in (unrolled, scanned)]
+    np.testing.assert_allclose(logits[1], logits[0], atol=1e-4)
