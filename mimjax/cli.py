@@ -1,5 +1,6 @@
-"""`mimjax <command>`: train (pre-training). Flags follow big_vision / the Flax examples:
-absl flags with an ml_collections config file, `--config path.py:arg --config.key=value`."""
+"""`mimjax <command>`: train (pre-training), finetune, eval, export, import, visualize. Flags
+follow big_vision / the Flax examples: absl flags with an ml_collections config file,
+`--config path.py:arg --config.key=value`."""
 from __future__ import annotations
 
 import sys
@@ -10,7 +11,10 @@ commands:
   train   pre-train MAE / GPA-MAE: mimjax train --config configs/demo.py --workdir workdirs/demo
   export  weights for PyTorch:     mimjax export --workdir W --format timm|mae --out F.safetensors
   import  a PyTorch checkpoint:    mimjax import --in mae_pretrain_vit_base.pth --out DIR
+  finetune  a pre-trained encoder (MAE recipe, layer decay, mixup/cutmix):
+                                   mimjax finetune --config configs/finetune.py --workdir W --out FT_W
   eval    frozen features:         mimjax eval knn --workdir W --dataset embedded_faces
+          linear probe (MAE):      mimjax eval linprobe --config configs/linprobe.py --workdir W
   visualize  reconstructions, GPA heatmaps, masks and curves as PNGs:
                                    mimjax visualize --workdir W --out DIR [--images a.jpg ...]
 """
@@ -25,6 +29,9 @@ def main(argv=None):
     if command == "train":
         from mimjax import train_main
         return train_main.run([argv[0] + " train"] + argv[2:])
+    if command == "finetune":
+        from mimjax import classify_main
+        return classify_main.finetune_main(argv[2:])
     if command == "eval":
         from mimjax import eval_main
         return eval_main.main(argv[2:])

@@ -6,6 +6,11 @@
 
 The embedded labelled set (`embedded_faces`: 100 faces, 100 other 25x25 crops) is split
 deterministically: every 4th image is a test image, the rest are training images.
+
+`mimjax eval linprobe` (a linear classifier trained on the frozen encoder, MAE's protocol)
+takes a config file instead, see mimjax/classify_main.py:
+
+    mimjax eval linprobe --config configs/linprobe.py:runlocal --workdir W
 """
 from __future__ import annotations
 
@@ -26,7 +31,12 @@ class _Subset:
         return self.src[self.indices[i]]
 
 
-def _sources(args):
+def labelled_sources(dataset: str, *, test_dataset: str = "", train_split: str = "train",
+                     test_split: str = "test", data_dir: str = ""):
+    """(train, test) random-access labelled sources of a dataset spec: `embedded_faces`,
+    `tfds:NAME` (its train_split / test_split) or `folder:PATH` (class-per-folder). Without
+    a test_dataset, a source with no test split is split here: every 4th image is a test
+    image. Shared by k-NN, the linear probe and fine-tuning."""
     from mimjax import config as config_lib
     from mimjax.data import make_source
 
@@ -35,16 +45,16 @@ def _sources(args):
         kind, _, arg = spec.partition(":")
         d.source = kind
         if kind == "tfds":
-            d.name, d.split, d.data_dir = arg, split, args.data_dir or ""
+            d.name, d.split, d.data_dir = arg, split, data_dir or ""
         elif kind == "folder":
             d.folder = arg
         return make_source(d)
 
-    train = source(args.dataset, args.train_split)
-    if args.test_dataset:
-        return train, source(args.test_dataset, args.test_split)
-    if args.dataset.startswith("tfds:"):
-        return train, source(args.dataset, args.test_split)
+    train = source(dataset, train_split)
+    if test_dataset:
+        return train, source(test_dataset, test_split)
+    if dataset.startswith("tfds:"):
+        return train, source(dataset, test_split)
     n = len(train)
     return _Subset(train, [i for i in range(n) if i % 4]), _Subset(train, range(0, n, 4))
 
@@ -72,16 +82,17 @@ def knn_main(argv) -> int:
     from mimjax.checkpoint import load_params
     from mimjax.config import model_config_of_workdir
     from mimjax.data import make_iterator
-    from mimjax.models import init_mae, mae_from_config
+    from mimjax.models import init_model, model_from_config
 
     mc = model_config_of_workdir(args.workdir)
     if mc is None:
         print(f"mimjax eval: {args.workdir!r} has no config.json; is it a mimjax workdir?", file=sys.stderr)
         return 2
-    model = mae_from_config(mc)
-    params = (init_mae(model, jax.random.key(0)) if args.random_init
+    model = model_from_config(mc)
+    params = (init_model(model, jax.random.key(0)) if args.random_init
               else load_params(os.path.join(args.workdir, "checkpoints")))
-    train_src, test_src = _sources(args)
+    train_src, test_src = labelled_sources(args.dataset, test_dataset=args.test_dataset, train_split=args.train_split,
+                                           test_split=args.test_split, data_dir=args.data_dir)
     feats = []
     for src in (train_src, test_src):
         it = make_iterator(None, img_size=mc.img_size, global_batch_size=args.batch_size, seed=0,
@@ -98,8 +109,15 @@ def knn_main(argv) -> int:
     return 0
 
 
+USAGE = ("usage: mimjax eval knn --workdir W [--dataset embedded_faces] ...\n"
+         "       mimjax eval linprobe --config configs/linprobe.py --workdir W [--out DIR] [--config.key=value ...]")
+
+
 def main(argv) -> int:
-    if not argv or argv[0] != "knn":
-        print("usage: mimjax eval knn --workdir W [--dataset embedded_faces] ...", file=sys.stderr)
-        return 2
-    return knn_main(argv[1:])
+    if argv and argv[0] == "knn":
+        return knn_main(argv[1:])
+    if argv and argv[0] == "linprobe":
+        from mimjax import classify_main
+        return classify_main.linprobe_main(argv[1:])
+    print(USAGE, file=sys.stderr)
+    return 2
