@@ -35,6 +35,8 @@ from mimjax.classify_main import ConfigError, validate
 from mimjax.train import Schedule
 
 log = logging.getLogger("mimjax")
+# MAE's main_linprobe.py and main_finetune.py crop with timm/torchvision's default area range.
+FINETUNE_CROP_SCALE = (0.08, 1.0)
 
 
 @flax.struct.dataclass
@@ -179,7 +181,7 @@ def fit(c, out: str, build) -> dict:
     try:
         it = data.make_iterator(None, img_size=task.img_size, global_batch_size=c.batch_size, seed=c.seed,
                                 process_index=jax.process_index(), process_count=jax.process_count(),
-                                source=train_src)
+                                source=train_src, crop_scale=FINETUNE_CROP_SCALE)
     except ValueError as e:
         raise ConfigError(f"config.batch_size={c.batch_size}: {e}") from e
     out, is_main = os.path.abspath(out), jax.process_index() == 0

@@ -24,8 +24,9 @@ class _Transform:
     and independent of the process count. Runs in grain's reader threads, hence the lock.
     """
 
-    def __init__(self, img_size: int, train: bool, seed: int):
+    def __init__(self, img_size: int, train: bool, seed: int, crop_scale=(0.2, 1.0)):
         self.img_size, self.train, self.seed, self.skipped = img_size, train, seed, 0
+        self.crop_scale = tuple(crop_scale)
         self._lock = threading.Lock()
 
     def __call__(self, item):
@@ -46,7 +47,8 @@ class _Transform:
             image = np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=-1)
         image = image[..., :3].astype(np.uint8)  # drop alpha
         if self.train:
-            x = augment.train_transform(image, self.img_size, np.random.default_rng((self.seed, position)))
+            x = augment.train_transform(image, self.img_size, np.random.default_rng((self.seed, position)),
+                                        self.crop_scale)
         else:
             x = augment.eval_transform(image, self.img_size)
         return {"image": x, "label": np.int32(record.get("label", 0))}
@@ -100,7 +102,7 @@ class InputIterator:
 
 def make_pretrain_iterator(data_config, *, img_size: int, global_batch_size: int, seed: int,
                            process_index: int = 0, process_count: int = 1, train: bool = True,
-                           source=None) -> InputIterator:
+                           source=None, crop_scale=(0.2, 1.0)) -> InputIterator:
     """Batches of this process: train=True is infinite, reshuffled every epoch with the
     seed, augmented (`augment.train_transform`), full batches only; train=False is one pass
     in order with center crops (`augment.eval_transform`), the last partial batch kept.
@@ -109,7 +111,8 @@ def make_pretrain_iterator(data_config, *, img_size: int, global_batch_size: int
     any process count: global batch k holds the shuffled positions [k*B, (k+1)*B), and
     process p reads (and decodes) only its slice [k*B + p*L, k*B + (p+1)*L). So each
     process reads a disjoint shard, and 1 or 2 processes train on the same global batches.
-    `source` overrides `make_source(data_config)`.
+    `source` overrides `make_source(data_config)`. crop_scale: RandomResizedCrop's area
+    range, (0.2, 1) for MAE pre-training, (0.08, 1) for its linear probe and fine-tuning.
     """
     if global_batch_size <= 0 or process_count <= 0 or global_batch_size % process_count:
         raise ValueError(f"batch_size={global_batch_size} is not divisible by the {process_count} processes")
@@ -127,7 +130,7 @@ def make_pretrain_iterator(data_config, *, img_size: int, global_batch_size: int
         return (m // local) * big + process_index * local + m % local
 
     num_local = (total // big) * local + max(0, min(total % big - process_index * local, local))
-    transform = _Transform(img_size, train, seed)
+    transform = _Transform(img_size, train, seed, crop_scale)
     ds = grain.MapDataset.range(num_local).map(lambda m: (position(m), ordered[position(m)])).map(transform)
     # Reader threads decode/augment ahead (PIL releases the GIL). The buffer holds finished
     # float32 images (0.6 MB at 224 px): enough to keep the threads busy, bounded in memory,

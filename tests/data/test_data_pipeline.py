@@ -109,3 +109,22 @@ def test_prefetch_to_device_yields_the_batches_and_resumes_exactly(data_config):
     resumed.set_state(json.loads(json.dumps(state)))
     for h, g in zip(host[3:], take(resumed, 2)):
         np.testing.assert_array_equal(np.asarray(g["image"]), h["image"])
+
+
+def test_crop_scale_reaches_the_random_resized_crop(data_config):
+    """crop_scale=(1, 1) with square images: every crop is the whole image (maybe flipped),
+    unlike the default (0.2, 1) pre-training crops."""
+    from mimjax.data.sources import Synthetic
+
+    src = Synthetic(8, 32)  # square 32 x 32 uint8 images
+    whole = [augment.normalize(src[i]["image"]) for i in range(len(src))]
+
+    def batch(scale):
+        it = make_pretrain_iterator(None, img_size=32, global_batch_size=8, seed=0, source=src, crop_scale=scale)
+        return next(it)["image"]
+
+    full, default = batch((1.0, 1.0)), batch((0.2, 1.0))
+    def is_whole(x):
+        return any(np.allclose(x, w, atol=1e-5) or np.allclose(x, w[:, ::-1], atol=1e-5) for w in whole)
+    assert all(is_whole(x) for x in full)
+    assert not all(is_whole(x) for x in default)
