@@ -94,6 +94,14 @@ def uses_teacher(cfg) -> bool:
     return cfg.masking.strategy in ("gpa", "high") or cfg.model.gpa_head
 
 
+def load_frozen_teacher(cfg, teacher):
+    """The frozen teacher's params (teacher.source = "checkpoint" and a teacher in use), else
+    None; a missing or mismatched checkpoint raises ValueError."""
+    if uses_teacher(cfg) and cfg.teacher.source == "checkpoint":
+        return teacher_lib.load_checkpoint_params(cfg.teacher.path, teacher)
+    return None
+
+
 def teacher_params(cfg, state: TrainState, frozen):
     """The teacher's weights this step: frozen checkpoint, EMA copy, or the student's own."""
     if not uses_teacher(cfg):
@@ -191,6 +199,16 @@ def make_snapshot_fn(cfg, model: MAE, teacher):
     return snapshot
 
 
+def snapshot_grid(cfg, enc, images, out, max_images: int = 4):
+    """The reconstruction PNG (uint8, `visualize.reconstruction_grid`) of the arrays a
+    `make_snapshot_fn` returned for `images`; small images are magnified to ~128 px."""
+    out = jax.tree.map(np.asarray, out)
+    return visualize.reconstruction_grid(
+        images, out["pred"], out["mask"], patch_size=enc.patch_size, norm_pix_loss=cfg.model.norm_pix_loss,
+        gpa=out["gpa"], mask_at_progress=out["late_mask"], max_images=max_images,
+        upscale=max(1, 128 // enc.img_size))
+
+
 class RecompilationError(RuntimeError):
     """The train step was traced (hence compiled) again after its first call."""
 
@@ -246,12 +264,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 
     # --- Model, teacher, optimizer --------------------------------------------------
     teacher = teacher_lib.teacher_model(cfg, enc)
-    frozen_teacher = None  # uncommitted arrays: replicated by jit and broadcast by pmap
-    if uses_teacher(cfg) and cfg.teacher.source == "checkpoint":
-        try:
-            frozen_teacher = teacher_lib.load_checkpoint_params(cfg.teacher.path, teacher)
-        except ValueError as e:
-            raise config_lib.ConfigError(str(e)) from e
+    try:  # uncommitted arrays (or None): replicated by jit and broadcast by pmap
+        frozen_teacher = load_frozen_teacher(cfg, teacher)
+    except ValueError as e:
+        raise config_lib.ConfigError(str(e)) from e
     # Everything checked: only now is the workdir touched.
     try:
         os.makedirs(workdir, exist_ok=True)
@@ -329,11 +345,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         out = snapshot_fn(par.to_global(state), frozen_teacher, snap_images, snap_key, progress)
         if not is_main:
             return
-        out = jax.tree.map(np.asarray, out)
-        grid = visualize.reconstruction_grid(
-            snap_images, out["pred"], out["mask"], patch_size=enc.patch_size,
-            norm_pix_loss=cfg.model.norm_pix_loss, gpa=out["gpa"], mask_at_progress=out["late_mask"],
-            upscale=max(1, 128 // enc.img_size))
+        grid = snapshot_grid(cfg, enc, snap_images, out)
         visualize.save_png(os.path.join(workdir, "snapshots", f"step_{step:07d}.png"), grid)
         writer.write_image(step, "reconstruction", grid)
 

@@ -66,7 +66,6 @@ def main(argv) -> int:
 
     import jax
     import ml_collections
-    import numpy as np
 
     from mimjax import config as config_lib, data, teacher as teacher_lib, train, visualize
     from mimjax.checkpoint import load_state
@@ -81,9 +80,7 @@ def main(argv) -> int:
                                           seed=cfg.seed + 1 + args.seed))["image"])  # [B, S, S, 3]
         saved = load_state(os.path.join(args.workdir, "checkpoints"))
         teacher = teacher_lib.teacher_model(cfg, enc)
-        frozen = None
-        if train.uses_teacher(cfg) and cfg.teacher.source == "checkpoint":
-            frozen = teacher_lib.load_checkpoint_params(cfg.teacher.path, teacher)
+        frozen = train.load_frozen_teacher(cfg, teacher)
     except ValueError as e:
         print(f"mimjax visualize: {e}", file=sys.stderr)
         return 2
@@ -96,11 +93,7 @@ def main(argv) -> int:
 
     snapshot = jax.jit(train.make_snapshot_fn(cfg, model, teacher))
     out = snapshot(state, frozen, images, jax.random.key(args.seed), args.progress, args.mask_progress)
-    out = jax.tree.map(np.asarray, out)
-    grid = visualize.reconstruction_grid(
-        images, out["pred"], out["mask"], patch_size=enc.patch_size, norm_pix_loss=cfg.model.norm_pix_loss,
-        gpa=out["gpa"], mask_at_progress=out["late_mask"], max_images=len(images),
-        upscale=max(1, 128 // enc.img_size))
+    grid = train.snapshot_grid(cfg, enc, images, out, max_images=len(images))
     os.makedirs(args.out, exist_ok=True)
     written = [os.path.join(args.out, "reconstruction.png")]
     visualize.save_png(written[0], grid)
