@@ -103,14 +103,20 @@ def _explicit_attention(q, k, v, *args, **kwargs):
 @contextlib.contextmanager
 def attention_impl(kind: str):
     """kind "fused": the model as written (`jax.nn.dot_product_attention`); "explicit":
-    that call replaced by einsum + softmax while programs are traced inside the block."""
+    that call replaced by einsum + softmax; "xla" / "cudnn": the call forced to that
+    `implementation` (cuDNN flash attention needs a GPU and bf16/fp16), while programs are
+    traced inside the block."""
     if kind == "fused":
         yield
         return
-    if kind != "explicit":
-        raise ValueError(f"attention must be fused or explicit, got {kind!r}")
     fused = jax.nn.dot_product_attention
-    jax.nn.dot_product_attention = _explicit_attention
+    if kind == "explicit":
+        replacement = _explicit_attention
+    elif kind in ("xla", "cudnn"):
+        replacement = lambda *a, **kw: fused(*a, **{**kw, "implementation": kind})  # noqa: E731
+    else:
+        raise ValueError(f"attention must be fused, explicit, xla or cudnn, got {kind!r}")
+    jax.nn.dot_product_attention = replacement
     try:
         yield
     finally:

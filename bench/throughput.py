@@ -211,8 +211,9 @@ def parse_args(argv=None):
     ap.add_argument("--teacher", nargs="+", choices=("stop", "full"), default=["stop", "full"],
                     help="GPA teacher: stop after block 9's q,k of one head; full: whole teacher, all heads' "
                          "attention (full runs for gpa_teacher only)")
-    ap.add_argument("--attention", nargs="+", choices=("fused", "explicit"), default=["fused"],
-                    help="fused: jax.nn.dot_product_attention as written; explicit: einsum + softmax")
+    ap.add_argument("--attention", nargs="+", choices=("fused", "explicit", "xla", "cudnn"),
+                    default=["fused"], help="fused: jax.nn.dot_product_attention as the model calls it; "
+                    "explicit: einsum + softmax; xla / cudnn: that call forced to this implementation")
     ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                     help="config override applied to every step, e.g. model.remat=true, model.scan=true")
     ap.add_argument("--encoder-model", default="vit_small_patch16")
