@@ -43,7 +43,8 @@ def markdown(result: dict) -> str:
     out = [f"# mimjax throughput: {m['backend']} / {m['device']}",
            (f"{m['date']}; jax {m['jax']}, torch {m.get('torch') or '-'}, timm {m.get('timm') or '-'}; "
             f"{m['device_count']} device(s), {m['cpu_count']} CPU cores ({m.get('cpu_model', '?')}); "
-            f"overrides: {', '.join(m.get('overrides') or []) or 'none'}; run took {m.get('elapsed_s', '?')} s.")]
+            f"overrides: {', '.join(m.get('overrides') or []) or 'none'}; "
+            f"GLIBC_TUNABLES: {m.get('glibc_tunables') or 'none'}; run took {m.get('elapsed_s', '?')} s.")]
     mm = result.get("matmul")
     if mm:
         out += ["", "## float32 matmul 2048^3", _table(

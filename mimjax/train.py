@@ -399,6 +399,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 if __name__ == "__main__":  # python -m mimjax.train --config ... --workdir ...
     import sys
 
-    from mimjax import train_main
+    from mimjax import hostmem, train_main
 
+    hostmem.reexec_with_hugepages()
     train_main.run(sys.argv)

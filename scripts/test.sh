@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export MIMJAX_TORCH=1 HF_HUB_OFFLINE=1
+# Huge-page malloc for the test process too (what `mimjax` sets for itself: mimjax/hostmem.py).
+[ "${MIMJAX_HUGEPAGES:-1}" = 0 ] || [[ "${GLIBC_TUNABLES:-}" == *glibc.malloc.hugetlb=* ]] ||
+  export GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1"
 source scripts/venv.sh
 python -m pytest -q "$@" || rc=$?
 rc=${rc:-0}
