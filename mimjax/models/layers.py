@@ -45,6 +45,38 @@ def posemb_sincos_2d(grid_h: int, grid_w: int, dim: int, cls_token: bool = True)
     return emb.astype(np.float32)
 
 
+def patchify(images, patch_size: int):
+    """[B, H, W, C] -> [B, N, p*p*C], patches row-major, pixels in (p, q, c) order (MAE)."""
+    b, h, w, c = images.shape
+    p = patch_size
+    x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+class PatchEmbed(nn.Module):
+    """The ViT patch embedding, a p x p convolution with stride p, computed as patchify +
+    one matmul: the same parameters as `nn.Conv` (`kernel` [p, p, C, D], same init; `bias`
+    [D]) and the same result up to float rounding. Why not the conv: on the CPU backend XLA
+    computes the conv's kernel gradient in an MAE step (the conv output gathered to the
+    visible patches) as a generic dilated convolution, 3.1 s of a 15 s ViT-S/16 step at
+    batch 32; as a matmul it is one more dense product (bench/README.md)."""
+
+    patch_size: int
+    width: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, images):  # [B, H, W, C] -> [B, N, D], patches row-major
+        p, c = self.patch_size, images.shape[-1]
+        # MAE's xavier on the flattened [D, p*p*C] weight is fan_avg over (p*p*C, D).
+        kernel = self.param("kernel", nn.initializers.variance_scaling(
+            1.0, "fan_avg", "uniform", in_axis=(0, 1, 2), out_axis=-1), (p, p, c, self.width))
+        bias = self.param("bias", nn.initializers.zeros, (self.width,))
+        x = patchify(images, p)  # [B, N, p*p*C]; (p, q, c) order = the kernel's row-major flattening
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel.reshape(p * p * c, self.width), bias, dtype=self.dtype)
+        return x @ kernel + bias
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with separate q/k/v kernels [D, H, hd].
 

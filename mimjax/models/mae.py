@@ -13,16 +13,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mimjax.models.layers import LayerNorm, Transformer, posemb_sincos_2d, xavier_uniform
+from mimjax.models.layers import LayerNorm, Transformer, patchify, posemb_sincos_2d, xavier_uniform
 from mimjax.models.vit import VisionTransformer, _check_overrides, vit_kwargs
-
-
-def patchify(images, patch_size: int):
-    """[B, H, W, C] -> [B, N, p*p*C], patches row-major, pixels in (p, q, c) order (MAE)."""
-    b, h, w, c = images.shape
-    p = patch_size
-    x = images.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, (h // p) * (w // p), p * p * c)
 
 
 def unpatchify(patches, patch_size: int, channels: int = 3):

@@ -16,7 +16,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mimjax.models.layers import LayerNorm, Transformer, posemb_sincos_2d
+from mimjax.models.layers import LayerNorm, PatchEmbed, Transformer, posemb_sincos_2d
 
 # name -> (patch, width, depth, heads); REFERENCE.md "ViT sizes".
 VIT_VARIANTS = {
@@ -78,15 +78,8 @@ class VisionTransformer(nn.Module):
         if images.ndim != 4 or images.shape[1:3] != (self.img_size, self.img_size):
             raise ValueError(f"images must be [B, {self.img_size}, {self.img_size}, C], "
                              f"got shape {images.shape}")
-        p = self.patch_size
-        # Conv patch embedding == a linear layer on (p, p, c) patches; MAE's xavier on the
-        # flattened [D, p*p*c] weight is fan_avg over (p*p*c, D).
-        x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                    kernel_init=nn.initializers.variance_scaling(
-                        1.0, "fan_avg", "uniform", in_axis=(0, 1, 2), out_axis=-1),
-                    name="patch_embed")(images)
+        x = PatchEmbed(self.patch_size, self.width, self.dtype, name="patch_embed")(images)  # [B, N, D]
         b = x.shape[0]
-        x = x.reshape(b, self.num_patches, self.width)  # [B, N, D], row-major patches
         if mask is not None:  # SimMIM: x * (1 - w) + mask_token * w, w = 1 on masked patches
             w = mask.astype(x.dtype)[:, :, None]  # [B, N, 1]
             x = x * (1 - w) + mask_token.astype(x.dtype) * w
