@@ -245,7 +245,8 @@ def main(argv=None):
     meta = dict(backend=jax.default_backend(), device=dev.device_kind, device_count=jax.device_count(),
                 jax=jax.__version__, **versions, date=datetime.datetime.now().isoformat(timespec="seconds"),
                 host=platform.node(), cpu_count=cpu_count(), cpu_model=cpu_model(), overrides=args.override,
-                argv=sys.argv[1:], glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""), peak_bf16_flops=flops.peak_flops(dev.device_kind) if dev.platform != "cpu" else None)
+                argv=sys.argv[1:], glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
+                peak_bf16_flops=flops.peak_flops(dev.device_kind) if dev.platform != "cpu" else None)
     ctx = {"peak": meta["peak_bf16_flops"], "torch": use_torch, "matmul_flops": None}
     result = {"meta": meta, "notes": []}
     print(f"backend {meta['backend']}, device {meta['device']}, {meta['cpu_count']} cores", flush=True)

@@ -2,10 +2,10 @@
 
 Why: an XLA program on the CPU backend allocates its scratch memory afresh on every call
 (4.6 GB for a ViT-S/16 forward + backward at batch 32) and gives it back afterwards, so
-every step touches that memory page by page again. With 4 kB pages that was 1.3 M page
-faults and ~5 s of kernel time per step, more than half the step (measured on 2 cores:
-8.8 s -> 5.8 s per step with huge pages; bench/README.md). GPU/TPU hosts gain less, but
-their input pipelines allocate the same way.
+every step touches that memory page by page again. With 4 kB pages that was ~1.2 M page
+faults and 3-3.5 s of kernel time per call; with 2 MB pages 5-9 k faults, and the call
+took 5.7 s instead of 7.7 s (2 cores; bench/README.md). On GPU/TPU hosts the device
+programs do not allocate through malloc; any gain there (input pipeline) is unmeasured.
 
 glibc reads its tunables only when a process starts, so the entry points (`mimjax`,
 `python -m mimjax.train`, `python -m bench.throughput`) call `reexec_with_hugepages()`

@@ -5,6 +5,7 @@ large malloc in a fresh process.
     python -m pytest tests/test_hostmem.py -q
 """
 import os
+import platform
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import pytest
 
 from mimjax import hostmem
 
-ON_GLIBC_LINUX = sys.platform == "linux" and __import__("platform").libc_ver()[0] == "glibc"
+ON_GLIBC_LINUX = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
 THP = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
