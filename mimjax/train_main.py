@@ -75,7 +75,12 @@ def _main(argv):
         sys.exit(3)
     except DiskFullError as e:
         print(f"mimjax: {e}", file=sys.stderr)
-        sys.exit(4)
+        # train() has already waited for and closed the checkpointer and the writers. A
+        # normal interpreter exit would now garbage-collect Orbax's failed async tasks, and
+        # their "RuntimeError: Event loop is closed" could land after our one line.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(4)
 
 
 def run(argv):
