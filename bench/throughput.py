@@ -24,6 +24,10 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # leave GPU mem
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if not __package__:  # `python bench/throughput.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+if __name__ == "__main__":  # restart before the heavy imports below, or they would run twice
+    from mimjax import hostmem
+
+    hostmem.reexec_with_hugepages()  # huge-page malloc unless MIMJAX_HUGEPAGES=0 (recorded in meta)
 
 import jax
 import jax.numpy as jnp
@@ -280,7 +284,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from mimjax import hostmem
-
-    hostmem.reexec_with_hugepages()  # huge-page malloc unless MIMJAX_HUGEPAGES=0 (recorded in meta)
     main()

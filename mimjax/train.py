@@ -19,6 +19,11 @@ import os
 import signal
 from typing import Any
 
+if __name__ == "__main__":  # `python -m mimjax.train`: restart before the heavy imports, not after
+    from mimjax import hostmem
+
+    hostmem.reexec_with_hugepages()
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -399,7 +404,6 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 if __name__ == "__main__":  # python -m mimjax.train --config ... --workdir ...
     import sys
 
-    from mimjax import hostmem, train_main
+    from mimjax import train_main
 
-    hostmem.reexec_with_hugepages()
     train_main.run(sys.argv)
