@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from bench import steps
-from mimjax import config as config_lib
+from mimjax.train import config as config_lib
 from mimjax import data
 
 

@@ -16,7 +16,9 @@ import time
 import jax
 import jax.numpy as jnp
 
-from mimjax import config as config_lib, optim, train
+from mimjax.train import config as config_lib
+from mimjax.train import optim
+from mimjax.train import pretrain as train
 
 
 def step_memory(size: str, batch: int, remat: bool, gpa: bool, dtype: str) -> dict:

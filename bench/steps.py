@@ -19,9 +19,10 @@ import tempfile
 import jax
 import jax.numpy as jnp
 
-from mimjax import config as config_lib
-from mimjax import optim, train
-from mimjax import teacher as teacher_lib
+from mimjax.train import config as config_lib
+from mimjax.train import optim
+from mimjax.train import pretrain as train
+from mimjax.train import teacher as teacher_lib
 from mimjax.models import init_model, model_from_config, vit
 from mimjax.models.vit import vit_kwargs
 

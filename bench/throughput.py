@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if not __package__:  # `python bench/throughput.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if __name__ == "__main__":  # restart before the heavy imports below, or they would run twice
-    from mimjax import hostmem
+    from mimjax import procenv as hostmem
 
     hostmem.reexec_with_hugepages()  # huge-page malloc unless MIMJAX_HUGEPAGES=0 (recorded in meta)
 

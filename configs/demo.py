@@ -9,7 +9,7 @@ an EMA copy of the student (`teacher.source = "ema"`); the GPA masks and heatmap
 computed exactly as with a frozen MAE teacher. Variants: `demo.py:mae` (random masking),
 `demo.py:teacher` (GPA masking without the GPA head), default = "teacher + feature".
 """
-from mimjax.config import base_config
+from mimjax.train.config import base_config
 
 
 def get_config(arg=None):

@@ -15,7 +15,7 @@ photos, EMA teacher so no checkpoint is needed), "ema" / "self" (teacher without
 "late_head" (the released code's quirk: GPA head blocks only after 75% of training, with a
 constant soft share of 0.3).
 """
-from mimjax.config import base_config, runlocal
+from mimjax.train.config import base_config, runlocal
 
 
 def get_config(arg=None):

@@ -7,7 +7,7 @@ Variants: vit_{tiny,small,base,large}_patch16, vit_huge_patch14 (e.g. `mae.py:vi
 append ",runlocal" (`mae.py:vit_base_patch16,runlocal`) for a tiny smoke run on the embedded photos.
 Headline recipe: 800 epochs, 40 warm-up, blr 1.5e-4, batch 4096, norm_pix_loss, ratio 0.75.
 """
-from mimjax.config import base_config, runlocal
+from mimjax.train.config import base_config, runlocal
 
 
 def get_config(arg=None):

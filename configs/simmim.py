@@ -24,7 +24,7 @@ GPA flags follow configs/gpa_mae.py: hard share 0.0 -> 0.5, soft 0.3 -> 0.0 of t
 patches, teacher block 9, head 11. "ema" / "self" pick a teacher without a checkpoint;
 "runlocal" makes a tiny smoke run on the embedded photos (EMA teacher).
 """
-from mimjax.config import base_config, runlocal
+from mimjax.train.config import base_config, runlocal
 
 
 def get_config(arg=None):

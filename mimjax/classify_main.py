@@ -20,7 +20,7 @@ import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mimjax.config import ConfigError, _fail, _schema_diff
+from mimjax.train.config import ConfigError, _fail, _schema_diff
 
 FLAGS = flags.FLAGS
 POOLS, OPTIMIZERS, SOURCES = ("avg", "token"), ("adamw", "lars", "sgd"), ("tfds", "folder", "embedded_faces")
@@ -40,7 +40,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 2
     c.pool = "avg"  # avg: LayerNorm of the mean patch token (fc_norm, MAE fine-tune) | token: normed cls token
     c.num_classes = -1  # -1: from the dataset
-    c.parallelism = ml_collections.ConfigDict({"mode": "jit", "data": -1, "fsdp": 1, "model": 1})  # mimjax/sharding.py
+    c.parallelism = ml_collections.ConfigDict({"mode": "jit", "data": -1, "fsdp": 1, "model": 1})  # mimjax/parallel/mesh.py
     c.model = ml_collections.ConfigDict()
     c.model.img_size = 0  # 0: the pre-training image size
     c.model.drop_path = 0.1
@@ -98,7 +98,7 @@ def _in_range(key, value, lo, hi, expected):
 
 def validate(c, *, num_devices: int = 1, process_count: int = 1) -> None:
     """Raises ConfigError (one line naming key and value) for anything that cannot run."""
-    from mimjax.sharding import mesh_shape
+    from mimjax.parallel.mesh import mesh_shape
 
     unknown, missing = _schema_diff(c, base_config())
     if unknown or missing:
@@ -178,7 +178,7 @@ def _run(prog: str, argv, command):
     def main(args):
         if len(args) > 1:
             raise app.UsageError(f"unexpected arguments {args[1:]}")
-        from mimjax.checkpoint import DiskFullError
+        from mimjax.train.checkpoint import DiskFullError
 
         logging.set_verbosity(logging.WARNING)  # absl: Orbax's per-file INFO lines
         std_logging.getLogger("mimjax").setLevel(std_logging.INFO)
@@ -202,7 +202,7 @@ def finetune_main(argv):
     def command(config, workdir, out):
         if not out:
             raise ConfigError("--out is required: the fine-tuning output directory")
-        from mimjax import finetune
+        from mimjax.eval import finetune
         return finetune.finetune(config, workdir, out)
 
     return _run("mimjax finetune", argv, command)
@@ -211,7 +211,7 @@ def finetune_main(argv):
 def linprobe_main(argv):
     """`mimjax eval linprobe FLAGS` (argv: the flags only)."""
     def command(config, workdir, out):
-        from mimjax import linprobe
+        from mimjax.eval import linprobe
         return linprobe.linprobe(config, workdir, out)
 
     return _run("mimjax eval linprobe", argv, command)

@@ -21,8 +21,8 @@ commands:
 
 
 def main(argv=None):
-    if argv is None:  # the console script: restart once with huge-page malloc (mimjax/hostmem.py)
-        from mimjax import hostmem
+    if argv is None:  # the console script: restart once with huge-page malloc (mimjax/procenv.py)
+        from mimjax import procenv as hostmem
         hostmem.reexec_with_hugepages()
     argv = list(sys.argv if argv is None else argv)
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):

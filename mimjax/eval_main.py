@@ -20,45 +20,6 @@ import os
 import sys
 
 
-class _Subset:
-    def __init__(self, src, indices):
-        self.src, self.indices = src, list(indices)
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __getitem__(self, i):
-        return self.src[self.indices[i]]
-
-
-def labelled_sources(dataset: str, *, test_dataset: str = "", train_split: str = "train",
-                     test_split: str = "test", data_dir: str = ""):
-    """(train, test) random-access labelled sources of a dataset spec: `embedded_faces`,
-    `tfds:NAME` (its train_split / test_split) or `folder:PATH` (class-per-folder). Without
-    a test_dataset, a source with no test split is split here: every 4th image is a test
-    image. Shared by k-NN, the linear probe and fine-tuning."""
-    from mimjax import config as config_lib
-    from mimjax.data import make_source
-
-    def source(spec, split):
-        d = config_lib.base_config().data
-        kind, _, arg = spec.partition(":")
-        d.source = kind
-        if kind == "tfds":
-            d.name, d.split, d.data_dir = arg, split, data_dir or ""
-        elif kind == "folder":
-            d.folder = arg
-        return make_source(d)
-
-    train = source(dataset, train_split)
-    if test_dataset:
-        return train, source(test_dataset, test_split)
-    if dataset.startswith("tfds:"):
-        return train, source(dataset, test_split)
-    n = len(train)
-    return _Subset(train, [i for i in range(n) if i % 4]), _Subset(train, range(0, n, 4))
-
-
 def knn_main(argv) -> int:
     ap = argparse.ArgumentParser(prog="mimjax eval knn", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -78,10 +39,11 @@ def knn_main(argv) -> int:
 
     import jax
 
-    from mimjax import evaluate
-    from mimjax.checkpoint import load_params
-    from mimjax.config import model_config_of_workdir
+    from mimjax.eval import knn as evaluate
+    from mimjax.train.checkpoint import load_params
+    from mimjax.train.config import model_config_of_workdir
     from mimjax.data import make_iterator
+    from mimjax.data.labelled import labelled_sources
     from mimjax.models import init_model, model_from_config
 
     mc = model_config_of_workdir(args.workdir)

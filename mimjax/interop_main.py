@@ -19,8 +19,8 @@ def export_main(argv) -> int:
     ap.add_argument("--pool", choices=("token", "avg"), default="token", help="timm global_pool layout")
     args = ap.parse_args(argv)
     from mimjax import export
-    from mimjax.checkpoint import load_params
-    from mimjax.config import model_config_of_workdir
+    from mimjax.train.checkpoint import load_params
+    from mimjax.train.config import model_config_of_workdir
 
     mc = model_config_of_workdir(args.workdir)
     if mc is None:
@@ -47,7 +47,9 @@ def import_main(argv) -> int:
     ap.add_argument("--name", default="vit_base_patch16")
     ap.add_argument("--img_size", type=int, default=224)
     args = ap.parse_args(argv)
-    from mimjax import checkpoint, config as config_lib, export
+    from mimjax import export
+    from mimjax.train import checkpoint
+    from mimjax.train import config as config_lib
 
     if os.path.exists(os.path.join(args.out, "checkpoints")):
         raise SystemExit(f"mimjax import: {args.out!r} already holds checkpoints; choose a new directory")

@@ -8,7 +8,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mimjax.config import ConfigError
+from mimjax.train.config import ConfigError
 
 FLAGS = flags.FLAGS
 
@@ -58,8 +58,8 @@ def _main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
     init_distributed()  # before anything touches the devices
-    from mimjax import train  # heavy imports after flag parsing, so --help is instant
-    from mimjax.checkpoint import DiskFullError
+    from mimjax.train import pretrain as train  # heavy imports after flag parsing, so --help is instant
+    from mimjax.train.checkpoint import DiskFullError
     logging.set_verbosity(logging.WARNING)  # absl: Orbax's per-file INFO lines
     std_logging.getLogger("mimjax").setLevel(std_logging.INFO)
     # A failed async Orbax write leaves hundreds of "Task exception was never retrieved"

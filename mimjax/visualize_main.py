@@ -67,8 +67,12 @@ def main(argv) -> int:
     import jax
     import ml_collections
 
-    from mimjax import config as config_lib, data, teacher as teacher_lib, train, visualize
-    from mimjax.checkpoint import load_state
+    from mimjax import data
+    from mimjax.train import config as config_lib
+    from mimjax.train import teacher as teacher_lib
+    from mimjax.train import pretrain as train
+    from mimjax.train import pictures as visualize
+    from mimjax.train.checkpoint import load_state
 
     with open(cfg_path) as f:
         cfg = config_lib.fill_missing(ml_collections.ConfigDict(json.load(f)))

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from mimjax import hostmem
+from mimjax import procenv as hostmem
 
 ON_GLIBC_LINUX = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
 THP = "/sys/kernel/mm/transparent_hugepage/enabled"
@@ -29,7 +29,7 @@ def test_env_adds_the_tunable_and_keeps_the_users_choice():
 # GLIBC_TUNABLES and the minor page faults the touching cost (4 kB pages: 65,536).
 CHILD = """
 import ctypes, os, resource, sys
-from mimjax import hostmem
+from mimjax import procenv as hostmem
 hostmem.reexec_with_hugepages()
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p

@@ -156,7 +156,7 @@ def mae(name: str, **overrides) -> MAE:
 
 
 def mae_from_config(mc) -> MAE:
-    """The MAE a `model` config section (mimjax/config.py) describes."""
+    """The MAE a `model` config section (mimjax/train/config.py) describes."""
     over = dict(img_size=mc.img_size, dtype=jnp.dtype(mc.dtype), remat=mc.remat, scan=mc.get("scan", False),
                 norm_pix_loss=mc.norm_pix_loss, gpa_head=mc.gpa_head,
                 gpa_head_late_start=mc.gpa_head_late_start, decoder_width=mc.decoder_width,

@@ -53,7 +53,8 @@ def test_scan_drop_path_is_random_in_training_and_off_in_eval(params):
 
 @pytest.mark.parametrize("arch", ["mae", "simmim"])
 def test_scanned_model_from_config_gives_the_same_loss_and_teacher_logits(arch):
-    from mimjax import config as config_lib, masking
+    from mimjax import masking
+    from mimjax.train import config as config_lib
     from mimjax.models import init_model, model_from_config
 
     mc = config_lib.runlocal(config_lib.base_config()).model

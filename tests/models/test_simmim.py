@@ -14,8 +14,10 @@ import numpy_vit
 import optax
 import pytest
 
-from mimjax import config as config_lib
-from mimjax import masking, metrics, train
+from mimjax.train import config as config_lib
+from mimjax import masking
+from mimjax.train import metrics
+from mimjax.train import pretrain as train
 from mimjax.models import (
     MAE,
     SimMIM,

@@ -1,7 +1,7 @@
 """The two ways a train step runs on many devices, behind one small interface.
 
 - `JitParallel` (parallelism.mode = "jit"): one global program over a `data x fsdp x model`
-  mesh; state sharded by the rules in mimjax/sharding.py; `NamedSharding` in/out
+  mesh; state sharded by the rules in mimjax/parallel/mesh.py; `NamedSharding` in/out
   shardings on the jitted step; the state buffers are donated.
 - `PmapParallel` (parallelism.mode = "pmap"): classic data parallelism; the state is
   replicated with a leading device axis, each device gets its slice of the batch, and the
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mimjax import sharding
+from mimjax.parallel import mesh as sharding
 from mimjax.data.prefetch import device_put_fn
 
 AXIS = "batch"  # the pmap axis name

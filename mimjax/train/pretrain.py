@@ -19,20 +19,19 @@ import os
 import signal
 from typing import Any
 
-if __name__ == "__main__":  # `python -m mimjax.train`: restart before the heavy imports, not after
-    from mimjax import hostmem
-
-    hostmem.reexec_with_hugepages()
-
 import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from mimjax import config as config_lib
-from mimjax import data, masking, metrics, optim, parallel, teacher as teacher_lib, visualize
-from mimjax.checkpoint import Checkpointer, is_disk_full
+from mimjax.train import config as config_lib
+from mimjax import data, masking, parallel
+from mimjax.train import metrics
+from mimjax.train import optim
+from mimjax.train import teacher as teacher_lib
+from mimjax.train import pictures as visualize
+from mimjax.train.checkpoint import Checkpointer, is_disk_full
 from mimjax.models import MAE, init_model, model_from_config
 
 
@@ -399,11 +398,3 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     if preempt.requested:
         log.warning("preempted at step %d: checkpoint saved in %s", step, ckpt.directory)
     return last
-
-
-if __name__ == "__main__":  # python -m mimjax.train --config ... --workdir ...
-    import sys
-
-    from mimjax import train_main
-
-    train_main.run(sys.argv)

@@ -11,12 +11,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mimjax import classify_main, finetune, metrics
-from mimjax.checkpoint import Checkpointer, load_params
-from mimjax.config import ConfigError, base_config, runlocal
+from mimjax import classify_main
+from mimjax.eval import finetune
+from mimjax.train import metrics
+from mimjax.train.checkpoint import Checkpointer, load_params
+from mimjax.train.config import ConfigError, base_config, runlocal
 from mimjax.models import init_model, model_from_config, vit
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def tiny_workdir(path, width=32, depth=2):
@@ -189,7 +191,7 @@ def test_finetune_learns_and_resumes_exactly(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_finetune_cli_from_a_pretraining_workdir(tmp_path):
-    from mimjax import train
+    from mimjax.train import pretrain as train
 
     pre = runlocal(base_config())
     pre.total_steps = 2

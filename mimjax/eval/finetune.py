@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mimjax.linprobe import (
+from mimjax.eval.linprobe import (
     ClassifierState,
     Task,
     fit,

@@ -15,7 +15,8 @@ import os
 import jax
 import jax.numpy as jnp
 
-from mimjax import config as config_lib, masking
+from mimjax import masking
+from mimjax.train import config as config_lib
 from mimjax.models import VisionTransformer, model_from_config, vit
 
 
@@ -58,7 +59,7 @@ def load_checkpoint_params(path: str, teacher: VisionTransformer):
 
     Shapes are checked against the teacher architecture; mismatches are listed by name.
     """
-    from mimjax import checkpoint  # deferred: orbax import is slow and only needed here
+    from mimjax.train import checkpoint  # deferred: orbax import is slow and only needed here
 
     if not os.path.isdir(os.path.join(path, "checkpoints")):
         raise ValueError(f"teacher.path={path!r} is not a mimjax workdir (no checkpoints/ inside); "

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mimjax import visualize
+from mimjax.train import pictures as visualize
 
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 P, S = 4, 16  # patch size, image size: a 4 x 4 grid of patches
@@ -137,7 +137,8 @@ def test_plot_curves(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A 3-step GPA-MAE run (EMA teacher, 32 px images, 8 px patches: 16 patches)."""
-    from mimjax import config as config_lib, train
+    from mimjax.train import config as config_lib
+    from mimjax.train import pretrain as train
 
     c = config_lib.runlocal(config_lib.base_config())
     c.total_steps, c.log_every, c.checkpoint_every = 3, 1, 3

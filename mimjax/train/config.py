@@ -35,7 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
     c.snapshot_every = 0  # steps between reconstruction PNGs (0: only at the end)
     c.parallelism = ml_collections.ConfigDict()
-    c.parallelism.mode = "jit"  # jit: mesh + sharding rules (mimjax/sharding.py) | pmap: replicated data-parallel
+    c.parallelism.mode = "jit"  # jit: mesh + sharding rules (mimjax/parallel/mesh.py) | pmap: replicated data-parallel
     c.parallelism.data = -1  # mesh axis sizes for jit; -1 = all remaining devices
     c.parallelism.fsdp = 1  # parameters + optimizer state sharded over this axis
     c.parallelism.model = 1  # tensor parallel (attention heads, MLP hidden)
@@ -174,9 +174,9 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_coun
     """Raises ConfigError for anything that cannot run; starts nothing."""
     unknown, missing = _schema_diff(c, base_config())
     if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; see mimjax/config.py for the schema")
+        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; see mimjax/train/config.py for the schema")
     if missing:
-        raise ConfigError(f"config lacks key(s) {', '.join(missing)}; see mimjax/config.py")
+        raise ConfigError(f"config lacks key(s) {', '.join(missing)}; see mimjax/train/config.py")
     if (c.total_steps > 0) == (c.total_epochs > 0):
         _fail("total_steps", c.total_steps, f"exactly one of total_steps / total_epochs > 0 "
               f"(total_epochs={c.total_epochs})")
@@ -185,7 +185,7 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_coun
         _fail("parallelism.mode", pc.mode, "'jit' or 'pmap'")
     if pc.mode == "pmap" and (pc.fsdp, pc.model) != (1, 1):
         _fail("parallelism.mode", pc.mode, "fsdp = model = 1 (pmap replicates the state); use 'jit' for FSDP")
-    from mimjax.sharding import mesh_shape  # jax-free arithmetic; avoids an import cycle at load
+    from mimjax.parallel.mesh import mesh_shape  # jax-free arithmetic; avoids an import cycle at load
 
     try:
         data, fsdp, _ = mesh_shape(pc, num_devices)

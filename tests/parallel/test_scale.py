@@ -9,16 +9,19 @@ import sys
 import numpy as np
 import pytest
 
-from mimjax import metrics
+from mimjax.train import metrics
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Equal up to float32 reassociation of the reductions over differently split batches.
 RTOL = 2e-5
 
 SCRIPT = r"""
 import json, sys
 import jax
-from mimjax import config as config_lib, metrics, parallel, train
+from mimjax import parallel
+from mimjax.train import config as config_lib
+from mimjax.train import metrics
+from mimjax.train import pretrain as train
 
 def tiny(mode, data, fsdp):
     c = config_lib.runlocal(config_lib.base_config())

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from test_finetune import run_cli, tiny_config, tiny_workdir
 
-from mimjax import classify_main, linprobe
+from mimjax import classify_main
+from mimjax.eval import linprobe
 
 
 def mae_lars(params, grads_seq, lr, wd, momentum=0.9, trust=0.001):
@@ -82,8 +83,8 @@ def test_cli_config_error_is_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_eval_linprobe_cli_on_a_pretraining_workdir(tmp_path):
-    from mimjax import train
-    from mimjax.config import base_config, runlocal
+    from mimjax.train import pretrain as train
+    from mimjax.train.config import base_config, runlocal
 
     pre = runlocal(base_config())
     pre.total_steps = 2

@@ -10,10 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mimjax import config as config_lib, data, metrics, train
-from mimjax.checkpoint import load_params
+from mimjax import data
+from mimjax.train import config as config_lib
+from mimjax.train import metrics
+from mimjax.train import pretrain as train
+from mimjax.train.checkpoint import load_params
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = "configs/gpa_mae.py:vit_tiny_patch16,runlocal"
 
 

@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mimjax import config as config_lib, metrics, train
-from mimjax.checkpoint import load_params
+from mimjax.train import config as config_lib
+from mimjax.train import metrics
+from mimjax.train import pretrain as train
+from mimjax.train.checkpoint import load_params
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def tiny(strategy="gpa", teacher="ema", gpa_head=True, steps=4):

@@ -4,7 +4,8 @@ import jax
 import ml_collections
 import pytest
 
-from mimjax import config as config_lib, optim
+from mimjax.train import config as config_lib
+from mimjax.train import optim
 from mimjax.models import init_mae, mae
 
 
@@ -95,7 +96,7 @@ def test_shipped_configs_validate(spec, tmp_path):
     import importlib.util
     import os
     path, _, arg = spec.partition(":")
-    mod_spec = importlib.util.spec_from_file_location("cfg", os.path.join(os.path.dirname(__file__), "..", "configs", path))
+    mod_spec = importlib.util.spec_from_file_location("cfg", os.path.join(os.path.dirname(__file__), "..", "..", "configs", path))
     mod = importlib.util.module_from_spec(mod_spec)
     mod_spec.loader.exec_module(mod)
     c = mod.get_config(arg or None)

@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
-from mimjax import evaluate
+from mimjax.eval import knn as evaluate
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_knn_on_separable_clusters_is_perfect():

@@ -19,7 +19,7 @@ from timm.models.vision_transformer import Block  # noqa: E402
 from mimjax import export, masking  # noqa: E402
 from mimjax.models import init_mae, mae, vit  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def to_torch(sd):

@@ -117,7 +117,7 @@ def plot_curves(metrics_path: str, out_png: str, keys=("loss", "pixel_loss", "gp
     [height, width * n_panels, 3] (one blank panel if no key has data). Each panel: a box,
     the key, min/max value on the left, first/last step underneath. A step logged twice
     (a run resumed from an older checkpoint) keeps its last value."""
-    from mimjax.metrics import read_metrics
+    from mimjax.train.metrics import read_metrics
 
     rows = read_metrics(metrics_path)
     series = {}

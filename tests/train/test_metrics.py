@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from mimjax import metrics
+from mimjax.train import metrics
 
 
 def test_jsonl_rows_types_and_null_for_nonfinite(tmp_path):

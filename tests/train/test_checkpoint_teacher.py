@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mimjax import masking, teacher as teacher_lib
-from mimjax.checkpoint import Checkpointer, load_params
+from mimjax import masking
+from mimjax.train import teacher as teacher_lib
+from mimjax.train.checkpoint import Checkpointer, load_params
 from mimjax.models import vit
 
 

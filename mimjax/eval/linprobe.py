@@ -29,10 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mimjax import data, metrics, optim, parallel
-from mimjax.checkpoint import Checkpointer
+from mimjax import data, parallel
+from mimjax.train import metrics
+from mimjax.train import optim
+from mimjax.train.checkpoint import Checkpointer
 from mimjax.classify_main import ConfigError, validate
-from mimjax.train import Schedule
+from mimjax.train.pretrain import Schedule
 
 log = logging.getLogger("mimjax")
 # MAE's main_linprobe.py and main_finetune.py crop with timm/torchvision's default area range.
@@ -73,8 +75,8 @@ def load_encoder(path: str, *, img_size: int = 0, drop_path: float = 0.0, dtype:
                  remat: bool = False):
     """(encoder module, its params) of a pre-training workdir or a `mimjax import` directory
     (both hold config.json and checkpoints/); img_size 0 keeps the pre-training size."""
-    from mimjax import config as config_lib
-    from mimjax import teacher
+    from mimjax.train import config as config_lib
+    from mimjax.train import teacher
     from mimjax.models import model_from_config
 
     mc = config_lib.model_config_of_workdir(path)
@@ -91,7 +93,7 @@ def load_encoder(path: str, *, img_size: int = 0, drop_path: float = 0.0, dtype:
 
 def labelled_data(c):
     """(train source, test source, number of classes) of a config's `data` section."""
-    from mimjax.eval_main import labelled_sources
+    from mimjax.data.labelled import labelled_sources
 
     d = c.data
     spec = {"tfds": f"tfds:{d.name}", "folder": f"folder:{d.folder}"}.get(d.source, d.source)

@@ -1,0 +1,1 @@
+"""Evaluation of a pre-trained encoder: k-NN, linear probe, fine-tuning, and visualization."""

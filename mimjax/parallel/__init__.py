@@ -1,0 +1,2 @@
+"""Devices: the mesh and sharding rules (`mesh`) and the jit / pmap step runners (`runners`)."""
+from mimjax.parallel.runners import AXIS, JitParallel, PmapParallel, make
