@@ -16,6 +16,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from mimjax.train import schedule as schedule_lib
 from mimjax.train import config as config_lib
 from mimjax.train import optim
 from mimjax.train import pretrain as train
@@ -28,8 +29,8 @@ def step_memory(size: str, batch: int, remat: bool, gpa: bool, dtype: str) -> di
     c.masking.strategy = "gpa" if gpa else "random"
     c.teacher.source, c.teacher.block, c.teacher.head = ("self", 9, 11) if gpa else ("none", 9, 11)
     model = train.model_from_config(c.model)
-    sched = train.Schedule(1000, 1000, 100, 1.0)
-    lr_fn = optim.lr_schedule(c.optimizer, batch, 1000, 100)
+    sched = schedule_lib.Schedule(1000, 1000, 100, 1.0)
+    lr_fn = schedule_lib.lr_schedule(c.optimizer, batch, 1000, 100)
     tx = optim.make_optimizer(c.optimizer, lr_fn)
 
     def init():

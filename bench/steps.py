@@ -19,6 +19,7 @@ import tempfile
 import jax
 import jax.numpy as jnp
 
+from mimjax.train import schedule as schedule_lib
 from mimjax.train import config as config_lib
 from mimjax.train import optim
 from mimjax.train import pretrain as train
@@ -130,8 +131,8 @@ def build_train_step(c, teacher_full: bool = False, seed: int = 0, abstract: boo
     shapes only (`jax.ShapeDtypeStruct`s), enough to lower and compile."""
     make = jax.eval_shape if abstract else lambda f, *a: jax.jit(f)(*a)
     model = model_from_config(c.model)
-    schedule = train.Schedule(1000, c.total_steps, c.optimizer.warmup_steps, 1.0)
-    lr_fn = optim.lr_schedule(c.optimizer, c.batch_size, schedule.total_steps, schedule.warmup_steps)
+    schedule = schedule_lib.Schedule(1000, c.total_steps, c.optimizer.warmup_steps, 1.0)
+    lr_fn = schedule_lib.lr_schedule(c.optimizer, c.batch_size, schedule.total_steps, schedule.warmup_steps)
     tx = optim.make_optimizer(c.optimizer, lr_fn)
     k_init, k_teacher, k_data, k_step = jax.random.split(jax.random.key(seed), 4)
     state = make(lambda k: train.TrainState.create(init_model(model, k), tx), k_init)

@@ -16,7 +16,7 @@ Reference top-1: 83.6 (B), 85.9 (L), 86.9 (H).
 ",runlocal" (`finetune.py:runlocal` or `finetune.py:vit_base_patch16,runlocal`): the same
 recipe on the embedded labelled faces (25x25, 150 train / 50 test), seconds on a CPU.
 """
-from mimjax.classify_main import base_config, runlocal
+from mimjax.eval.config import base_config, runlocal
 
 RECIPES = {  # variant -> (epochs, blr, layer_decay, drop_path)
     "vit_base_patch16": (100, 5e-4, 0.65, 0.1),

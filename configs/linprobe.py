@@ -12,7 +12,7 @@ directory: checkpoints, metrics.jsonl; `--out` moves it).
 ",runlocal" (`linprobe.py:runlocal`): the recipe on the embedded labelled faces (25x25, 150
 train / 50 test), seconds on a CPU, with SGD in place of LARS (see below).
 """
-from mimjax.classify_main import base_config, runlocal
+from mimjax.eval.config import base_config, runlocal
 
 
 def get_config(arg=None):

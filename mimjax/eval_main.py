@@ -40,19 +40,18 @@ def knn_main(argv) -> int:
     import jax
 
     from mimjax.eval import knn as evaluate
-    from mimjax.train.checkpoint import load_params
-    from mimjax.train.config import model_config_of_workdir
+    from mimjax import workdir
     from mimjax.data import make_iterator
     from mimjax.data.labelled import labelled_sources
     from mimjax.models import init_model, model_from_config
 
-    mc = model_config_of_workdir(args.workdir)
+    mc = workdir.model_config(args.workdir)
     if mc is None:
         print(f"mimjax eval: {args.workdir!r} has no config.json; is it a mimjax workdir?", file=sys.stderr)
         return 2
     model = model_from_config(mc)
     params = (init_model(model, jax.random.key(0)) if args.random_init
-              else load_params(os.path.join(args.workdir, "checkpoints")))
+              else workdir.load_params(args.workdir))
     train_src, test_src = labelled_sources(args.dataset, test_dataset=args.test_dataset, train_split=args.train_split,
                                            test_split=args.test_split, data_dir=args.data_dir)
     feats = []

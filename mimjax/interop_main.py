@@ -19,13 +19,12 @@ def export_main(argv) -> int:
     ap.add_argument("--pool", choices=("token", "avg"), default="token", help="timm global_pool layout")
     args = ap.parse_args(argv)
     from mimjax import export
-    from mimjax.train.checkpoint import load_params
-    from mimjax.train.config import model_config_of_workdir
+    from mimjax import workdir
 
-    mc = model_config_of_workdir(args.workdir)
+    mc = workdir.model_config(args.workdir)
     if mc is None:
         raise SystemExit(f"mimjax export: {args.workdir!r} has no config.json; is it a mimjax workdir?")
-    params = load_params(os.path.join(args.workdir, "checkpoints"))
+    params = workdir.load_params(args.workdir)
     name = mc.name[len("mae_"):]
     if args.format == "timm":
         sd = export.to_timm_state_dict(params, name, img_size=mc.img_size, global_pool=args.pool)

@@ -71,6 +71,7 @@ def main(argv) -> int:
     from mimjax.train import config as config_lib
     from mimjax.train import teacher as teacher_lib
     from mimjax.train import pretrain as train
+    from mimjax.train import schedule as schedule_lib
     from mimjax.train import pictures as visualize
     from mimjax.train.checkpoint import load_state
 
@@ -91,7 +92,7 @@ def main(argv) -> int:
     state = train.TrainState(step=saved["step"], params=saved["params"], opt_state={},  # what a snapshot reads
                              ema_params=saved.get("ema_params", {}), nonfinite_steps=0, first_nonfinite_step=-1)
     if args.progress is None:
-        steps = train.Schedule.from_config(cfg, cfg.data.num_examples if cfg.data.num_examples > 0
+        steps = schedule_lib.Schedule.from_config(cfg, cfg.data.num_examples if cfg.data.num_examples > 0
                                            else data.source_length(cfg.data))
         args.progress = float(steps.progress(int(saved["step"]), cfg.masking.progress))
 

@@ -9,7 +9,7 @@ LayerNorm; or the normed cls token with pool="token") and a linear head (trunc-n
 each step: random erasing (timm, per image), then mixup / cutmix (timm `Mixup`, mode
 'batch') with label smoothing folded into the soft targets; the host pipeline gives
 RandomResizedCrop + flip (mimjax.data). The loop, data, evaluation and optimizers are the
-linear probe's (`mimjax.linprobe.fit`); the config schema is `mimjax.classify_main`'s.
+linear probe's (`mimjax.eval.linprobe.fit`); the config schema is `mimjax.eval.config`'s.
 
 Writes OUT/config.json, OUT/metrics.jsonl, OUT/checkpoints/<step>/ (a restart resumes the
 latest) and OUT/finetune.json (top-1 / top-5 on the test split).

@@ -33,8 +33,8 @@ from mimjax import data, parallel
 from mimjax.train import metrics
 from mimjax.train import optim
 from mimjax.train.checkpoint import Checkpointer
-from mimjax.classify_main import ConfigError, validate
-from mimjax.train.pretrain import Schedule
+from mimjax.eval.config import ConfigError, validate
+from mimjax.train.schedule import Schedule, lr_schedule
 
 log = logging.getLogger("mimjax")
 # MAE's main_linprobe.py and main_finetune.py crop with timm/torchvision's default area range.
@@ -75,11 +75,11 @@ def load_encoder(path: str, *, img_size: int = 0, drop_path: float = 0.0, dtype:
                  remat: bool = False):
     """(encoder module, its params) of a pre-training workdir or a `mimjax import` directory
     (both hold config.json and checkpoints/); img_size 0 keeps the pre-training size."""
-    from mimjax.train import config as config_lib
+    from mimjax import workdir
     from mimjax.train import teacher
     from mimjax.models import model_from_config
 
-    mc = config_lib.model_config_of_workdir(path)
+    mc = workdir.model_config(path)
     if mc is None:
         raise ConfigError(f"config.init={path!r}: expected a mimjax workdir or `mimjax import` directory "
                           f"(no config.json inside)")
@@ -178,7 +178,7 @@ def fit(c, out: str, build) -> dict:
     validate(c, num_devices=jax.device_count(), process_count=jax.process_count())
     train_src, test_src, num_classes = labelled_data(c)
     schedule = Schedule.from_config(c, len(train_src))
-    lr_fn = optim.lr_schedule(c.optimizer, c.batch_size, schedule.total_steps, schedule.warmup_steps)
+    lr_fn = lr_schedule(c.optimizer, c.batch_size, schedule.total_steps, schedule.warmup_steps)
     task = build(c, num_classes, lr_fn)
     try:
         it = data.make_iterator(None, img_size=task.img_size, global_batch_size=c.batch_size, seed=c.seed,

@@ -8,20 +8,14 @@ documented inline). Integer durations use -1 for "not set".
 """
 from __future__ import annotations
 
-import json
-import logging
-
-log = logging.getLogger("mimjax")
 import os
 
 import ml_collections
 
+from mimjax import schema, workdir
 from mimjax.models import ARCHS
 from mimjax.models.vit import VIT_VARIANTS
-
-
-class ConfigError(ValueError):
-    """A config value that cannot run; the message is one line naming key and value."""
+from mimjax.schema import ConfigError, fail as _fail  # noqa: F401 (ConfigError: re-exported)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -99,57 +93,14 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
-def _schema_diff(config, schema, prefix=""):
-    """(unknown keys, missing keys) of config against schema, dotted."""
-    unknown, missing = [], []
-    for k in config.keys():
-        if k not in schema:
-            unknown.append(prefix + k)
-        elif isinstance(schema[k], ml_collections.ConfigDict):
-            u, m = _schema_diff(config[k], schema[k], f"{prefix}{k}.")
-            unknown += u
-            missing += m
-    missing += [prefix + k for k in schema.keys() if k not in config]
-    return unknown, missing
-
-
 def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Adds keys a config from an older mimjax lacks, with their defaults, and warns."""
-    schema = base_config()
-    _, missing = _schema_diff(config, schema)
-    if not missing:
-        return config
-    log.warning("config lacks %s (older mimjax?); using the defaults", ", ".join(missing))
-    merged = schema
-    with merged.unlocked():
-        _update(merged, config)
-    return merged
-
-
-def _update(dst, src):
-    for k in src.keys():
-        if isinstance(src[k], ml_collections.ConfigDict) and k in dst:
-            _update(dst[k], src[k])
-        else:
-            dst[k] = src[k]
-
-
-def _fail(key, value, expected):
-    raise ConfigError(f"config.{key}={value!r}: expected {expected}")
+    return schema.fill_missing(config, base_config())
 
 
 def _ratio_pair(key, pair):
     if len(pair) != 2 or not all(0.0 <= float(v) <= 1.0 for v in pair):
         _fail(key, tuple(pair), "a (start, end) pair of fractions in [0, 1]")
-
-
-def model_config_of_workdir(path: str):
-    """The `model` section of a mimjax workdir's config.json, or None if there is none."""
-    cfg_path = os.path.join(path, "config.json")
-    if not os.path.isfile(cfg_path):
-        return None
-    with open(cfg_path) as f:
-        return ml_collections.ConfigDict(json.load(f)["model"])
 
 
 def encoder_dims(mc) -> tuple[int, int, int]:
@@ -162,7 +113,7 @@ def teacher_arch(c) -> tuple[str, int, int, int]:
     """(description, depth, heads, patch) of the teacher: a checkpoint workdir's own encoder,
     the named ViT for an imported checkpoint, else the student's encoder."""
     if c.teacher.source == "checkpoint":
-        mc = model_config_of_workdir(c.teacher.path)
+        mc = workdir.model_config(c.teacher.path)
         if mc is not None:
             return f"workdir {c.teacher.path!r}", *encoder_dims(mc)
         patch, _, depth, heads = VIT_VARIANTS[c.teacher.name]
@@ -172,11 +123,7 @@ def teacher_arch(c) -> tuple[str, int, int, int]:
 
 def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_count: int = 1) -> None:
     """Raises ConfigError for anything that cannot run; starts nothing."""
-    unknown, missing = _schema_diff(c, base_config())
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {', '.join(unknown)}; see mimjax/train/config.py for the schema")
-    if missing:
-        raise ConfigError(f"config lacks key(s) {', '.join(missing)}; see mimjax/train/config.py")
+    schema.check_keys(c, base_config(), "mimjax/train/config.py")
     if (c.total_steps > 0) == (c.total_epochs > 0):
         _fail("total_steps", c.total_steps, f"exactly one of total_steps / total_epochs > 0 "
               f"(total_epochs={c.total_epochs})")

@@ -29,6 +29,7 @@ from mimjax.train import config as config_lib
 from mimjax import data, masking, parallel
 from mimjax.train import metrics
 from mimjax.train import optim
+from mimjax.train.schedule import Schedule, lr_schedule
 from mimjax.train import teacher as teacher_lib
 from mimjax.train import pictures as visualize
 from mimjax.train.checkpoint import Checkpointer, is_disk_full
@@ -53,29 +54,6 @@ class TrainState:
 
 class NonFiniteError(RuntimeError):
     """Raised (optimizer.nonfinite = 'halt') when a step's loss or gradients were not finite."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Schedule:
-    """Durations in steps, resolved from epochs where the config gives epochs."""
-
-    steps_per_epoch: int
-    total_steps: int
-    warmup_steps: int
-    total_epochs: float
-
-    @classmethod
-    def from_config(cls, c, num_examples: int):
-        spe = max(num_examples // c.batch_size, 1)
-        total = c.total_steps if c.total_steps > 0 else c.total_epochs * spe
-        warm = c.optimizer.warmup_steps if c.optimizer.warmup_steps >= 0 else c.optimizer.warmup_epochs * spe
-        return cls(spe, int(total), int(min(warm, total)), total / spe)
-
-    def progress(self, step, mode: str):
-        """Masking progress t in [0, 1]: epoch / epochs (authors) or step / total_steps."""
-        if mode == "epoch":
-            return (step // self.steps_per_epoch) / max(math.ceil(self.total_epochs), 1)
-        return step / self.total_steps
 
 
 def make_mask(cfg, key, scores, num_patches: int, image_ids, progress) -> masking.Mask:
@@ -280,7 +258,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
                 f.write(cfg.to_json_best_effort(indent=2))
     except OSError as e:
         raise config_lib.ConfigError(f"workdir {workdir!r} is not writable: {e}") from e
-    lr_fn = optim.lr_schedule(cfg.optimizer, cfg.batch_size, schedule.total_steps, schedule.warmup_steps)
+    lr_fn = lr_schedule(cfg.optimizer, cfg.batch_size, schedule.total_steps, schedule.warmup_steps)
     tx = optim.make_optimizer(cfg.optimizer, lr_fn)
     root_key = jax.random.key(cfg.seed)
     init_key, step_key, snap_key = jax.random.split(root_key, 3)

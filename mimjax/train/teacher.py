@@ -15,8 +15,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from mimjax import masking
-from mimjax.train import config as config_lib
+from mimjax import masking, workdir
 from mimjax.models import VisionTransformer, model_from_config, vit
 
 
@@ -26,7 +25,7 @@ def teacher_model(cfg, student: VisionTransformer) -> VisionTransformer:
     the student's image size and dtype (the fixed sin-cos position embedding fits any grid)."""
     if cfg.teacher.source != "checkpoint":
         return student
-    mc = config_lib.model_config_of_workdir(cfg.teacher.path)
+    mc = workdir.model_config(cfg.teacher.path)
     if mc is None:
         return vit(cfg.teacher.name, img_size=student.img_size, dtype=student.dtype)
     return model_from_config(mc).encoder.clone(img_size=student.img_size, dtype=student.dtype,
@@ -59,12 +58,10 @@ def load_checkpoint_params(path: str, teacher: VisionTransformer):
 
     Shapes are checked against the teacher architecture; mismatches are listed by name.
     """
-    from mimjax.train import checkpoint  # deferred: orbax import is slow and only needed here
-
-    if not os.path.isdir(os.path.join(path, "checkpoints")):
+    if not os.path.isdir(workdir.checkpoints_dir(path)):
         raise ValueError(f"teacher.path={path!r} is not a mimjax workdir (no checkpoints/ inside); "
                          f"expected a pre-training workdir or a directory written by `mimjax import`")
-    params = checkpoint.load_params(os.path.join(path, "checkpoints"))
+    params = workdir.load_params(path)
     enc = params.get("encoder", params)
     expected = jax.eval_shape(lambda: teacher.init(
         jax.random.key(0), jnp.zeros((1, teacher.img_size, teacher.img_size, 3))))["params"]

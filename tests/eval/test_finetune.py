@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mimjax import classify_main
+from mimjax.eval import config as classify_config
 from mimjax.eval import finetune
 from mimjax.train import metrics
 from mimjax.train.checkpoint import Checkpointer, load_params
@@ -37,7 +37,7 @@ def tiny_workdir(path, width=32, depth=2):
 
 def tiny_config(init, steps=12):
     """The runlocal recipe, shorter."""
-    c = classify_main.base_config()
+    c = classify_config.base_config()
     c.update_from_flattened_dict({"init": init, "data.source": "embedded_faces", "batch_size": 32,
                                   "eval_batch_size": 64, "total_epochs": -1, "total_steps": steps,
                                   "log_every": 1, "checkpoint_every": 4, "optimizer.blr": 8e-3,
@@ -74,7 +74,7 @@ def test_layer_decay_multipliers_for_depth_2():
 
 def test_weight_decay_only_on_kernels_and_scaled_by_layer_decay():
     params = classifier_params()
-    c = classify_main.base_config().optimizer
+    c = classify_config.base_config().optimizer
     c.weight_decay, c.layer_decay = 0.1, 0.5
     tx = finetune.make_optimizer(c, lambda step: 1.0, finetune.lr_scales(params, 2, 0.5))
     zeros = jax.tree.map(jnp.zeros_like, params)  # no gradient: only weight decay moves anything

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from test_finetune import run_cli, tiny_config, tiny_workdir
 
-from mimjax import classify_main
+from mimjax.eval import config as classify_config
 from mimjax.eval import linprobe
 
 
@@ -34,7 +34,7 @@ def test_lars_matches_mae():
     rng = np.random.default_rng(0)
     params = {"kernel": rng.normal(size=(6, 3)).astype(np.float32), "bias": rng.normal(size=3).astype(np.float32)}
     grads = [{k: rng.normal(size=v.shape).astype(np.float32) for k, v in params.items()} for _ in range(3)]
-    c = classify_main.base_config().optimizer
+    c = classify_config.base_config().optimizer
     c.name, c.weight_decay = "lars", 0.01
     tx = linprobe.make_optimizer(c, 2.0)
     p, state = jax.tree.map(jnp.asarray, params), None

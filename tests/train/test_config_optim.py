@@ -4,6 +4,7 @@ import jax
 import ml_collections
 import pytest
 
+from mimjax.train import schedule as schedule_lib
 from mimjax.train import config as config_lib
 from mimjax.train import optim
 from mimjax.models import init_mae, mae
@@ -21,7 +22,7 @@ def test_lr_schedule_matches_mae():
     c = config_lib.base_config().optimizer
     c.min_lr = 1e-6
     spe, epochs, warm = 10, 30, 4
-    fn = optim.lr_schedule(c, 512, epochs * spe, warm * spe)
+    fn = schedule_lib.lr_schedule(c, 512, epochs * spe, warm * spe)
     peak = 1.5e-4 * 512 / 256
     for s in [0, 1, 17, 39, 40, 41, 150, 299]:
         assert float(fn(s)) == pytest.approx(mae_lr(s, spe, peak, 1e-6, warm, epochs), rel=1e-5, abs=1e-12)
@@ -77,7 +78,8 @@ def test_unknown_key_and_old_config():
     c = valid()
     with c.unlocked():
         c.model.widht = 3
-    with pytest.raises(config_lib.ConfigError, match=r"unknown config key\(s\) model.widht"):
+    with pytest.raises(config_lib.ConfigError, match=r"unknown config key config.model.widht \(did you mean "
+                                                     r"config.model.width\?\)"):
         config_lib.validate(c)
     old = valid()
     with old.unlocked():

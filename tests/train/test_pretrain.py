@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mimjax.train import schedule as schedule_lib
 from mimjax.train import config as config_lib
 from mimjax.train import metrics
 from mimjax.train import pretrain as train
@@ -83,8 +84,8 @@ def test_overfits_a_fixed_batch():
     c.optimizer.lr, c.optimizer.warmup_steps, c.optimizer.weight_decay = 3e-3, 5, 0.0
     c.model.norm_pix_loss = False
     model = train.model_from_config(c.model)
-    sched = train.Schedule.from_config(c, 1000)
-    lr_fn = train.optim.lr_schedule(c.optimizer, c.batch_size, sched.total_steps, sched.warmup_steps)
+    sched = schedule_lib.Schedule.from_config(c, 1000)
+    lr_fn = schedule_lib.lr_schedule(c.optimizer, c.batch_size, sched.total_steps, sched.warmup_steps)
     tx = train.optim.make_optimizer(c.optimizer, lr_fn)
     params = train.init_model(model, jax.random.key(0))
     state = train.TrainState.create(params, tx)

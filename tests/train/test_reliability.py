@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mimjax.train import schedule as schedule_lib
 from mimjax import data
 from mimjax.train import config as config_lib
 from mimjax.train import metrics
@@ -154,8 +155,8 @@ def test_skipped_update_leaves_weights_untouched():
     c = tiny(4)
     c.optimizer.nonfinite = "skip"
     model = train.model_from_config(c.model)
-    sched = train.Schedule.from_config(c, 100)
-    lr_fn = train.optim.lr_schedule(c.optimizer, 8, 4, 0)
+    sched = schedule_lib.Schedule.from_config(c, 100)
+    lr_fn = schedule_lib.lr_schedule(c.optimizer, 8, 4, 0)
     tx = train.optim.make_optimizer(c.optimizer, lr_fn)
     state = train.TrainState.create(train.init_model(model, jax.random.key(0)), tx)
     step = jax.jit(train.make_train_step(c, model, None, tx, lr_fn, sched))

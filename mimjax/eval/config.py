@@ -1,0 +1,140 @@
+"""The config schema of `mimjax finetune` and `mimjax eval linprobe` (`base_config`, with
+MAE's ViT-B fine-tuning values as defaults), `runlocal`, and `validate`, which raises a
+one-line `ConfigError` naming the key and value before anything starts."""
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from mimjax import schema
+from mimjax.schema import ConfigError, fail as _fail, in_range as _in_range
+
+POOLS, OPTIMIZERS, SOURCES = ("avg", "token"), ("adamw", "lars", "sgd"), ("tfds", "folder", "embedded_faces")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The schema of fine-tune and linear-probe configs; defaults: MAE fine-tuning of ViT-B."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.init = ""  # the pre-trained encoder (set by --workdir): a mimjax workdir or `mimjax import` directory
+    c.batch_size = 1024  # global, one optimizer step
+    c.eval_batch_size = 1024
+    c.total_epochs = 100  # set exactly one of total_epochs / total_steps (-1 = unset)
+    c.total_steps = -1
+    c.log_every = 50
+    c.checkpoint_every = 1000
+    c.keep_checkpoints = 2
+    c.pool = "avg"  # avg: LayerNorm of the mean patch token (fc_norm, MAE fine-tune) | token: normed cls token
+    c.num_classes = -1  # -1: from the dataset
+    c.parallelism = ml_collections.ConfigDict({"mode": "jit", "data": -1, "fsdp": 1, "model": 1})  # mimjax/parallel/mesh.py
+    c.model = ml_collections.ConfigDict()
+    c.model.img_size = 0  # 0: the pre-training image size
+    c.model.drop_path = 0.1
+    c.model.head_init_std = 2e-5  # fine-tune head (the probe's is 0.01, fixed as in MAE)
+    c.model.dtype = "float32"
+    c.model.remat = False
+    c.data = ml_collections.ConfigDict()
+    c.data.source = "tfds"  # tfds | folder | embedded_faces (every 4th image is a test image)
+    c.data.name = "imagenet2012"
+    c.data.train_split = "train"
+    c.data.test_split = "validation"
+    c.data.data_dir = ""
+    c.data.folder = ""  # class-per-folder training images
+    c.data.test_folder = ""  # class-per-folder test images ("" with a folder: every 4th image)
+    c.data.prefetch = 2
+    c.augment = ml_collections.ConfigDict()  # on device; mixup, cutmix and reprob: fine-tuning only
+    c.augment.mixup = 0.8  # Beta alpha; 0 = off
+    c.augment.cutmix = 1.0
+    c.augment.mix_prob = 1.0
+    c.augment.switch_prob = 0.5
+    c.augment.label_smoothing = 0.1
+    c.augment.reprob = 0.25  # random erasing probability per image
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adamw"  # adamw | lars | sgd
+    c.optimizer.blr = 5e-4  # lr = blr * batch_size / 256
+    c.optimizer.lr = -1.0  # absolute lr, overrides blr when > 0
+    c.optimizer.min_lr = 1e-6
+    c.optimizer.warmup_epochs = 5
+    c.optimizer.warmup_steps = -1  # overrides warmup_epochs when >= 0
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.999
+    c.optimizer.momentum = 0.9  # lars / sgd
+    c.optimizer.weight_decay = 0.05
+    c.optimizer.layer_decay = 0.65  # layer-wise lr decay; 1 = off
+    c.optimizer.grad_clip = 0.0
+    return c
+
+
+def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Shrinks a recipe to the embedded labelled faces (150 train / 50 test, 25x25): 60
+    steps of 32, seconds on a CPU. The learning rate is the recipe's to set."""
+    c.data.source = "embedded_faces"
+    c.batch_size, c.eval_batch_size = 32, 64
+    c.total_epochs, c.total_steps = 15, -1  # 4 steps an epoch
+    c.log_every, c.checkpoint_every = 10, 30
+    c.optimizer.warmup_epochs, c.optimizer.warmup_steps = 1, -1
+    c.model.remat = False
+    return c
+
+
+def validate(c, *, num_devices: int = 1, process_count: int = 1) -> None:
+    """Raises ConfigError (one line naming key and value) for anything that cannot run."""
+    from mimjax.parallel.mesh import mesh_shape
+
+    schema.check_keys(c, base_config(), "mimjax/eval/config.py")
+    if (c.total_steps > 0) == (c.total_epochs > 0):
+        _fail("total_steps", c.total_steps, f"exactly one of total_steps / total_epochs > 0 "
+              f"(total_epochs={c.total_epochs})")
+    if c.parallelism.mode != "jit":
+        _fail("parallelism.mode", c.parallelism.mode, "'jit' (classifiers run as one jit program)")
+    try:
+        data, fsdp, _ = mesh_shape(c.parallelism, num_devices)
+    except ValueError as e:
+        raise ConfigError(f"config.parallelism: {e}") from None
+    for key in ("batch_size", "eval_batch_size"):
+        if c[key] <= 0 or c[key] % (data * fsdp) or c[key] % process_count:
+            _fail(key, c[key], f"a positive multiple of the {data * fsdp} devices the batch is split over "
+                  f"and of the {process_count} processes")
+    for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
+        if c[key] <= 0:
+            _fail(key, c[key], "a positive integer")
+    if not c.init:
+        _fail("init", c.init, "the pre-trained encoder's directory (--workdir)")
+    if not (os.path.isfile(os.path.join(c.init, "config.json")) and os.path.isdir(os.path.join(c.init, "checkpoints"))):
+        _fail("init", c.init, "a mimjax pre-training workdir or a `mimjax import` directory "
+              "(config.json and checkpoints/ inside)")
+    if c.pool not in POOLS:
+        _fail("pool", c.pool, " or ".join(POOLS))
+    if c.num_classes == 0 or c.num_classes < -1:
+        _fail("num_classes", c.num_classes, "a positive number of classes, or -1 (from the dataset)")
+    m, a, o, d = c.model, c.augment, c.optimizer, c.data
+    if m.img_size < 0:
+        _fail("model.img_size", m.img_size, "a positive multiple of the patch size, or 0 (the pre-training size)")
+    _in_range("model.drop_path", m.drop_path, 0.0, 0.999, "a rate in [0, 1)")
+    if m.head_init_std <= 0:
+        _fail("model.head_init_std", m.head_init_std, "a positive standard deviation")
+    if m.dtype not in ("float32", "bfloat16", "float16"):
+        _fail("model.dtype", m.dtype, "float32, bfloat16 or float16")
+    for key in ("mixup", "cutmix"):
+        if a[key] < 0:
+            _fail(f"augment.{key}", a[key], "a Beta alpha >= 0 (0 = off)")
+    for key in ("mix_prob", "switch_prob", "reprob"):
+        _in_range(f"augment.{key}", a[key], 0.0, 1.0, "a probability in [0, 1]")
+    _in_range("augment.label_smoothing", a.label_smoothing, 0.0, 0.999, "a fraction in [0, 1)")
+    if o.name not in OPTIMIZERS:
+        _fail("optimizer.name", o.name, ", ".join(OPTIMIZERS))
+    if o.lr <= 0 and o.blr <= 0:
+        _fail("optimizer.blr", o.blr, "a positive base learning rate (or optimizer.lr > 0)")
+    for key in ("min_lr", "weight_decay", "grad_clip"):
+        if o[key] < 0:
+            _fail(f"optimizer.{key}", o[key], "a value >= 0")
+    if not 0.0 < o.layer_decay <= 1.0:
+        _fail("optimizer.layer_decay", o.layer_decay, "a factor in (0, 1] (1 = no layer-wise decay)")
+    for key in ("b1", "b2", "momentum"):
+        _in_range(f"optimizer.{key}", o[key], 0.0, 0.9999, "a decay rate in [0, 1)")
+    if d.source not in SOURCES:
+        _fail("data.source", d.source, ", ".join(SOURCES) + " (labelled data)")
+    for key in ("folder", "test_folder"):
+        if (d[key] or (key == "folder" and d.source == "folder")) and not os.path.isdir(d[key]):
+            _fail(f"data.{key}", d[key], "an existing class-per-folder directory of images")
