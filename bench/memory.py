@@ -16,10 +16,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from mimjax.train import schedule as schedule_lib
 from mimjax.train import config as config_lib
-from mimjax.train import optim
-from mimjax.train import pretrain as train
+from mimjax.train import step as step_lib
 
 
 def step_memory(size: str, batch: int, remat: bool, gpa: bool, dtype: str) -> dict:
@@ -28,18 +26,10 @@ def step_memory(size: str, batch: int, remat: bool, gpa: bool, dtype: str) -> di
     c.batch_size, c.total_steps = batch, 1000
     c.masking.strategy = "gpa" if gpa else "random"
     c.teacher.source, c.teacher.block, c.teacher.head = ("self", 9, 11) if gpa else ("none", 9, 11)
-    model = train.model_from_config(c.model)
-    sched = schedule_lib.Schedule(1000, 1000, 100, 1.0)
-    lr_fn = schedule_lib.lr_schedule(c.optimizer, batch, 1000, 100)
-    tx = optim.make_optimizer(c.optimizer, lr_fn)
-
-    def init():
-        p = train.init_model(model, jax.random.key(0))
-        return train.TrainState.create(p, tx)
-
-    state = jax.eval_shape(init)
+    built = step_lib.build(c, num_examples=1000 * batch)
+    state = jax.eval_shape(built.init_state, jax.random.key(0))
     images = jax.ShapeDtypeStruct((batch, 224, 224, 3), jnp.float32)
-    step = jax.jit(train.make_train_step(c, model, model.encoder, tx, lr_fn, sched), donate_argnums=(0,))
+    step = jax.jit(built.make_step(None), donate_argnums=(0,))
     t = time.perf_counter()
     compiled = step.lower(state, {"image": images}, None, jax.random.key(0)).compile()
     m = compiled.memory_analysis()

@@ -25,14 +25,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if not __package__:  # `python bench/throughput.py`
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if __name__ == "__main__":  # restart before the heavy imports below, or they would run twice
-    from mimjax import procenv as hostmem
+    from mimjax import procenv
 
-    hostmem.reexec_with_hugepages()  # huge-page malloc unless MIMJAX_HUGEPAGES=0 (recorded in meta)
+    procenv.setup_process()  # huge-page malloc and CPU fast math unless opted out (recorded in meta)
 
 import jax
 import jax.numpy as jnp
 
 from bench import flops, inputs, report, steps
+from mimjax.models.layers import ATTENTION_IMPLEMENTATIONS
 from mimjax.models.vit import vit_kwargs
 
 SIZES = ("vit_tiny_patch16", "vit_small_patch16", "vit_base_patch16", "vit_large_patch16")
@@ -140,12 +141,12 @@ def bench_encoder(args, ctx) -> dict:
 
 
 def bench_step(args, ctx, model: str, method: str, teacher_full: bool, attention: str) -> dict:
-    c = steps.make_config(method, model, args.batch, args.img_size, args.dtype, args.override)
-    with steps.attention_impl(attention):
-        step, (state, batch, frozen, key) = steps.build_train_step(c, teacher_full)
-        t = time.perf_counter()
-        compiled = step.lower(state, batch, frozen, key).compile()
-        compile_s = time.perf_counter() - t
+    c = steps.make_config(method, model, args.batch, args.img_size, args.dtype,
+                          [*args.override, f"model.attention={attention}"])
+    step, (state, batch, frozen, key) = steps.build_train_step(c, teacher_full)
+    t = time.perf_counter()
+    compiled = step.lower(state, batch, frozen, key).compile()
+    compile_s = time.perf_counter() - t
     box = [state]
 
     def call():
@@ -197,7 +198,7 @@ def attach_torch(rows: list[dict], torch_rows: dict):
     teacher and attention)."""
     for r in rows:
         s = torch_rows.get((r["model"], r["method"]))
-        if s and r["teacher"] != "full" and r["attention"] == "fused":
+        if s and r["teacher"] != "full" and r["attention"] == "auto":
             r.update(torch_img_per_s=s["img_per_s"], torch_step_ms=s["step_ms"],
                      speedup_vs_torch=r["img_per_s"] / s["img_per_s"])
 
@@ -215,11 +216,13 @@ def parse_args(argv=None):
     ap.add_argument("--teacher", nargs="+", choices=("stop", "full"), default=["stop", "full"],
                     help="GPA teacher: stop after block 9's q,k of one head; full: whole teacher, all heads' "
                          "attention (full runs for gpa_teacher only)")
-    ap.add_argument("--attention", nargs="+", choices=("fused", "explicit", "xla", "cudnn"),
-                    default=["fused"], help="fused: jax.nn.dot_product_attention as the model calls it; "
-                    "explicit: einsum + softmax; xla / cudnn: that call forced to this implementation")
+    ap.add_argument("--attention", nargs="+", choices=ATTENTION_IMPLEMENTATIONS, default=["auto"],
+                    help="model.attention of the steps: auto (the model's default: explicit softmax on CPU, "
+                    "jax.nn.dot_product_attention elsewhere), explicit, or xla / cudnn (that call forced to "
+                    "this implementation)")
     ap.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override applied to every step, e.g. model.remat=true, model.scan=true")
+                    help="config override applied to every step (ml_collections syntax without --config.), "
+                    "e.g. model.remat=true, model.scan=true")
     ap.add_argument("--encoder-model", default="vit_small_patch16")
     ap.add_argument("--encoder-batch", type=int, default=32)
     ap.add_argument("--sections", nargs="+", default=["matmul", "encoder", "steps", "masking", "pipeline", "torch"],
@@ -250,6 +253,7 @@ def main(argv=None):
                 jax=jax.__version__, **versions, date=datetime.datetime.now().isoformat(timespec="seconds"),
                 host=platform.node(), cpu_count=cpu_count(), cpu_model=cpu_model(), overrides=args.override,
                 argv=sys.argv[1:], glibc_tunables=os.environ.get("GLIBC_TUNABLES", ""),
+                xla_flags=os.environ.get("XLA_FLAGS", ""),
                 peak_bf16_flops=flops.peak_flops(dev.device_kind) if dev.platform != "cpu" else None)
     ctx = {"peak": meta["peak_bf16_flops"], "torch": use_torch, "matmul_flops": None}
     result = {"meta": meta, "notes": []}

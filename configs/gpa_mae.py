@@ -15,33 +15,17 @@ photos, EMA teacher so no checkpoint is needed), "ema" / "self" (teacher without
 "late_head" (the released code's quirk: GPA head blocks only after 75% of training, with a
 constant soft share of 0.3).
 """
-from mimjax.train.config import base_config, runlocal
+from mimjax.train import recipes
 
 
 def get_config(arg=None):
-    variant, *flags = (arg or "vit_base_patch16").split(",")
-    c = base_config()
-    c.model.name = "mae_" + variant
+    variant, flags = recipes.parse(arg, known=("feature", "late_head", *recipes.TEACHER_SOURCES))
+    c = recipes.gpa_teacher(recipes.pretraining(variant), flags)
     c.batch_size = 4096
     c.total_epochs = 200
     c.optimizer.warmup_epochs = 20
-    c.masking.strategy = "gpa"
-    c.masking.hard = (0.0, 0.5)
-    c.masking.soft = (0.3, 0.0)
-    c.teacher.source = "checkpoint"
-    c.teacher.name = "vit_base_patch16"
-    c.teacher.block, c.teacher.head = 9, 11
     c.model.gpa_head = "feature" in flags or "late_head" in flags
     if "late_head" in flags:
         c.model.gpa_head_late_start = True
         c.masking.soft = (0.3, 0.3)
-    for source in ("ema", "self"):
-        if source in flags:
-            c.teacher.source = source
-    if variant in ("vit_large_patch16", "vit_huge_patch14"):
-        c.model.remat = True
-    if "runlocal" in flags:
-        if c.teacher.source == "checkpoint":
-            c.teacher.source = "ema"
-        runlocal(c)
-    return c
+    return recipes.finish(c, flags)

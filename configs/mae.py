@@ -7,20 +7,15 @@ Variants: vit_{tiny,small,base,large}_patch16, vit_huge_patch14 (e.g. `mae.py:vi
 append ",runlocal" (`mae.py:vit_base_patch16,runlocal`) for a tiny smoke run on the embedded photos.
 Headline recipe: 800 epochs, 40 warm-up, blr 1.5e-4, batch 4096, norm_pix_loss, ratio 0.75.
 """
-from mimjax.train.config import base_config, runlocal
+from mimjax.train import recipes
 
 
 def get_config(arg=None):
-    variant, *flags = (arg or "vit_base_patch16").split(",")
-    c = base_config()
-    c.model.name = "mae_" + variant
+    variant, flags = recipes.parse(arg, known=())
+    c = recipes.pretraining(variant)
     c.batch_size = 4096
     c.total_epochs = 800
     c.optimizer.warmup_epochs = 40
     c.masking.strategy = "random"
     c.teacher.source = "none"
-    if variant in ("vit_large_patch16", "vit_huge_patch14"):
-        c.model.remat = True
-    if "runlocal" in flags:
-        runlocal(c)
-    return c
+    return recipes.finish(c, flags)

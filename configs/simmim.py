@@ -24,14 +24,13 @@ GPA flags follow configs/gpa_mae.py: hard share 0.0 -> 0.5, soft 0.3 -> 0.0 of t
 patches, teacher block 9, head 11. "ema" / "self" pick a teacher without a checkpoint;
 "runlocal" makes a tiny smoke run on the embedded photos (EMA teacher).
 """
-from mimjax.train.config import base_config, runlocal
+from mimjax.train import recipes
 
 
 def get_config(arg=None):
-    variant, *flags = (arg or "vit_base_patch16").split(",")
-    c = base_config()
-    c.model.arch = "simmim"
-    c.model.name = "mae_" + variant  # the encoder; the "mae_" prefix is the schema's for every arch
+    variant, flags = recipes.parse(arg, known=("gpa", "feature", *recipes.TEACHER_SOURCES))
+    c = recipes.pretraining(variant)
+    c.model.arch = "simmim"  # model.name keeps the schema's "mae_" prefix for every arch
     c.model.norm_pix_loss = False
     c.batch_size = 2048
     c.total_epochs = 800
@@ -44,20 +43,6 @@ def get_config(arg=None):
     c.masking.strategy = "random"
     c.teacher.source = "none"
     if "gpa" in flags or "feature" in flags:
-        c.masking.strategy = "gpa"
-        c.masking.hard = (0.0, 0.5)
-        c.masking.soft = (0.3, 0.0)
-        c.teacher.source = "checkpoint"
-        c.teacher.name = "vit_base_patch16"
-        c.teacher.block, c.teacher.head = 9, 11
+        recipes.gpa_teacher(c, flags)
         c.model.gpa_head = "feature" in flags
-        for source in ("ema", "self"):
-            if source in flags:
-                c.teacher.source = source
-    if variant in ("vit_large_patch16", "vit_huge_patch14"):
-        c.model.remat = True
-    if "runlocal" in flags:
-        if c.teacher.source == "checkpoint":
-            c.teacher.source = "ema"
-        runlocal(c)
-    return c
+    return recipes.finish(c, flags)

@@ -1,51 +1,522 @@
-"""`mimjax <command>`: train (pre-training), finetune, eval, export, import, visualize. Flags
-follow big_vision / the Flax examples: absl flags with an ml_collections config file,
-`--config path.py:arg --config.key=value`."""
+"""`mimjax <command>`: the one command line of mimjax.
+
+Every command is parsed the same way, as in big_vision / the Flax examples: absl flags in a
+fresh `absl.flags.FlagValues` per command, and for the commands driven by a config file
+(train, finetune, eval linprobe) an ml_collections config file,
+`--config path.py[:arg] --config.key=value ...`. This module holds only the flags, the help
+texts, the dispatch and the mapping of errors to one line on stderr and an exit status:
+
+    0  done
+    2  bad command line or config: one line `mimjax <command>: ...`, no traceback
+    3  the loss or gradients became non-finite (train)
+    4  the disk filled up while saving a checkpoint; the previous one is intact
+
+Nothing heavy (JAX, Flax, Orbax) is imported before the flags are parsed, so `--help` and
+command-line errors are immediate. The commands' logic lives in mimjax.train.pretrain,
+mimjax.eval.{finetune,linprobe,knn,visualize} and mimjax.interop.
+"""
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import json
+import os
+import re
 import sys
+import textwrap
+import traceback
+from typing import Callable
 
-USAGE = """usage: mimjax <command> [flags]
+from absl import flags
+from ml_collections import config_flags
 
-commands:
-  train   pre-train MAE / GPA-MAE: mimjax train --config configs/demo.py --workdir workdirs/demo
-  export  weights for PyTorch:     mimjax export --workdir W --format timm|mae --out F.safetensors
-  import  a PyTorch checkpoint:    mimjax import --in mae_pretrain_vit_base.pth --out DIR
-  finetune  a pre-trained encoder (MAE recipe, layer decay, mixup/cutmix):
-                                   mimjax finetune --config configs/finetune.py --workdir W --out FT_W
-  eval    frozen features:         mimjax eval knn --workdir W --dataset embedded_faces
-          linear probe (MAE):      mimjax eval linprobe --config configs/linprobe.py --workdir W
-  visualize  reconstructions, GPA heatmaps, masks and curves as PNGs:
-                                   mimjax visualize --workdir W --out DIR [--images a.jpg ...]
-"""
+from mimjax.errors import DiskFullError, NonFiniteError, UsageError
+from mimjax.schema import ConfigError, did_you_mean
+
+EXIT_USAGE, EXIT_NONFINITE, EXIT_DISK_FULL = 2, 3, 4
+HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
+METAVARS = {"workdir": "DIR", "out": "PATH", "in": "PATH", "coordinator_address": "HOST:PORT", "dataset": "SOURCE",
+            "test_dataset": "SOURCE", "data_dir": "DIR", "images": "FILE", "name": "ARCH", "train_split": "SPLIT",
+            "test_split": "SPLIT"}
 
 
-def main(argv=None):
+@dataclasses.dataclass(frozen=True)
+class Command:
+    name: str  # as typed: "train", "eval knn"
+    summary: str  # one line
+    examples: tuple[str, ...]
+    define: Callable[[flags.FlagValues, list], None]  # (flag values, argv) -> defines the flags
+    run: Callable[[flags.FlagValues], int]  # after parsing: the command itself -> exit status
+    required: tuple[str, ...] = ()
+    config_keys: str = ""  # where a config command's keys are documented
+    multi: tuple[str, ...] = ()  # flags that take several values: --images a.jpg b.png
+
+
+# --- Flags --------------------------------------------------------------------------
+def _define_config(fv, argv, example: str):
+    config_flags.DEFINE_config_file(
+        "config", None, f"Config file, a Python file with get_config(arg), e.g. {example}. "
+        "Any value can then be overridden: --config.KEY=VALUE.", flag_values=fv, lock_config=True, sys_argv=argv)
+
+
+def _define_train(fv, argv):
+    _define_config(fv, argv, "configs/demo.py or configs/gpa_mae.py:vit_base_patch16")
+    flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics, PNGs. An existing workdir is "
+                        "resumed.", flag_values=fv)
+    flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                      "Multi-host runtime (jax.distributed): auto = on when a TPU pod slice, a SLURM job with "
+                      "several tasks, an Open MPI job or --coordinator_address says so.", flag_values=fv)
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (GPU hosts without SLURM).",
+                        flag_values=fv)
+    flags.DEFINE_integer("num_processes", None, "Number of processes (with --coordinator_address).",
+                         flag_values=fv)
+    flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).",
+                         flag_values=fv)
+
+
+def _define_classifier(example: str, out_help: str):
+    def define(fv, argv):
+        _define_config(fv, argv, example)
+        flags.DEFINE_string("workdir", None, "The pre-trained encoder: a pre-training workdir or a "
+                            "`mimjax import` directory.", flag_values=fv)
+        flags.DEFINE_string("out", None, out_help, flag_values=fv)
+    return define
+
+
+def _define_knn(fv, argv):
+    flags.DEFINE_string("workdir", None, "The pre-training workdir (or `mimjax import` directory).", flag_values=fv)
+    flags.DEFINE_string("dataset", "embedded_faces", "embedded_faces | tfds:NAME | folder:PATH. embedded_faces "
+                        "(100 faces, 100 other crops) is split deterministically: every 4th image is a test "
+                        "image.", flag_values=fv)
+    flags.DEFINE_string("test_dataset", "", "A separate test set (folder:PATH or tfds:NAME).", flag_values=fv)
+    flags.DEFINE_string("train_split", "train", "Training split (tfds).", flag_values=fv)
+    flags.DEFINE_string("test_split", "test", "Test split (tfds).", flag_values=fv)
+    flags.DEFINE_string("data_dir", "", "TFDS data directory.", flag_values=fv)
+    flags.DEFINE_enum("pool", "token", ["token", "avg"], "Features: the normed cls token or the mean patch token.",
+                      flag_values=fv)
+    flags.DEFINE_integer("k", 20, "Neighbours that vote.", flag_values=fv)
+    flags.DEFINE_float("temperature", 0.07, "Each vote weighs exp(cosine / temperature).", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 256, "Images per forward pass.", flag_values=fv)
+    flags.DEFINE_boolean("random_init", False, "Evaluate a randomly initialised encoder of the same "
+                         "architecture (the baseline).", flag_values=fv)
+
+
+def _define_export(fv, argv):
+    flags.DEFINE_string("workdir", None, "The pre-training workdir; its latest checkpoint is exported.",
+                        flag_values=fv)
+    flags.DEFINE_enum("format", None, ["timm", "mae"], "timm: a timm VisionTransformer (encoder); mae: the "
+                      "official MAE layout (encoder + decoder).", flag_values=fv)
+    flags.DEFINE_string("out", None, "F.safetensors (default) or F.pth; F.json is written next to it.",
+                        flag_values=fv)
+    flags.DEFINE_enum("pool", "token", ["token", "avg"], "timm global_pool layout.", flag_values=fv)
+
+
+def _define_import(fv, argv):
+    flags.DEFINE_string("in", None, "F.pth (torch.load weights_only) or F.safetensors.", flag_values=fv)
+    flags.DEFINE_string("out", None, "A new directory, usable as --config.teacher.path.", flag_values=fv)
+    flags.DEFINE_string("name", "vit_base_patch16", "The architecture of the checkpoint.", flag_values=fv)
+    flags.DEFINE_integer("img_size", 224, "Image size the position embeddings are for.", flag_values=fv)
+
+
+def _define_visualize(fv, argv):
+    flags.DEFINE_string("workdir", None, "The pre-training workdir; its latest checkpoint is shown.",
+                        flag_values=fv)
+    flags.DEFINE_string("out", None, "Directory for the PNGs.", flag_values=fv)
+    flags.DEFINE_multi_string("images", [], "Image files (default: the run's dataset).", flag_values=fv)
+    flags.DEFINE_integer("num_images", 4, "Images taken from the dataset.", flag_values=fv)
+    flags.DEFINE_float("progress", None, "Training progress in [0, 1] of the reconstruction's mask "
+                       "(default: the checkpoint's).", flag_values=fv)
+    flags.DEFINE_float("mask_progress", 1.0, "Progress of the last column's mask.", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "Which images and masks.", flag_values=fv)
+
+
+# --- The commands (heavy imports inside) ----------------------------------------------
+def _run_train(fv) -> int:
+    from mimjax.parallel.distributed import init_distributed
+
+    init_distributed(fv.distributed, fv.coordinator_address, fv.num_processes, fv.process_id)  # before any device use
+    from mimjax.train import pretrain
+
+    pretrain.train(fv.config, fv.workdir)
+    return 0
+
+
+def _run_finetune(fv) -> int:
+    from mimjax.eval import finetune
+
+    print(json.dumps(finetune.finetune(fv.config, fv.workdir, fv.out)))
+    return 0
+
+
+def _run_linprobe(fv) -> int:
+    from mimjax.eval import linprobe
+
+    print(json.dumps(linprobe.linprobe(fv.config, fv.workdir, fv.out)))
+    return 0
+
+
+def _run_knn(fv) -> int:
+    from mimjax.eval import knn
+
+    print(json.dumps(knn.run_knn(fv.workdir, fv.dataset, test_dataset=fv.test_dataset, train_split=fv.train_split,
+                                 test_split=fv.test_split, data_dir=fv.data_dir, pool=fv.pool, k=fv.k,
+                                 temperature=fv.temperature, batch_size=fv.batch_size, random_init=fv.random_init)))
+    return 0
+
+
+def _run_export(fv) -> int:
+    from mimjax import interop
+
+    n = interop.export_weights(fv.workdir, fv.format, fv.out, pool=fv.pool)
+    print(f"wrote {fv.out} ({n} tensors) and {fv.out}.json")
+    return 0
+
+
+def _run_import(fv) -> int:
+    from mimjax import interop
+
+    name, out = fv["name"].value, fv["out"].value
+    decoder = interop.import_checkpoint(fv["in"].value, out, name=name, img_size=fv["img_size"].value)
+    print(f"wrote {out} ({'encoder + decoder' if decoder else 'encoder'} of {name}); "
+          f"use it with --config.teacher.source=checkpoint --config.teacher.path={out}")
+    return 0
+
+
+def _run_visualize(fv) -> int:
+    from mimjax.eval.visualize import visualize
+
+    visualize(fv.workdir, fv.out, images=tuple(fv.images), num_images=fv.num_images, progress=fv.progress,
+              mask_progress=fv.mask_progress, seed=fv.seed)
+    return 0
+
+
+COMMANDS = {c.name: c for c in [
+    Command("train", "Pre-train MAE / GPA-MAE; the same command again resumes from the latest checkpoint.",
+            ("mimjax train --config configs/demo.py --workdir workdirs/demo",
+             "mimjax train --config configs/gpa_mae.py:vit_base_patch16 --workdir W --config.batch_size=256"),
+            _define_train, _run_train, required=("config", "workdir"), config_keys="mimjax/train/config.py"),
+    Command("finetune", "Fine-tune a pre-trained encoder (MAE recipe: layer decay, mixup/cutmix); prints the "
+            "result as JSON.",
+            ("mimjax finetune --config configs/finetune.py:vit_base_patch16 --workdir PRETRAIN_W --out FT_W",),
+            _define_classifier("configs/finetune.py or configs/finetune.py:runlocal",
+                               "Output directory: checkpoints, metrics.jsonl, the result JSON. The same command "
+                               "again resumes."),
+            _run_finetune, required=("config", "workdir", "out"), config_keys="mimjax/eval/config.py"),
+    Command("eval knn", "Weighted k-NN accuracy of a run's frozen encoder (DINO protocol); prints JSON and "
+            "writes WORKDIR/knn.json.",
+            ("mimjax eval knn --workdir W --dataset embedded_faces",
+             "mimjax eval knn --workdir W --dataset tfds:imagenet2012 --data_dir /data/tfds "
+             "--train_split train --test_split validation",
+             "mimjax eval knn --workdir W --dataset folder:/path/train --test_dataset folder:/path/val"),
+            _define_knn, _run_knn, required=("workdir",)),
+    Command("eval linprobe", "Linear probe of the frozen encoder (MAE protocol); prints the result as JSON.",
+            ("mimjax eval linprobe --config configs/linprobe.py:runlocal --workdir W",),
+            _define_classifier("configs/linprobe.py or configs/linprobe.py:runlocal",
+                               "Output directory: checkpoints, metrics.jsonl, the result JSON "
+                               "(default: WORKDIR/linprobe)."),
+            _run_linprobe, required=("config", "workdir"), config_keys="mimjax/eval/config.py"),
+    Command("export", "Write a run's weights for PyTorch (timm or the official MAE layout).",
+            ("mimjax export --workdir W --format timm --out vit.safetensors [--pool avg]",
+             "mimjax export --workdir W --format mae --out mae_full.pth"),
+            _define_export, _run_export, required=("workdir", "format", "out")),
+    Command("import", "Convert a timm / MAE PyTorch checkpoint into a mimjax directory usable as teacher.path.",
+            ("mimjax import --in mae_pretrain_vit_base.pth --out teachers/mae_b16 --name vit_base_patch16",),
+            _define_import, _run_import, required=("in", "out")),
+    Command("visualize", "Reconstructions, GPA heatmaps, masks and training curves of a run, as PNGs.",
+            ("mimjax visualize --workdir W --out DIR",
+             "mimjax visualize --workdir W --out DIR --images a.jpg b.png --progress 0.3"),
+            _define_visualize, _run_visualize, required=("workdir", "out"), multi=("images",)),
+]}
+
+USAGE = "usage: mimjax <command> [flags]   (mimjax <command> --help for its flags)\n\ncommands:\n" + "".join(
+    f"  {name:<14}{c.summary.split(';')[0].rstrip('.')}\n                e.g. {c.examples[0]}\n"
+    for name, c in COMMANDS.items()) + "\n  mimjax --version"
+EVAL_USAGE = ("usage: mimjax eval knn|linprobe [flags]\n\n" + "".join(
+    f"  {name:<14}{COMMANDS[name].summary}\n" for name in ("eval knn", "eval linprobe")))
+
+
+# --- Help ------------------------------------------------------------------------------
+def _flag_usage(flag, required: bool, multi: bool) -> tuple[str, str]:
+    name = flag.name
+    if flag.boolean:
+        left = f"--[no]{name}"
+    elif name == "config":
+        left = "--config FILE[:ARG]"
+    elif isinstance(flag.parser, flags.EnumParser):
+        left = f"--{name} {'|'.join(flag.parser.enum_values)}"
+    else:
+        var = METAVARS.get(name) or {"int": "N", "float": "X"}.get(flag.parser.flag_type(), "VALUE")
+        left = f"--{name} {var} [{var} ...]" if multi else f"--{name} {var}"
+    text = re.sub(r"^<[^>]*>: ", "", flag.help)
+    text = re.sub(r";\s*repeat this option to specify a list of values$", "", text)
+    if required:
+        text = "(required) " + text
+    elif flag.default not in (None, "", []) or flag.boolean:
+        text += f" (default: {flag.default})"
+    return left, text
+
+
+def help_text(cmd: Command) -> str:
+    fv = flags.FlagValues()
+    cmd.define(fv, [])
+    rows = []
+    for name in list(fv):
+        left, text = _flag_usage(fv[name], name in cmd.required, name in cmd.multi)
+        rows.append((left, text))
+        if name == "config":
+            rows.append(("--config.KEY=VALUE", "Override a config value, e.g. --config.batch_size=256 "
+                         f"--config.optimizer.lr=1e-4; the keys are in {cmd.config_keys}."))
+    out = [f"usage: mimjax {cmd.name} " + " ".join(
+        _flag_usage(fv[n], True, n in cmd.multi)[0] for n in cmd.required)
+        + (" [--config.KEY=VALUE ...]" if cmd.config_keys else "") + " [flags]", "", cmd.summary, "",
+        "example" + ("s" if len(cmd.examples) > 1 else "") + ":"]
+    out += [f"  {e}" for e in cmd.examples]
+    out += ["", "flags:"]
+    for left, text in rows:
+        wrapped = textwrap.wrap(text, 100 - 26) or [""]
+        if len(left) > 22:
+            out.append(f"  {left}")
+            out += [" " * 26 + w for w in wrapped]
+        else:
+            out.append(f"  {left:<22}  {wrapped[0]}")
+            out += [" " * 26 + w for w in wrapped[1:]]
+    return "\n".join(out)
+
+
+# --- Parsing ---------------------------------------------------------------------------
+def _expand_multi(args: list, names) -> list:
+    """`--images a.jpg b.png` -> `--images=a.jpg --images=b.png` (absl takes one value per flag)."""
+    out, i = [], 0
+    while i < len(args):
+        a = args[i]
+        if a.lstrip("-") in names and a.startswith("-") and "=" not in a:
+            i += 1
+            while i < len(args) and not args[i].startswith("-"):
+                out.append(f"--{a.lstrip('-')}={args[i]}")
+                i += 1
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+def _config_arg(argv) -> str | None:
+    for i, a in enumerate(argv):
+        m = re.match(r"^--?config(=(.*))?$", a)
+        if m:
+            return m.group(2) if m.group(1) else (argv[i + 1] if i + 1 < len(argv) else None)
+    return None
+
+
+def _overrides(argv) -> list[str]:
+    """The dotted keys of --config.a.b=value overrides, in order."""
+    keys = []
+    for a in argv:
+        m = re.match(r"^--?(no)?config\.([^=]+)", a)
+        if m:
+            keys.append(m.group(2))
+    return keys
+
+
+def _unknown_key(config, key: str) -> bool:
+    node = config
+    for part in key.split("."):
+        try:
+            if part not in node:
+                return True
+        except TypeError:
+            return True
+        node = node[part]
+    return False
+
+
+def _friendly(message: str) -> str:
+    message = re.sub(r"invalid literal for int\(\) with base 10: .*", "expected an integer", message)
+    message = re.sub(r"could not convert string to float: .*", "expected a number", message)
+    return message
+
+
+def _flag_error(e: flags.Error, fv) -> str:
+    msg = str(e)
+    if isinstance(e, flags.UnrecognizedFlagError):
+        known = [n for n in fv if not n.startswith("config.")]
+        close = difflib.get_close_matches(e.flagname, known, n=1, cutoff=0.6)
+        return f"unknown flag --{e.flagname}" + (f" (did you mean --{close[0]}?)" if close else "")
+    m = re.search(r"Flag --(\S+) must have a value other than None", msg)
+    if m:
+        return f"--{m.group(1)} is required"
+    if "Error whilst parsing config file" in msg:  # the config file's get_config() raised
+        m = re.search(r"flag --config=([^:\s]+)", msg)
+        file = m.group(1) if m else "--config"
+        lines = re.findall(rf'File "{re.escape(os.path.abspath(file))}", line (\d+)', msg) or \
+            re.findall(rf'File "{re.escape(file)}", line (\d+)', msg)
+        where = f":{lines[-1]}" if lines else ""
+        last = [line.strip() for line in msg.splitlines() if line.strip()][-1]
+        return f"error in the config file {file}{where}: {last}"
+    lines = [line.strip() for line in msg.splitlines() if line.strip()]
+    return _friendly(" ".join(lines).removeprefix("flag "))
+
+
+def _load_config(path: str):
+    """get_config(arg) of `file.py[:arg]`, as ml_collections' config_flags loads it."""
+    import importlib.util
+
+    file, sep, arg = path.partition(":")
+    spec = importlib.util.spec_from_file_location("mimjax_cli_config", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(*([arg] if sep else []))
+
+
+def _loading_error(e: Exception, argv) -> str:
+    """A config file that raised while loading, or an override of a key it lacks."""
+    path = _config_arg(argv) or ""
+    keys = _overrides(argv)
+    if keys and isinstance(e, (AttributeError, KeyError)):
+        try:
+            config = _load_config(path)
+        except Exception:  # noqa: BLE001 - the file itself fails; reported below
+            config = None
+        if config is not None:
+            for key in keys:
+                if _unknown_key(config, key):
+                    return f"unknown config key config.{key}{did_you_mean(key, config)}"
+    where = ""
+    for frame in traceback.extract_tb(e.__traceback__):
+        if os.path.abspath(frame.filename) == os.path.abspath(path.split(":", 1)[0]):
+            where = f":{frame.lineno}"
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"error in the config file {path.split(':', 1)[0]}{where}: {type(e).__name__}: {first}"
+
+
+def parse(cmd: Command, args: list) -> flags.FlagValues:
+    """The command's flags parsed from `args` (the flags after the command's name); raises
+    UsageError with one line."""
+    argv = [f"mimjax {cmd.name}", *_expand_multi(list(args), cmd.multi)]
+    fv = flags.FlagValues()
+    cmd.define(fv, argv)
+    flags.mark_flags_as_required(list(cmd.required), flag_values=fv)
+    if "config" in cmd.required:
+        path = _config_arg(argv)
+        file = (path or "").split(":", 1)[0]
+        if path and not os.path.isfile(file):
+            raise UsageError(f"config file {file!r} {'is not a file' if os.path.exists(file) else 'not found'}"
+                             f" (--config {path})")
+    try:
+        rest = fv(argv)
+    except flags.Error as e:
+        raise UsageError(_flag_error(e, fv)) from None
+    except Exception as e:  # noqa: BLE001 - raised by the config file or an override of a missing key
+        raise UsageError(_loading_error(e, argv)) from None
+    if len(rest) > 1:
+        raise UsageError(f"unexpected argument(s): {' '.join(rest[1:])}")
+    if "config" in fv:
+        try:
+            getattr(fv.config, "keys")
+        except OSError as e:  # config_flags defers a failed load to the first access
+            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+            raise UsageError(f"cannot load --config {_config_arg(argv)}: {lines[-1]}") from None
+    return fv
+
+
+# --- Running ---------------------------------------------------------------------------
+def _setup_logging():
+    """What absl's app.run did: absl's log handler on stderr; mimjax's own INFO lines, but
+    not Orbax's per-file ones nor asyncio's leftovers of a failed async write."""
+    import faulthandler
+    import logging as std_logging
+
+    from absl import logging
+
+    logging.use_absl_handler()
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    logging.set_verbosity(logging.WARNING)
+    std_logging.getLogger("mimjax").setLevel(std_logging.INFO)
+    std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
+    try:
+        if not faulthandler.is_enabled():
+            faulthandler.enable()
+    except Exception:  # noqa: BLE001 - e.g. no usable stderr file descriptor
+        pass
+
+
+def _fail(prog: str, message: str, status: int = EXIT_USAGE) -> int:
+    print(f"{prog}: {message}", file=sys.stderr)
+    return status
+
+
+def _execute(cmd: Command, fv) -> int:
+    prog = f"mimjax {cmd.name}"
+    _setup_logging()
+    try:
+        return cmd.run(fv)
+    except ConfigError as e:
+        return _fail(prog, f"config error: {e}")
+    except UsageError as e:
+        return _fail(prog, str(e))
+    except NonFiniteError as e:
+        return _fail(prog, str(e), EXIT_NONFINITE)
+    except DiskFullError as e:
+        _fail(prog, str(e), EXIT_DISK_FULL)
+        if cmd.name == "train":
+            # train() has already waited for and closed the checkpointer and the writers. A
+            # normal interpreter exit would now garbage-collect Orbax's failed async tasks,
+            # and their "RuntimeError: Event loop is closed" could land after our line.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_DISK_FULL)
+        return EXIT_DISK_FULL
+
+
+def _command(args: list) -> tuple[Command | None, list, str | None]:
+    """(command, its flags, None) or (None, [], the text to print for `mimjax eval ...`)."""
+    name = args[0]
+    if name == "eval":
+        if len(args) < 2 or args[1].startswith("-"):
+            return None, [], EVAL_USAGE
+        name, args = f"eval {args[1]}", args[1:]
+    return COMMANDS.get(name), args[1:], None
+
+
+def main(argv=None) -> int:
+    """`mimjax ARGS` (argv: the program name, then the arguments) -> exit status."""
     if argv is None:  # the console script: restart once with huge-page malloc (mimjax/procenv.py)
-        from mimjax import procenv as hostmem
-        hostmem.reexec_with_hugepages()
-    argv = list(sys.argv if argv is None else argv)
-    if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+        from mimjax import procenv
+
+        procenv.setup_process()
+    args = list(sys.argv if argv is None else argv)[1:]
+    if not args:
+        print(USAGE, file=sys.stderr)
+        return EXIT_USAGE
+    if args[0] in ("-h", "--help", "-help", "help") and len(args) == 1:
         print(USAGE)
-        return 0 if len(argv) >= 2 else 2
-    command = argv[1]
-    if command == "train":
-        from mimjax import train_main
-        return train_main.run([argv[0] + " train"] + argv[2:])
-    if command == "finetune":
-        from mimjax import classify_main
-        return classify_main.finetune_main(argv[2:])
-    if command == "eval":
-        from mimjax import eval_main
-        return eval_main.main(argv[2:])
-    if command == "visualize":
-        from mimjax import visualize_main
-        return visualize_main.main(argv[2:])
-    if command in ("export", "import"):
-        from mimjax import interop_main
-        return interop_main.main(command, argv[2:])
-    print(f"mimjax: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
-    return 2
+        return 0
+    if args[0] in ("--version", "-V", "version"):
+        import mimjax
+
+        print(f"mimjax {mimjax.__version__}")
+        return 0
+    if args[0] == "help":  # mimjax help train
+        args = [*args[1:], "--help"]
+    cmd, rest, text = _command(args)
+    if text is not None:  # `mimjax eval` alone, or `mimjax eval --help`
+        wants_help = any(a in HELP_ARGS for a in args[1:])
+        print(text, file=sys.stdout if wants_help else sys.stderr)
+        return 0 if wants_help else EXIT_USAGE
+    if cmd is None:
+        name = " ".join(args[:2]) if args[0] == "eval" else args[0]
+        close = difflib.get_close_matches(name, list(COMMANDS) + ["eval"], n=1)
+        return _fail("mimjax", f"unknown command {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+                     + "; mimjax --help lists the commands")
+    if any(a in HELP_ARGS for a in rest):
+        print(help_text(cmd))
+        return 0
+    try:
+        fv = parse(cmd, rest)
+    except UsageError as e:
+        return _fail(f"mimjax {cmd.name}", str(e))
+    return _execute(cmd, fv)
 
 
 if __name__ == "__main__":

@@ -5,11 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export MIMJAX_TORCH=1 HF_HUB_OFFLINE=1
-# Huge-page malloc for the test process too (what `mimjax` sets for itself: mimjax/hostmem.py).
-[ "${MIMJAX_HUGEPAGES:-1}" = 0 ] || [[ "${GLIBC_TUNABLES:-}" == *glibc.malloc.hugetlb=* ]] ||
-  export GLIBC_TUNABLES="${GLIBC_TUNABLES:+$GLIBC_TUNABLES:}glibc.malloc.hugetlb=1"
 source scripts/venv.sh
-python -m pytest -q "$@" || rc=$?
+# The tests run with the process environment of the `mimjax` command (huge-page malloc, XLA
+# CPU fast math: mimjax/procenv.py), as a user's run would.
+python -m mimjax.procenv python -m pytest -q "$@" || rc=$?
 rc=${rc:-0}
 if [ "$rc" -eq 5 ]; then
   echo "pytest collected no tests: failing on purpose (exit code 5 must not pass)" >&2

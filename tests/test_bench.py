@@ -57,7 +57,7 @@ def test_vit_b_gpa_flops_match_the_reference_budget():
 def test_override_casts_to_the_config_type():
     c = steps.make_config("mae", "vit_tiny_patch16", 8, 64, "float32", ["model.remat=true", "masking.mask_ratio=0.5"])
     assert c.model.remat is True and c.masking.mask_ratio == 0.5
-    with pytest.raises(ValueError, match="no key"):
+    with pytest.raises(ValueError, match="nonexistent"):
         steps.make_config("mae", "vit_tiny_patch16", 8, 64, "float32", ["model.nonexistent=1"])
 
 
@@ -103,19 +103,3 @@ def test_torch_reference_runs_on_a_tiny_config():
     step = torch_ref.make_train_step(arch, "gpa_teacher", 2, block=1, head=3, decoder_dim=32, decoder_depth=1,
                                      decoder_heads=4)
     assert torch.isfinite(step())
-
-
-def test_attention_impl_patches_and_restores_the_fused_call():
-    original = jax.nn.dot_product_attention
-    q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 5, 4, 8))  # [B, T, H, hd] each
-    expected = steps._explicit_attention(q, k, v)
-    for kind in ("xla", "explicit"):  # "cudnn" needs a GPU; its wiring is the same as "xla"
-        with steps.attention_impl(kind):
-            assert jax.nn.dot_product_attention is not original
-            out = jax.nn.dot_product_attention(q, k, v)
-        assert jnp.allclose(out, expected, atol=1e-5), kind
-        assert jax.nn.dot_product_attention is original
-    with pytest.raises(ValueError, match="flash"):
-        with steps.attention_impl("flash"):
-            pass
-    assert jax.nn.dot_product_attention is original

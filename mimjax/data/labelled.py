@@ -1,6 +1,10 @@
 """Labelled image sets for evaluation (k-NN, linear probe, fine-tuning), by a short spec."""
 from __future__ import annotations
 
+import types
+
+from mimjax.data.sources import make_source
+
 
 class _Subset:
     def __init__(self, src, indices):
@@ -19,18 +23,10 @@ def labelled_sources(dataset: str, *, test_dataset: str = "", train_split: str =
     `tfds:NAME` (its train_split / test_split) or `folder:PATH` (class-per-folder). Without
     a test_dataset, a source with no test split is split here: every 4th image is a test
     image. Shared by k-NN, the linear probe and fine-tuning."""
-    from mimjax.train import config as config_lib
-    from mimjax.data import make_source
-
     def source(spec, split):
-        d = config_lib.base_config().data
-        kind, _, arg = spec.partition(":")
-        d.source = kind
-        if kind == "tfds":
-            d.name, d.split, d.data_dir = arg, split, data_dir or ""
-        elif kind == "folder":
-            d.folder = arg
-        return make_source(d)
+        kind, _, arg = spec.partition(":")  # the fields make_source reads for each kind
+        return make_source(types.SimpleNamespace(source=kind, name=arg, split=split, data_dir=data_dir,
+                                                 manual_dir="", folder=arg, synthetic_size=1000))
 
     train = source(dataset, train_split)
     if test_dataset:

@@ -1,4 +1,4 @@
-"""MAE fine-tuning (`main_finetune.py`), and the classifier loop the linear probe shares.
+"""MAE fine-tuning (`main_finetune.py`).
 
     mimjax finetune --config configs/finetune.py:vit_base_patch16 --workdir PRETRAIN_W --out FT_W
 
@@ -8,8 +8,10 @@ LayerNorm; or the normed cls token with pool="token") and a linear head (trunc-n
 (MAE `param_groups_lrd`); no weight decay on biases, norms and the cls token. On device,
 each step: random erasing (timm, per image), then mixup / cutmix (timm `Mixup`, mode
 'batch') with label smoothing folded into the soft targets; the host pipeline gives
-RandomResizedCrop + flip (mimjax.data). The loop, data, evaluation and optimizers are the
-linear probe's (`mimjax.eval.linprobe.fit`); the config schema is `mimjax.eval.config`'s.
+RandomResizedCrop + flip (mimjax.data). This module owns the model, the layer-wise lr
+decay, the on-device augmentation and the fine-tuning task; the run (data, optimizers,
+loop, evaluation) is `mimjax.eval.classify.fit`, shared with the linear probe; the config
+schema is `mimjax.eval.config`'s.
 
 Writes OUT/config.json, OUT/metrics.jsonl, OUT/checkpoints/<step>/ (a restart resumes the
 latest) and OUT/finetune.json (top-1 / top-5 on the test split).
@@ -23,14 +25,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from mimjax.eval.linprobe import (
-    ClassifierState,
-    Task,
-    fit,
-    load_encoder,
-    make_optimizer,
-    trunc_normal,
-)
+from mimjax.eval.classify import ClassifierState, Task, fit, load_encoder, trunc_normal
+from mimjax.train.optim import make_optimizer
 from mimjax.models import VisionTransformer
 
 

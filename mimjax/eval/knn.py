@@ -9,6 +9,8 @@ are L2-normalised, and every test image votes with its k nearest training images
 from __future__ import annotations
 
 import functools
+import json
+import os
 
 import jax
 import jax.numpy as jnp
@@ -57,3 +59,38 @@ def extract_features(encoder, enc_params, images_iter, pool: str = "token"):
         feats.append(np.asarray(apply(enc_params, batch["image"])))
         labels.append(np.asarray(batch["label"]))
     return np.concatenate(feats), np.concatenate(labels)
+
+
+def run_knn(workdir: str, dataset: str = "embedded_faces", *, test_dataset: str = "", train_split: str = "train",
+            test_split: str = "test", data_dir: str = "", pool: str = "token", k: int = 20,
+            temperature: float = 0.07, batch_size: int = 256, random_init: bool = False) -> dict:
+    """`mimjax eval knn`: weighted k-NN accuracy of a run's frozen encoder on a labelled set
+    (embedded_faces | tfds:NAME | folder:PATH; `test_dataset` a separate test set). The
+    embedded set is split deterministically: every 4th image is a test image. Writes
+    WORKDIR/knn.json (unless random_init: a randomly initialised encoder of the same
+    architecture, the baseline) and returns the result."""
+    from mimjax import workdir as workdir_lib
+    from mimjax.data import make_iterator
+    from mimjax.data.labelled import labelled_sources
+    from mimjax.errors import UsageError
+    from mimjax.models import init_model, model_from_config
+
+    mc = workdir_lib.model_config(workdir)
+    if mc is None:
+        raise UsageError(f"{workdir!r} has no config.json; is it a mimjax workdir?")
+    model = model_from_config(mc)
+    params = init_model(model, jax.random.key(0)) if random_init else workdir_lib.load_params(workdir)
+    train_src, test_src = labelled_sources(dataset, test_dataset=test_dataset, train_split=train_split,
+                                           test_split=test_split, data_dir=data_dir)
+    feats = []
+    for src in (train_src, test_src):
+        it = make_iterator(None, img_size=mc.img_size, global_batch_size=batch_size, seed=0,
+                           train=False, source=src)
+        feats.append(extract_features(model.encoder, params["encoder"], it, pool))
+    (tr_x, tr_y), (te_x, te_y) = feats
+    result = knn_accuracy(tr_x, tr_y, te_x, te_y, k=k, temperature=temperature)
+    result.update(workdir=os.path.abspath(workdir), dataset=dataset, pool=pool, random_init=random_init)
+    if not random_init:
+        with open(os.path.join(workdir, "knn.json"), "w") as f:
+            json.dump(result, f, indent=2)
+    return result

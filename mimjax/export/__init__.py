@@ -7,3 +7,6 @@ from mimjax.export.layouts import (
     to_mae_state_dict,
     to_timm_state_dict,
 )
+
+__all__ = ["architecture", "from_torch_state_dict", "load_state_dict", "save_state_dict", "shape_mismatches",
+           "to_mae_state_dict", "to_timm_state_dict"]

@@ -77,6 +77,9 @@ class PatchEmbed(nn.Module):
         return x @ kernel + bias
 
 
+ATTENTION_IMPLEMENTATIONS = ("auto", "explicit", "xla", "cudnn")
+
+
 class Attention(nn.Module):
     """Multi-head self-attention with separate q/k/v kernels [D, H, hd].
 
@@ -84,10 +87,13 @@ class Attention(nn.Module):
     logits of `logits_head`, or of all heads); `qk_only` (computes only q and k and returns
     just the logits: what a GPA teacher needs from its last block).
 
-    The plain mode uses the fused `jax.nn.dot_product_attention` on GPU/TPU. On the CPU
-    backend an explicit softmax in head-major layout ([B, H, T, hd], each head's T x T
-    product a contiguous batched matmul) is faster: measured 21% less time for a ViT-S
-    attention layer's forward + backward at batch 32 on 2 cores (bench/README.md).
+    `implementation` (static) picks the plain mode's kernel: "auto" is
+    `jax.nn.dot_product_attention` (XLA's choice) on GPU/TPU and, on the CPU backend, an
+    explicit softmax in head-major layout ([B, H, T, hd], each head's T x T product a
+    contiguous batched matmul), measured 21% less time for a ViT-S attention layer's
+    forward + backward at batch 32 on 2 cores (bench/README.md); "explicit" is that
+    softmax everywhere; "xla" / "cudnn" force `jax.nn.dot_product_attention`'s
+    implementation (cuDNN flash attention: GPU, bf16/fp16).
     """
 
     num_heads: int
@@ -95,10 +101,14 @@ class Attention(nn.Module):
     return_logits: bool = False
     qk_only: bool = False
     logits_head: int | None = None
+    implementation: str = "auto"  # auto | explicit | xla | cudnn
 
     @nn.compact
     def __call__(self, x):  # x [B, T, D]
         dim = x.shape[-1]
+        if self.implementation not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"attention implementation {self.implementation!r}: expected one of "
+                             f"{ATTENTION_IMPLEMENTATIONS}")
         if dim % self.num_heads:
             raise ValueError(f"width {dim} is not divisible by num_heads={self.num_heads}")
         head_dim = dim // self.num_heads
@@ -118,13 +128,16 @@ class Attention(nn.Module):
             return None, attn_logits(q[:, :, one_head], k[:, :, one_head])
         v = dense(name="value")(x)
         logits = None
-        if self.return_logits or jax.default_backend() == "cpu":
+        explicit = self.implementation == "explicit" or (self.implementation == "auto" and
+                                                         jax.default_backend() == "cpu")
+        if self.return_logits or explicit:
             full = attn_logits(q, k)  # [B, H, T, T]
             logits = full[:, one_head] if self.return_logits else None
             weights = jax.nn.softmax(full, axis=-1).astype(v.dtype)
             out = jnp.einsum("bhqk,bhkd->bhqd", weights, v.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
         else:
-            out = jax.nn.dot_product_attention(q, k, v)  # [B, T, H, hd], fused
+            impl = None if self.implementation == "auto" else self.implementation
+            out = jax.nn.dot_product_attention(q, k, v, implementation=impl)  # [B, T, H, hd], fused
         out = nn.DenseGeneral(dim, axis=(-2, -1), dtype=self.dtype, kernel_init=xavier_uniform,
                               bias_init=nn.initializers.zeros, name="out")(out)
         return out, logits
@@ -175,12 +188,13 @@ class Block(nn.Module):
     return_logits: bool = False
     qk_only: bool = False
     logits_head: int | None = None
+    attention: str = "auto"  # the attention kernel (`Attention.implementation`)
 
     @nn.compact
     def __call__(self, x):  # x [B, T, D]
         dim = x.shape[-1]
         y, logits = Attention(self.num_heads, self.dtype, self.return_logits, self.qk_only,
-                              self.logits_head, name="attn")(LayerNorm(dtype=self.dtype, name="norm1")(x))
+                              self.logits_head, self.attention, name="attn")(LayerNorm(dtype=self.dtype, name="norm1")(x))
         if self.qk_only:
             return None, logits
         x = x + DropPath(self.drop_path)(y, self.deterministic)
@@ -212,6 +226,7 @@ class Transformer(nn.Module):
     remat: bool = False
     drop_path: float = 0.0
     scan: bool = False
+    attention: str = "auto"  # the attention kernel (`Attention.implementation`)
 
     @nn.compact
     def __call__(self, x, *, attn_block: int | None = None, attn_head: int | None = None,
@@ -231,7 +246,7 @@ class Transformer(nn.Module):
             x, block_logits = block_cls(
                 self.num_heads, self.mlp_ratio, self.dtype, self._rate(i), deterministic,
                 return_logits=wanted, qk_only=wanted and stop_at_attn,
-                logits_head=attn_head if wanted else None, name=f"block_{i}")(x)
+                logits_head=attn_head if wanted else None, attention=self.attention, name=f"block_{i}")(x)
             if wanted:
                 logits = block_logits
                 if stop_at_attn:
@@ -243,7 +258,8 @@ class Transformer(nn.Module):
 
     def _scanned(self, x, attn_block, attn_head, stop_at_attn, deterministic):
         def block(rate=0.0, **mode):  # an unbound Block, applied to explicit params
-            return Block(self.num_heads, self.mlp_ratio, self.dtype, rate, deterministic, parent=None, **mode)
+            return Block(self.num_heads, self.mlp_ratio, self.dtype, rate, deterministic, parent=None,
+                         attention=self.attention, **mode)
 
         params = [self.param(f"block_{i}", lambda key, shape: block().init(key, jnp.zeros(shape, x.dtype))["params"],
                              x.shape) for i in range(self.depth)]

@@ -89,7 +89,7 @@ class MAE(nn.Module):
 
         def decoder(prefix, out_dim):
             y, _ = Transformer(self.decoder_depth, self.decoder_heads, enc.mlp_ratio, dtype,
-                               enc.remat, scan=enc.scan, name=f"{prefix}_blocks")(x)
+                               enc.remat, scan=enc.scan, attention=enc.attention, name=f"{prefix}_blocks")(x)
             y = LayerNorm(dtype=dtype, name=f"{prefix}_norm")(y)
             y = nn.Dense(out_dim, dtype=dtype, kernel_init=xavier_uniform, name=f"{prefix}_pred")(y)
             return y[:, 1:].astype(jnp.float32)  # drop cls
@@ -158,6 +158,7 @@ def mae(name: str, **overrides) -> MAE:
 def mae_from_config(mc) -> MAE:
     """The MAE a `model` config section (mimjax/train/config.py) describes."""
     over = dict(img_size=mc.img_size, dtype=jnp.dtype(mc.dtype), remat=mc.remat, scan=mc.get("scan", False),
+                attention=mc.get("attention", "auto"),
                 norm_pix_loss=mc.norm_pix_loss, gpa_head=mc.gpa_head,
                 gpa_head_late_start=mc.gpa_head_late_start, decoder_width=mc.decoder_width,
                 decoder_depth=mc.decoder_depth, decoder_heads=mc.decoder_heads)

@@ -39,6 +39,7 @@ class VisionTransformer(nn.Module):
     remat: bool = False
     scan: bool = False  # one lax.scan over the blocks (see `Transformer`)
     drop_path: float = 0.0
+    attention: str = "auto"  # attention kernel: auto | explicit | xla | cudnn (`layers.Attention`)
 
     def __post_init__(self):
         if self.img_size % self.patch_size:
@@ -91,7 +92,7 @@ class VisionTransformer(nn.Module):
         cls = (cls + pos[:1]).astype(x.dtype)
         x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)), x], axis=1)  # [B, 1+K, D]
         x, logits = Transformer(self.depth, self.num_heads, self.mlp_ratio, self.dtype,
-                                self.remat, self.drop_path, self.scan, name="blocks")(
+                                self.remat, self.drop_path, self.scan, self.attention, name="blocks")(
             x, attn_block=attn_block, attn_head=attn_head, stop_at_attn=stop_at_attn,
             deterministic=not train)
         if stop_at_attn:

@@ -3,8 +3,8 @@ import sys
 
 from mimjax import procenv
 
-procenv.reexec_with_hugepages()  # before the heavy imports, not after
+procenv.setup_process()  # before the heavy imports, not after
 
-from mimjax import train_main  # noqa: E402
+from mimjax import cli  # noqa: E402
 
-train_main.run(sys.argv)
+sys.exit(cli.main(["mimjax", "train", *sys.argv[1:]]))

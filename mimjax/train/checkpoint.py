@@ -26,6 +26,8 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental.multihost_utils import sync_global_devices
 
+from mimjax.errors import DiskFullError
+
 log = logging.getLogger("mimjax")
 
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -51,10 +53,6 @@ def disk_full_reason(e: BaseException | None) -> str | None:
 
 def is_disk_full(e: BaseException | None) -> bool:
     return disk_full_reason(e) is not None
-
-
-class DiskFullError(RuntimeError):
-    """The disk filled up while the run was writing; the last complete checkpoint is intact."""
 
 
 def _bytes_to_write(tree) -> int:

@@ -12,9 +12,11 @@ import os
 
 import ml_collections
 
-from mimjax import schema, workdir
+from mimjax import schema
 from mimjax.models import ARCHS
+from mimjax.models.layers import ATTENTION_IMPLEMENTATIONS
 from mimjax.models.vit import VIT_VARIANTS
+from mimjax.train import teacher
 from mimjax.schema import ConfigError, fail as _fail  # noqa: F401 (ConfigError: re-exported)
 
 
@@ -51,6 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype ("bfloat16" on accelerators); params float32
     c.model.remat = False
     c.model.scan = False  # lax.scan over the blocks: one compiled block (ViT-L/H compile time)
+    c.model.attention = "auto"  # auto | explicit | xla | cudnn (cuDNN flash attention, GPU); see models/layers.py
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "tfds"  # tfds | folder | embedded | embedded_faces | synthetic
@@ -103,24 +106,6 @@ def _ratio_pair(key, pair):
         _fail(key, tuple(pair), "a (start, end) pair of fractions in [0, 1]")
 
 
-def encoder_dims(mc) -> tuple[int, int, int]:
-    """(depth, num_heads, patch_size) of the encoder a `model` config section describes."""
-    patch, _, depth, heads = VIT_VARIANTS[mc.name[len("mae_"):]]
-    return mc.get("depth") or depth, mc.get("num_heads") or heads, mc.get("patch_size") or patch
-
-
-def teacher_arch(c) -> tuple[str, int, int, int]:
-    """(description, depth, heads, patch) of the teacher: a checkpoint workdir's own encoder,
-    the named ViT for an imported checkpoint, else the student's encoder."""
-    if c.teacher.source == "checkpoint":
-        mc = workdir.model_config(c.teacher.path)
-        if mc is not None:
-            return f"workdir {c.teacher.path!r}", *encoder_dims(mc)
-        patch, _, depth, heads = VIT_VARIANTS[c.teacher.name]
-        return c.teacher.name, depth, heads, patch
-    return "student", *encoder_dims(c.model)
-
-
 def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_count: int = 1) -> None:
     """Raises ConfigError for anything that cannot run; starts nothing."""
     schema.check_keys(c, base_config(), "mimjax/train/config.py")
@@ -153,6 +138,8 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_coun
     name = c.model.name
     if not name.startswith("mae_") or name[4:] not in VIT_VARIANTS:
         _fail("model.name", name, f"one of {['mae_' + n for n in VIT_VARIANTS]}")
+    if c.model.attention not in ATTENTION_IMPLEMENTATIONS:
+        _fail("model.attention", c.model.attention, " | ".join(ATTENTION_IMPLEMENTATIONS))
     if c.model.dtype not in ("float32", "bfloat16", "float16"):
         _fail("model.dtype", c.model.dtype, "float32, bfloat16 or float16")
     patch = c.model.patch_size or VIT_VARIANTS[name[4:]][0]
@@ -168,7 +155,7 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_coun
         _fail("masking.progress", c.masking.progress, "epoch or step")
     if c.teacher.source not in ("none", "checkpoint", "ema", "self"):
         _fail("teacher.source", c.teacher.source, "none, checkpoint, ema or self")
-    needs_teacher = c.masking.strategy in ("gpa", "high") or c.model.gpa_head
+    needs_teacher = teacher.uses_teacher(c)
     if needs_teacher and c.teacher.source == "none":
         _fail("teacher.source", "none", f"a teacher (checkpoint, ema or self) for "
               f"masking.strategy={c.masking.strategy!r} / model.gpa_head={c.model.gpa_head}")
@@ -180,7 +167,7 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_coun
         if c.teacher.name not in VIT_VARIANTS:
             _fail("teacher.name", c.teacher.name, f"one of {sorted(VIT_VARIANTS)}")
     if needs_teacher:
-        arch, depth, heads, teacher_patch = teacher_arch(c)
+        arch, depth, heads, teacher_patch = teacher.describe(c)
         if teacher_patch != patch:
             _fail("teacher.path" if c.teacher.source == "checkpoint" else "teacher.source", c.teacher.path or
                   c.teacher.source, f"a teacher with the student's patch size {patch} (the {arch} teacher has "

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import jax
 import optax
 
 
@@ -38,9 +37,8 @@ def learning_rate(opt_cfg, batch_size: int) -> float:
 
 
 def lr_schedule(opt_cfg, batch_size: int, total_steps: int, warmup_steps: int):
-    """MAE's `adjust_learning_rate`, evaluated per step: step -> lr (jit-friendly)."""
-    peak, floor = learning_rate(opt_cfg, batch_size), opt_cfg.min_lr
-    warmup = optax.linear_schedule(0.0, peak, max(warmup_steps, 1))
-    decay_steps = max(total_steps - warmup_steps, 1)
-    cosine = lambda s: floor + (peak - floor) * 0.5 * (1 + jax.numpy.cos(math.pi * s / decay_steps))
-    return optax.join_schedules([warmup, cosine], [warmup_steps])
+    """MAE's `adjust_learning_rate`, evaluated per step: step -> lr (jit-friendly). It is
+    optax's warm-up + cosine: lr * s / warmup during the warm-up, then
+    min_lr + (lr - min_lr) * (1 + cos(pi * (s - warmup) / (total - warmup))) / 2."""
+    return optax.warmup_cosine_decay_schedule(0.0, learning_rate(opt_cfg, batch_size), warmup_steps,
+                                              max(total_steps, warmup_steps + 1), opt_cfg.min_lr)

@@ -1,22 +1,96 @@
-"""The GPA teacher (GPA_SPEC.md 2): which network, where its weights come from, and the
-per-patch scores it hands to the masking.
+"""The GPA teacher (GPA_SPEC.md 2), all of it: whether a run has one, which network it is,
+where its weights come from, the per-patch scores it hands to the masking and the GPA
+head, and the EMA update.
 
 - `checkpoint`: a frozen ViT loaded from a mimjax workdir (its encoder) or from a
   directory written by `mimjax import` (a PyTorch MAE/timm checkpoint converted).
 - `ema`: a momentum copy of the student encoder, kept in the train state.
 - `self`: the student encoder itself on the full image, gradients stopped.
 The teacher runs inside the train step's jit, stops after the GPA block's q and k, and
-has no optimizer state.
+has no optimizer state. `Teacher.from_config(cfg, student)` is what the trainer, the bench
+and `mimjax visualize` use.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from mimjax import masking, workdir
 from mimjax.models import VisionTransformer, model_from_config, vit
+from mimjax.models.vit import VIT_VARIANTS
+
+
+def uses_teacher(cfg) -> bool:
+    """Whether a pre-training config needs a teacher: GPA or AttMask-style masking, or the GPA head."""
+    return cfg.masking.strategy in ("gpa", "high") or bool(cfg.model.gpa_head)
+
+
+def encoder_dims(mc) -> tuple[int, int, int]:
+    """(depth, num_heads, patch_size) of the encoder a `model` config section describes."""
+    patch, _, depth, heads = VIT_VARIANTS[mc.name[len("mae_"):]]
+    return mc.get("depth") or depth, mc.get("num_heads") or heads, mc.get("patch_size") or patch
+
+
+def describe(cfg) -> tuple[str, int, int, int]:
+    """(description, depth, heads, patch) of the teacher, without building it: a checkpoint
+    workdir's own encoder, the named ViT for an imported checkpoint, else the student's."""
+    if cfg.teacher.source == "checkpoint":
+        mc = workdir.model_config(cfg.teacher.path)
+        if mc is not None:
+            return f"workdir {cfg.teacher.path!r}", *encoder_dims(mc)
+        patch, _, depth, heads = VIT_VARIANTS[cfg.teacher.name]
+        return cfg.teacher.name, depth, heads, patch
+    return "student", *encoder_dims(cfg.model)
+
+
+@dataclasses.dataclass(frozen=True)
+class Teacher:
+    """A run's teacher. Without one in use (`in_use` False: random masking, no GPA head)
+    `params` and `scores` return None; an EMA copy is still kept when source is "ema"."""
+
+    source: str  # none | checkpoint | ema | self
+    in_use: bool
+    model: VisionTransformer  # the network whose attention gives the scores
+    tcfg: Any  # the config's `teacher` section: block, head, path, ema_momentum
+    strategy: str  # "gpa" (GPA scores; also the GPA head's target) | "high" (cls attention)
+
+    @classmethod
+    def from_config(cls, cfg, student: VisionTransformer) -> "Teacher":
+        in_use = uses_teacher(cfg)
+        return cls(cfg.teacher.source, in_use, teacher_model(cfg, student) if in_use else student, cfg.teacher,
+                   "high" if cfg.masking.strategy == "high" else "gpa")
+
+    def load_frozen(self):
+        """The frozen checkpoint's encoder params (a "checkpoint" teacher in use), else None;
+        a missing or mismatched checkpoint raises ValueError naming what differs."""
+        if self.in_use and self.source == "checkpoint":
+            return load_checkpoint_params(self.tcfg.path, self.model)
+        return None
+
+    def init_ema(self, params):
+        """The EMA copy the train state starts with (source "ema"): the student's encoder."""
+        return jax.tree.map(jnp.copy, params["encoder"]) if self.source == "ema" else None
+
+    def update_ema(self, ema_params, params):
+        if self.source != "ema":
+            return ema_params
+        return ema_update(ema_params, params["encoder"], self.tcfg.ema_momentum)
+
+    def params(self, params, ema_params, frozen):
+        """The teacher's weights this step: frozen checkpoint, EMA copy, or the student's own."""
+        if not self.in_use:
+            return None
+        return {"checkpoint": lambda: frozen, "ema": lambda: ema_params, "self": lambda: params["encoder"]}[self.source]()
+
+    def scores(self, teacher_params, images):
+        """Scores [B, N] for the masking / GPA head (see `scores`), or None without a teacher."""
+        if teacher_params is None:
+            return None
+        return scores(self.model, teacher_params, images, self.tcfg, self.strategy)
 
 
 def teacher_model(cfg, student: VisionTransformer) -> VisionTransformer:
@@ -27,9 +101,9 @@ def teacher_model(cfg, student: VisionTransformer) -> VisionTransformer:
         return student
     mc = workdir.model_config(cfg.teacher.path)
     if mc is None:
-        return vit(cfg.teacher.name, img_size=student.img_size, dtype=student.dtype)
+        return vit(cfg.teacher.name, img_size=student.img_size, dtype=student.dtype, attention=student.attention)
     return model_from_config(mc).encoder.clone(img_size=student.img_size, dtype=student.dtype,
-                                             remat=False, drop_path=0.0)
+                                             remat=False, drop_path=0.0, attention=student.attention)
 
 
 def scores(teacher: VisionTransformer, teacher_params, images, tcfg, strategy: str):

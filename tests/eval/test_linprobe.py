@@ -77,7 +77,7 @@ def test_cli_config_error_is_one_line(tmp_path):
     out = run_cli("eval", "linprobe", "--config", "configs/linprobe.py:runlocal", "--workdir", init,
                   "--config.optimizer.layer_decay=0")
     assert out.returncode == 2
-    assert "mimjax: config error: config.optimizer.layer_decay=0.0: expected a factor in (0, 1]" in out.stderr
+    assert "mimjax eval linprobe: config error: config.optimizer.layer_decay=0.0: expected a factor in (0, 1]" in out.stderr
     assert not (tmp_path / "pre" / "linprobe").exists()
 
 

@@ -157,10 +157,10 @@ def grey_patches(grid, row, col, cell_px, grid_n):
 
 
 def test_visualize_command_writes_the_grid_and_curves(tiny_run, tmp_path):
-    from mimjax import visualize_main
+    from mimjax import cli
 
     wd, c = tiny_run
-    assert visualize_main.main(["--workdir", wd, "--out", str(tmp_path), "--num_images", "3"]) == 0
+    assert cli.main(["mimjax", "visualize", "--workdir", wd, "--out", str(tmp_path), "--num_images", "3"]) == 0
     grid = np.asarray(Image.open(tmp_path / "reconstruction.png"))
     cell_px = 32 * (128 // 32)  # the 32 px images are magnified 4x
     # 3 rows; original | masked | reconstruction | pasted | GPA heatmap | mask at progress 1
@@ -174,18 +174,18 @@ def test_visualize_command_writes_the_grid_and_curves(tiny_run, tmp_path):
 
 
 def test_visualize_command_on_own_images_and_bad_input(tiny_run, tmp_path, capsys):
-    from mimjax import visualize_main
+    from mimjax import cli
 
     wd, _ = tiny_run
     img = tmp_path / "mine.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), np.uint8)).save(img)
     out = tmp_path / "out"
-    assert visualize_main.main(["--workdir", wd, "--out", str(out), "--images", str(img), "--progress", "0"]) == 0
+    assert cli.main(["mimjax", "visualize", "--workdir", wd, "--out", str(out), "--images", str(img), "--progress", "0"]) == 0
     assert np.asarray(Image.open(out / "reconstruction.png")).shape == (128, 6 * 128, 3)
-    assert visualize_main.main(["--workdir", wd, "--out", str(out), "--progress", "1.5"]) == 2
+    assert cli.main(["mimjax", "visualize", "--workdir", wd, "--out", str(out), "--progress", "1.5"]) == 2
     assert "--progress=1.5: expected a value in [0, 1]" in capsys.readouterr().err
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
-    assert visualize_main.main(["--workdir", wd, "--out", str(out), "--images", str(tmp_path / "broken.jpg")]) == 2
+    assert cli.main(["mimjax", "visualize", "--workdir", wd, "--out", str(out), "--images", str(tmp_path / "broken.jpg")]) == 2
     assert "broken.jpg' is not a readable image" in capsys.readouterr().err
-    assert visualize_main.main(["--workdir", str(tmp_path), "--out", str(out)]) == 2
+    assert cli.main(["mimjax", "visualize", "--workdir", str(tmp_path), "--out", str(out)]) == 2
     assert "has no config.json" in capsys.readouterr().err

@@ -122,3 +122,18 @@ def test_bad_names_and_indices():
         model.apply(params, x, attn_block=7)
     with pytest.raises(ValueError, match="images must be"):
         model.apply(params, x[:, :16])
+
+
+def test_attention_implementations_agree_and_a_wrong_one_is_named():
+    """model.attention: the explicit softmax, XLA's dot_product_attention and "auto" (the
+    explicit one on this CPU backend) give the same encoder output; "cudnn" needs a GPU."""
+    x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+    outs = {}
+    for impl in ("auto", "explicit", "xla"):
+        enc = vit("vit_tiny_patch16", img_size=32, patch_size=8, depth=2, attention=impl)
+        params = enc.init(jax.random.key(0), x)
+        outs[impl] = enc.apply(params, x)
+    np.testing.assert_allclose(outs["xla"], outs["explicit"], atol=1e-5)
+    np.testing.assert_array_equal(outs["auto"], outs["explicit"])
+    with pytest.raises(ValueError, match="'flash': expected one of"):
+        vit("vit_tiny_patch16", img_size=32, patch_size=8, depth=1, attention="flash").init(jax.random.key(0), x)

@@ -22,6 +22,7 @@ from mimjax import parallel
 from mimjax.train import config as config_lib
 from mimjax.train import metrics
 from mimjax.train import pretrain as train
+from mimjax.models import init_model, model_from_config
 
 def tiny(mode, data, fsdp):
     c = config_lib.runlocal(config_lib.base_config())
@@ -40,10 +41,10 @@ for name in sys.argv[2:]:
     out[name] = {"loss": [r["loss"] for r in metrics.read_metrics(wd + "/metrics.jsonl")],
                  "gpa_loss": [r["gpa_loss"] for r in metrics.read_metrics(wd + "/metrics.jsonl")]}
     if mode == "jit":  # the shardings the rules give, on real arrays
-        model = train.model_from_config(c.model)
-        params = jax.eval_shape(lambda: train.init_model(model, jax.random.key(0)))
+        model = model_from_config(c.model)
+        params = jax.eval_shape(lambda: init_model(model, jax.random.key(0)))
         par = parallel.make(c.parallelism, params)
-        state = par.init_state(lambda: train.init_model(model, jax.random.key(0)))
+        state = par.init_state(lambda: init_model(model, jax.random.key(0)))
         fc1 = state["encoder"]["blocks"]["block_0"]["mlp"]["fc1"]["kernel"]
         out[name]["fc1_spec"] = list(fc1.sharding.spec)
         out[name]["fc1_shard"] = list(fc1.addressable_shards[0].data.shape)

@@ -26,6 +26,10 @@ def test_lr_schedule_matches_mae():
     peak = 1.5e-4 * 512 / 256
     for s in [0, 1, 17, 39, 40, 41, 150, 299]:
         assert float(fn(s)) == pytest.approx(mae_lr(s, spe, peak, 1e-6, warm, epochs), rel=1e-5, abs=1e-12)
+    no_warmup = schedule_lib.lr_schedule(c, 512, epochs * spe, 0)
+    for s in [0, 1, 150, 299, 300]:
+        assert float(no_warmup(s)) == pytest.approx(mae_lr(s, spe, peak, 1e-6, 0, epochs), rel=1e-5, abs=1e-12)
+    assert float(schedule_lib.lr_schedule(c, 512, 40, 40)(40)) == pytest.approx(peak)  # all warm-up: no crash
 
 
 def test_weight_decay_mask():
@@ -106,3 +110,13 @@ def test_shipped_configs_validate(spec, tmp_path):
         c.teacher.path = str(tmp_path)
     config_lib.validate(c, num_devices=1)
     assert isinstance(c, ml_collections.ConfigDict)
+
+
+def test_recipe_flags_are_checked():
+    from mimjax.train import recipes
+
+    assert recipes.parse("vit_small_patch16,feature,runlocal", known=("feature",)) == (
+        "vit_small_patch16", {"feature", "runlocal"})
+    assert recipes.parse(None, known=()) == ("vit_base_patch16", set())
+    with pytest.raises(ValueError, match=r"\['featrue'\] in 'vit_base_patch16,featrue': expected any of"):
+        recipes.parse("vit_base_patch16,featrue", known=("feature",))

@@ -39,7 +39,7 @@ def test_write_failing_mid_save_keeps_the_previous_checkpoint_and_says_so(tmp_pa
     err = p.stderr.read()
     assert p.wait(timeout=600) == EXIT_DISK_FULL, err[-3000:]
     last = err.strip().splitlines()[-1]
-    assert last.startswith("mimjax: disk full while saving checkpoint step 3"), last
+    assert last.startswith("mimjax train: disk full while saving checkpoint step 3"), last
     assert "File too large" in last and f"{os.path.join(wd, 'checkpoints', '2')}, is intact" in last
     assert steps_on_disk(wd) == ["1", "2"]  # the partial step 3 is gone, nothing else touched
     p = start(wd, 4)  # space is back: the same command resumes from step 2 and finishes
@@ -75,7 +75,7 @@ def test_nearly_full_tmpfs_refuses_the_save_before_writing(tmp_path):
     mnt, report = tmp_path / "mnt", tmp_path / "report.json"
     mnt.mkdir()
     script = (f"mount -t tmpfs -o size=64m tmpfs {mnt} && cd {REPO} && {sys.executable} -c "
-              f"'import sys; sys.path.insert(0, \"tests\"); import test_disk_full as t; "
+              f"'import sys; sys.path.insert(0, \"tests/train\"); import test_disk_full as t; "
               f"t._run_on_nearly_full_tmpfs(\"{mnt}\", \"{report}\")'")
     probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], check=False,
                            capture_output=True)
@@ -87,7 +87,7 @@ def test_nearly_full_tmpfs_refuses_the_save_before_writing(tmp_path):
     out = json.loads(report.read_text())
     assert out["first"] == 0
     assert out["full_rc"] == EXIT_DISK_FULL, out["full_err"]
-    assert out["full_err"].startswith("mimjax: disk full while saving checkpoint step 3"), out["full_err"]
+    assert out["full_err"].startswith("mimjax train: disk full while saving checkpoint step 3"), out["full_err"]
     assert "MiB free, this process would write" in out["full_err"]
     assert os.path.join(str(mnt), "run", "checkpoints", "2") + ", is intact" in out["full_err"]
     assert out["full_steps"] == ["1", "2"]

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mimjax.train import schedule as schedule_lib
+from mimjax.train import step as step_lib
 from mimjax import data
 from mimjax.train import config as config_lib
 from mimjax.train import metrics
@@ -154,12 +154,9 @@ def test_unwritable_workdir_is_refused_before_anything_starts(tmp_path):
 def test_skipped_update_leaves_weights_untouched():
     c = tiny(4)
     c.optimizer.nonfinite = "skip"
-    model = train.model_from_config(c.model)
-    sched = schedule_lib.Schedule.from_config(c, 100)
-    lr_fn = schedule_lib.lr_schedule(c.optimizer, 8, 4, 0)
-    tx = train.optim.make_optimizer(c.optimizer, lr_fn)
-    state = train.TrainState.create(train.init_model(model, jax.random.key(0)), tx)
-    step = jax.jit(train.make_train_step(c, model, None, tx, lr_fn, sched))
+    built = step_lib.build(c, 100)
+    state = jax.jit(built.init_state)(jax.random.key(0))
+    step = jax.jit(built.make_step(None))
     bad = {"image": jnp.full((8, 32, 32, 3), jnp.nan)}
     new, m = step(state, bad, None, jax.random.key(1))
     jax.tree.map(np.testing.assert_array_equal, new.params, state.params)

@@ -1,0 +1,24 @@
+"""The errors a command reports as one line (`mimjax/cli.py`), without a traceback, and the
+exit status each maps to. Here, in a module with no imports, so that the CLI can name them
+before anything heavy is loaded.
+
+- `UsageError` (2): input named on the command line that cannot be used (a directory that
+  is not a mimjax workdir, an unreadable image, a value out of range). Config values
+  raise `mimjax.schema.ConfigError` (also 2) instead.
+- `NonFiniteError` (3): the loss or gradients became non-finite (optimizer.nonfinite = 'halt').
+- `DiskFullError` (4): the disk filled up while the run was writing; the last complete
+  checkpoint is intact.
+"""
+from __future__ import annotations
+
+
+class UsageError(ValueError):
+    """Bad command-line input; the message is one line naming the flag or path."""
+
+
+class NonFiniteError(RuntimeError):
+    """A step's loss or gradients were not finite (optimizer.nonfinite = 'halt')."""
+
+
+class DiskFullError(RuntimeError):
+    """The disk filled up while the run was writing; the last complete checkpoint is intact."""

@@ -1,0 +1,69 @@
+"""`mimjax export` and `mimjax import`: PyTorch checkpoints in and out.
+
+    mimjax export --workdir W --format timm --out vit.safetensors [--pool avg]
+    mimjax export --workdir W --format mae --out mae_full.pth
+    mimjax import --in mae_pretrain_vit_base.pth --out teachers/mae_b16 [--name vit_base_patch16]
+
+The layouts and files are `mimjax.export` (which knows nothing of training); this module
+joins them to workdirs and checkpoints.
+"""
+from __future__ import annotations
+
+import os
+
+from mimjax.errors import UsageError
+
+FORMATS = ("timm", "mae")
+
+
+def export_weights(workdir: str, fmt: str, out: str, pool: str = "token") -> int:
+    """Writes a run's latest weights as a timm or official-MAE state dict (OUT: .safetensors
+    or .pth) and OUT.json (architecture, normalisation); returns the number of tensors."""
+    from mimjax import export
+    from mimjax import workdir as workdir_lib
+
+    if fmt not in FORMATS:
+        raise UsageError(f"--format={fmt}: expected one of {', '.join(FORMATS)}")
+    mc = workdir_lib.model_config(workdir)
+    if mc is None:
+        raise UsageError(f"{workdir!r} has no config.json; is it a mimjax workdir?")
+    params = workdir_lib.load_params(workdir)
+    name = mc.name[len("mae_"):]
+    if fmt == "timm":
+        sd = export.to_timm_state_dict(params, name, img_size=mc.img_size, global_pool=pool)
+    else:
+        sd = export.to_mae_state_dict(params, name, img_size=mc.img_size)
+    meta = {"format": fmt, "name": name, "global_pool": pool,
+            "architecture": export.architecture(params, mc.img_size), "norm_pix_loss": mc.norm_pix_loss,
+            "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "source_workdir": os.path.abspath(workdir)}
+    export.save_state_dict(sd, out, meta)
+    return len(sd)
+
+
+def import_checkpoint(inp: str, out: str, name: str = "vit_base_patch16", img_size: int = 224) -> bool:
+    """Converts a timm / MAE checkpoint (F.pth, loaded weights-only, or F.safetensors) into a
+    mimjax directory OUT (config.json + checkpoints/0) usable as teacher.path; returns
+    whether it holds the MAE decoder too."""
+    from mimjax import export
+    from mimjax.train import checkpoint
+    from mimjax.train import config as config_lib
+
+    if os.path.exists(os.path.join(out, "checkpoints")):
+        raise UsageError(f"{out!r} already holds checkpoints; choose a new directory")
+    try:
+        params = export.from_torch_state_dict(export.load_state_dict(inp), name, img_size=img_size)
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    c = config_lib.base_config()
+    c.model.name, c.model.img_size = "mae_" + name, img_size
+    if "decoder_blocks" in params:
+        c.model.decoder_width = int(params["mask_token"].shape[-1])
+        c.model.decoder_depth = len(params["decoder_blocks"])
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        f.write(c.to_json_best_effort(indent=2))
+    ck = checkpoint.Checkpointer(os.path.join(out, "checkpoints"), async_save=False)
+    ck.save(0, {"params": params}, {"imported_from": os.path.abspath(inp)})
+    ck.wait()
+    ck.close()
+    return "decoder_blocks" in params

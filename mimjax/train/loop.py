@@ -1,0 +1,181 @@
+"""The run loop every trainer shares (pre-training, linear probe, fine-tuning), read top to
+bottom (big_vision style):
+
+    config.json -> restore or initialise -> input on device -> steps, with a log row every
+    `log_every` steps (the only host sync) and a checkpoint every `checkpoint_every`
+    -> final checkpoint -> `at_end` -> shutdown (checkpoints finished, writers closed).
+
+What differs between trainers comes in as arguments: the step and its extra arguments,
+the state's shape and how to initialise it, and a few hooks (pre-training adds
+`skipped_images` to the log rows, halts on non-finite steps, checks that the step compiled
+once and writes reconstruction PNGs; the classifiers evaluate on the test split at the end).
+
+SIGTERM (preemption) stops the loop between steps: the current step is checkpointed, `run`
+returns normally (the command exits 0) with `preempted` set, and rerunning the command
+resumes there.
+
+The step runs under `jax.transfer_guard("disallow")`: every host <-> device or device <->
+device transfer around it is explicit (`device_put` of batches by the prefetcher and of the
+step's extra arguments below, `device_get` of metrics at log points), so an accidental one,
+e.g. a Python scalar or NumPy array passed to the step, raises instead of silently syncing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec as P
+
+from mimjax import data
+from mimjax import workdir as workdir_lib
+from mimjax.schema import ConfigError
+from mimjax.train import metrics
+from mimjax.train.checkpoint import Checkpointer, is_disk_full
+
+log = logging.getLogger("mimjax")
+
+
+class _Preemption:
+    """SIGTERM sets a flag the loop checks between steps (save, then return normally)."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        log.warning("SIGTERM received: saving a checkpoint and exiting")
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._old)
+
+
+def write_config(workdir: str, cfg) -> None:
+    """workdir/config.json (process 0); an unwritable workdir is a ConfigError."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        if jax.process_index() == 0:
+            workdir_lib.write_config(workdir, cfg)
+    except OSError as e:
+        raise ConfigError(f"workdir {workdir!r} is not writable: {e}") from e
+
+
+@dataclasses.dataclass
+class Outcome:
+    state: Any  # the train state after the last step (the layout `par` runs it in)
+    step: int  # steps taken, counting those before a resume
+    last: dict  # the last log row ({} if nothing was logged)
+    preempted: bool  # SIGTERM stopped the run early (the step is checkpointed)
+    end: Any  # what `at_end` returned
+
+
+def run(workdir: str, cfg, *, name: str, schedule, par, abstract_state, init_state: Callable[[], Any],
+        step_fn: Callable, step_args: tuple, iterator,
+        log_fields: Callable[[], dict] | None = None,
+        on_log: Callable[[int, dict, Any, Checkpointer], None] | None = None,
+        before_save: Callable[[Any, Checkpointer], None] | None = None,
+        after_step: Callable[[int, Any, metrics.MetricWriter], None] | None = None,
+        at_end: Callable[[int, Any, metrics.MetricWriter, bool], Any] | None = None) -> Outcome:
+    """Runs (or resumes) `step_fn` in `workdir` until `schedule.total_steps`.
+
+    cfg: log_every, checkpoint_every, keep_checkpoints, batch_size, seed, data.prefetch.
+    par: a `mimjax.parallel` runner (shardings, batch placement, global <-> run layout).
+    abstract_state: the state's shapes (global layout); init_state() -> a fresh state in
+    the run layout. step_fn(state, batch, *step_args) -> (state, metrics) (compiled by
+    `par`); step_args (arrays or None, the same on every process) are placed on every
+    device (replicated) once, here. iterator: the
+    host input (get_state / set_state, a resumed run continues where the checkpoint was).
+
+    Hooks: log_fields() -> extra fields of a log row; on_log(step, row, state, ckpt) after
+    a row is written (may raise to stop the run); before_save(state, ckpt) before every
+    checkpoint; after_step(step, state, writer) after every step; at_end(step, state,
+    writer, preempted) after the final checkpoint, its result is `Outcome.end`.
+    """
+    workdir, is_main = os.path.abspath(workdir), jax.process_index() == 0
+    write_config(workdir, cfg)
+
+    # --- Restore or initialise ------------------------------------------------------
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
+    restored = ckpt.restore_latest(jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                                abstract_state, par.state_sharding))
+    if restored is not None:
+        start, state, data_state = restored
+        state = par.from_global(state)
+        try:
+            iterator.set_state(data_state)
+        except ValueError as e:  # another seed or batch size than the run being resumed
+            ckpt.close()
+            raise ConfigError(f"config.batch_size={cfg.batch_size}, seed={cfg.seed}: cannot resume {workdir} "
+                              f"({e}); use the run's own values or a new output directory") from e
+        log.info("%s resumed from step %d in %s", name, start, ckpt.directory)
+    else:
+        start = 0
+        state = init_state()
+    if start >= schedule.total_steps:
+        log.info("nothing to do: step %d >= total_steps %d", start, schedule.total_steps)
+    batches = data.DevicePrefetcher(iterator, cfg.data.prefetch, put=par.put_batch)  # explicit device_put
+    # Explicit, once: the same values on every device of every process (the guard below allows no transfer).
+    step_args = multihost_utils.host_local_array_to_global_array(step_args, par.replicated.mesh, P())
+
+    # --- Loop -----------------------------------------------------------------------
+    writer = metrics.MetricWriter(workdir, enabled=is_main)
+    bar = metrics.ProgressBar(schedule.total_steps, start, enabled=is_main)
+    throughput = metrics.Throughput(cfg.batch_size)
+    preempt = _Preemption()
+    pending, last, step, end = [], {}, start, None
+
+    def save(step, force=False):
+        if before_save is not None:
+            before_save(state, ckpt)
+        ckpt.save(step, par.to_global(state), batches.get_state(), force=force)
+
+    try:
+        throughput.start(step)
+        while step < schedule.total_steps and not preempt.requested:
+            batch = next(batches)  # placed by the prefetcher (device_put, or assembled across processes)
+            with jax.transfer_guard("disallow"):
+                state, m = step_fn(state, batch, *step_args)
+            step += 1
+            pending.append(m)
+            if step % cfg.log_every == 0 or step == schedule.total_steps:
+                host = jax.device_get([par.host_metrics(p) for p in pending])  # the only host sync
+                last = {k: float(np.mean([p[k] for p in host])) for k in host[0]}
+                last["images_per_sec"] = throughput.update(step)
+                last["epoch"] = step / schedule.steps_per_epoch
+                if log_fields is not None:
+                    last.update(log_fields())
+                writer.write(step, last)
+                bar.update(step, images_per_sec=last["images_per_sec"], loss=last["loss"])
+                pending = []
+                if on_log is not None:
+                    on_log(step, last, state, ckpt)
+            if step % cfg.checkpoint_every == 0 and step < schedule.total_steps:
+                save(step)
+            if after_step is not None:
+                after_step(step, state, writer)
+        if step > start or restored is None:
+            save(step, force=True)
+        if at_end is not None:
+            end = at_end(step, state, writer, preempt.requested)
+    except OSError as e:  # a full disk while writing metrics or pictures: say so, like a checkpoint would
+        if is_disk_full(e):
+            raise ckpt.disk_full_error(None, e) from e
+        raise
+    finally:
+        try:
+            ckpt.wait()  # raises DiskFullError if the last async save ran out of space
+        finally:
+            ckpt.close()
+            writer.close()
+            bar.close()
+            preempt.restore()
+    if preempt.requested:
+        log.warning("preempted at step %d: checkpoint saved in %s", step, ckpt.directory)
+    return Outcome(state, step, last, preempt.requested, end)

@@ -1,0 +1,109 @@
+"""The process environment of entry points (mimjax/procenv.py): what it adds and when not,
+the re-exec (same PID, same arguments) and its effect on page faults, that fast math keeps
+NaN/Inf semantics, and that importing mimjax changes nothing in the process."""
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import pytest
+
+from mimjax import procenv
+
+ON_GLIBC_LINUX = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
+THP = "/sys/kernel/mm/transparent_hugepage/enabled"
+FAST = procenv.CPU_FAST_MATH_FLAGS
+
+
+def test_entry_point_env_adds_both_and_keeps_the_users_choice():
+    env = procenv.entry_point_env
+    assert env({"A": "1"}, glibc=True) == {"A": "1", "GLIBC_TUNABLES": procenv.TUNABLE, "XLA_FLAGS": FAST}
+    assert env({"A": "1"}, glibc=False) == {"A": "1", "XLA_FLAGS": FAST}  # no tunables off glibc
+    got = env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+              glibc=True)
+    assert got["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    assert got["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2 " + FAST
+    mine = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0", "XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}
+    assert env(mine, glibc=True) == mine
+    off = {"MIMJAX_HUGEPAGES": "0", "MIMJAX_CPU_FAST_MATH": "0"}
+    assert env(off, glibc=True) == off
+
+
+THIRD_PARTY = ["jax", "flax.linen", "optax", "orbax.checkpoint", "grain", "ml_collections", "absl.flags",
+               "tensorboardX", "PIL.Image", "tensorflow_datasets"]
+IMPORTS = ["mimjax", "mimjax.masking", "mimjax.models", "mimjax.export", "mimjax.data", "mimjax.parallel",
+           "mimjax.train.pretrain", "mimjax.eval.finetune", "mimjax.eval.linprobe", "mimjax.cli"]
+
+
+def test_importing_mimjax_changes_no_process_state():
+    # JAX itself sets TF_CPP_MIN_LOG_LEVEL and TPU_SKIP_MDS_QUERY on import: the baseline is
+    # taken after the third-party libraries mimjax uses are imported.
+    code = (f"import importlib, json, os, sys; [importlib.import_module(m) for m in {THIRD_PARTY!r}]; "
+            "before = dict(os.environ); "
+            f"[importlib.import_module(m) for m in {IMPORTS!r}]; "
+            "import jax; print(json.dumps([before == dict(os.environ), jax.config.jax_enable_x64, "
+            "jax.config.jax_default_matmul_precision, os.environ.get('XLA_FLAGS', '')]))")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "GLIBC_TUNABLES")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    unchanged, x64, precision, xla_flags = json.loads(out.stdout.strip().splitlines()[-1])
+    assert unchanged and not x64 and precision is None and xla_flags == ""
+
+
+# The child sets up its process, then mallocs and touches 256 MiB and reports its PID, its
+# GLIBC_TUNABLES, XLA_FLAGS and the minor page faults the touching cost (4 kB pages: 65,536).
+CHILD = """
+import ctypes, json, os, resource, sys
+from mimjax import procenv
+procenv.setup_process()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+n = 256 << 20
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+p = libc.malloc(ctypes.c_size_t(n))
+ctypes.memset(p, 1, n)
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+print(json.dumps([os.getpid(), os.environ.get("GLIBC_TUNABLES", ""), os.environ.get("XLA_FLAGS", ""), faults,
+                  sys.argv[1:]]))
+"""
+
+
+def run_child(**env):
+    env = {k: v for k, v in {**os.environ, **env}.items() if k not in ("GLIBC_TUNABLES", "XLA_FLAGS") or v}
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, "--an", "arg"], env=env, stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    return proc.pid, *json.loads(out)
+
+
+@pytest.mark.skipif(not ON_GLIBC_LINUX, reason="glibc tunables exist on Linux/glibc only")
+def test_setup_process_reexecs_in_the_same_process_and_cuts_page_faults():
+    popen_pid, pid, tunables, xla_flags, faults, args = run_child(GLIBC_TUNABLES="", XLA_FLAGS="", MIMJAX_HUGEPAGES="1")
+    assert pid == popen_pid and tunables == procenv.TUNABLE and xla_flags == FAST and args == ["--an", "arg"]
+    _, _, off, _, faults_off, _ = run_child(GLIBC_TUNABLES="", XLA_FLAGS="", MIMJAX_HUGEPAGES="0")
+    assert off == "" and faults_off > 60_000  # 4 kB pages
+    thp = open(THP).read() if os.path.exists(THP) else "[never]"
+    if "[never]" in thp:
+        pytest.skip(f"transparent huge pages are off on this kernel ({THP}: {thp.strip()})")
+    assert faults < faults_off / 20, (faults, faults_off)  # 2 MB pages: ~128 faults
+
+
+NONFINITE = """
+import jax, jax.numpy as jnp, numpy as np
+x = jnp.array([1.0, 0.0, jnp.inf, jnp.nan, -1.0])
+finite, inv, ex, lg, mx = jax.jit(lambda x: (jnp.isfinite(x), 1.0 / x, jnp.exp(x), jnp.log(x), jnp.max(x)))(x)
+np.testing.assert_array_equal(finite, [True, True, False, False, True])
+np.testing.assert_array_equal(inv[:3], [1.0, np.inf, 0.0])
+assert np.isnan(inv[3]) and np.isnan(ex[3]) and np.isnan(lg[4]) and np.isnan(mx)
+assert lg[1] == -np.inf and ex[2] == np.inf
+print("ok")
+"""
+
+
+def test_non_finite_values_survive_fast_math():
+    """Run under `python -m mimjax.procenv`, as scripts/test.sh runs the tests."""
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "MIMJAX_CPU_FAST_MATH")}
+    out = subprocess.run([sys.executable, "-m", "mimjax.procenv", sys.executable, "-c",
+                          "import os; assert 'xla_cpu_enable_fast_math=true' in os.environ['XLA_FLAGS']\n" + NONFINITE],
+                         env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
