@@ -13,6 +13,9 @@ cutmix 1.0, label smoothing 0.1, random erasing 0.25, global average pooling + f
 (MAE also uses RandAugment m9-mstd0.5; mimjax's host pipeline has no RandAugment.)
 Reference top-1: 83.6 (B), 85.9 (L), 86.9 (H).
 
+",gpa" (`finetune.py:vit_base_patch16,gpa`): the GPA authors' fine-tuning of their ViT-B
+(GPA_SPEC.md 5), which is MAE's ViT-B recipe with layer decay 0.8 instead of 0.65.
+
 ",runlocal" (`finetune.py:runlocal` or `finetune.py:vit_base_patch16,runlocal`): the same
 recipe on the embedded labelled faces (25x25, 150 train / 50 test), seconds on a CPU.
 """
@@ -37,6 +40,8 @@ def get_config(arg=None):
     c.model.remat = variant != "vit_base_patch16"
     c.optimizer.name = "adamw"
     c.optimizer.blr, c.optimizer.layer_decay = blr, layer_decay
+    if "gpa" in flags:
+        c.optimizer.layer_decay = 0.8
     c.optimizer.warmup_epochs, c.optimizer.weight_decay, c.optimizer.min_lr = 5, 0.05, 1e-6
     c.augment.mixup, c.augment.cutmix, c.augment.label_smoothing, c.augment.reprob = 0.8, 1.0, 0.1, 0.25
     if "runlocal" in flags:

@@ -50,6 +50,9 @@ def gpa_feature_loss(gpa_pred, gpa_target):
     return ((gpa_pred - jax.lax.stop_gradient(zscore(gpa_target))) ** 2).mean()
 
 
+LATE_START = 0.75  # gpa_head_late_start: the head's blocks run only when progress > this (GPA_SPEC 4)
+
+
 class MAE(nn.Module):
     encoder: VisionTransformer
     decoder_width: int = 512
@@ -108,7 +111,7 @@ class MAE(nn.Module):
                 # Released code: before progress 0.75 the prediction is the channel mean of
                 # the head's input (no blocks), and its loss still trains encoder + mask token.
                 early = x[:, 1:].astype(jnp.float32).mean(-1)
-                gpa_pred = jnp.where(jnp.asarray(progress) > 0.75, gpa_pred, early)
+                gpa_pred = jnp.where(jnp.asarray(progress) > LATE_START, gpa_pred, early)
             gpa_loss = gpa_feature_loss(gpa_pred, gpa_target)
             out["gpa_pred"] = gpa_pred
         out["gpa_loss"] = gpa_loss

@@ -78,7 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.teacher.path = ""  # checkpoint: a mimjax workdir or an imported teacher directory
     c.teacher.name = "vit_base_patch16"  # architecture of a checkpoint teacher
     c.teacher.block = 9  # GPA block, 0-indexed
-    c.teacher.head = 11  # GPA head; -1 = mean over heads
+    c.teacher.head = 11  # GPA head; -1 = mean over heads (ours: the authors' code takes one head)
     c.teacher.ema_momentum = 0.996
 
     c.optimizer = ml_collections.ConfigDict()

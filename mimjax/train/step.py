@@ -6,6 +6,7 @@ and the pure step and snapshot functions. The trainer (`pretrain.py`), the bench
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ import optax
 
 from mimjax import masking
 from mimjax.models import MAE, init_model, model_from_config
+from mimjax.models.mae import LATE_START
 from mimjax.train import optim, pictures
 from mimjax.train.schedule import Schedule, lr_schedule
 from mimjax.train.teacher import Teacher
@@ -60,6 +62,7 @@ def make_train_step(cfg, model: MAE, teacher: Teacher, tx, lr_fn, schedule: Sche
     With axis_name (pmap), the batch is this device's share, and gradients and metrics
     are averaged over the axis."""
     accum, n = cfg.optimizer.accum_steps, model.encoder.num_patches
+    late_head = late_start_head(cfg)
 
     def step_fn(state: TrainState, batch, frozen_teacher, base_key):
         key = jax.random.fold_in(base_key, state.step)
@@ -95,6 +98,9 @@ def make_train_step(cfg, model: MAE, teacher: Teacher, tx, lr_fn, schedule: Sche
             grads, metrics_ = jax.lax.pmean((grads, metrics_), axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if late_head:  # the head did not run: it and its Adam state stay exactly as they were
+            params, opt_state = optim.keep_head_unchanged(progress > LATE_START, (params, opt_state),
+                                                          (state.params, state.opt_state))
         ema = teacher.update_ema(state.ema_params, params)
         # A non-finite loss or gradient never reaches the weights: the update is skipped and
         # counted; with optimizer.nonfinite = "halt" the loop then stops (see `train`).
@@ -186,6 +192,11 @@ class Built:
         return self.model.encoder
 
 
+def late_start_head(cfg) -> bool:
+    """The GPA head starts late (GPA_SPEC 4): its blocks run only when progress > 0.75."""
+    return cfg.model.arch == "mae" and bool(cfg.model.gpa_head and cfg.model.gpa_head_late_start)
+
+
 def build(cfg, num_examples: int) -> Built:
     """The model, teacher, optimizer, schedule, initial state and step / snapshot functions of
     a (validated) pre-training config, for a dataset of `num_examples` images an epoch."""
@@ -193,7 +204,8 @@ def build(cfg, num_examples: int) -> Built:
     teacher = Teacher.from_config(cfg, model.encoder)
     schedule = Schedule.from_config(cfg, num_examples)
     lr_fn = lr_schedule(cfg.optimizer, cfg.batch_size, schedule.total_steps, schedule.warmup_steps)
-    tx = optim.make_optimizer(cfg.optimizer, lr_fn)
+    tx = optim.make_optimizer(cfg.optimizer, lr_fn, mask=functools.partial(
+        optim.pretrain_decay_mask, exempt=optim.PRETRAIN_EXEMPT[cfg.model.arch]), own_adam_for_head=late_start_head(cfg))
 
     def init_state(key):
         params = init_model(model, key)

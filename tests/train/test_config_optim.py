@@ -5,8 +5,12 @@ import ml_collections
 import pytest
 
 from mimjax.train import schedule as schedule_lib
+from mimjax.eval import config as classify_config
 from mimjax.train import config as config_lib
 from mimjax.train import optim
+import numpy as np
+
+from mimjax.export import to_mae_state_dict
 from mimjax.models import init_mae, mae
 
 
@@ -32,16 +36,36 @@ def test_lr_schedule_matches_mae():
     assert float(schedule_lib.lr_schedule(c, 512, 40, 40)(40)) == pytest.approx(peak)  # all warm-up: no crash
 
 
-def test_weight_decay_mask():
-    params = init_mae(mae("mae_vit_tiny_patch16", img_size=32, patch_size=8, depth=1,
-                          decoder_depth=1, decoder_width=32, decoder_heads=4), jax.random.key(0))
-    mask = optim.decay_mask(params)
-    assert mask["encoder"]["blocks"]["block_0"]["mlp"]["fc1"]["kernel"]
-    assert mask["encoder"]["patch_embed"]["kernel"]
-    assert not mask["encoder"]["blocks"]["block_0"]["mlp"]["fc1"]["bias"]
-    assert not mask["encoder"]["blocks"]["block_0"]["attn"]["query"]["bias"]  # [H, hd] bias: no decay
-    assert not mask["encoder"]["norm"]["scale"]
-    assert not mask["encoder"]["cls_token"] and not mask["mask_token"]
+def tiny_mae_params(**kw):
+    return init_mae(mae("mae_vit_tiny_patch16", img_size=32, patch_size=8, depth=2, decoder_depth=2,
+                        decoder_width=32, decoder_heads=4, **kw), jax.random.key(0))
+
+
+def test_pretrain_weight_decay_is_maes_rule_on_the_official_names():
+    """MAE / the GPA authors: timm `add_weight_decay` on MaskedAutoencoderViT, i.e. no decay
+    for 1-D parameters and `.bias`, decay for all else (cls_token, mask_token included);
+    the fixed pos_embed tables are not trained. The mask is written into the parameters
+    (1 = decayed, 0 = not) and exported to the official names (q/k/v -> qkv)."""
+    params = tiny_mae_params()
+    marked = jax.tree.map(lambda decay, p: np.full(p.shape, float(decay), np.float32),
+                          optim.pretrain_decay_mask(params), params)
+    sd = to_mae_state_dict(marked, "vit_tiny_patch16", img_size=32)
+    assert "cls_token" in sd and "mask_token" in sd and "blocks.0.attn.qkv.bias" in sd
+    for name, value in sd.items():
+        if name in ("pos_embed", "decoder_pos_embed"):  # requires_grad=False in MAE
+            continue
+        mae_decays = not (value.ndim == 1 or name.endswith(".bias"))
+        assert np.all(value == float(mae_decays)), name
+
+
+def test_simmim_and_classifier_weight_decay():
+    params = tiny_mae_params()
+    simmim = optim.pretrain_decay_mask(params, exempt=optim.PRETRAIN_EXEMPT["simmim"])
+    assert not simmim["encoder"]["cls_token"] and simmim["mask_token"]  # SimMIM's ViT no_weight_decay
+    clf = optim.decay_mask(params)  # fine-tune / linear probe: kernels only (tokens in no_weight_decay)
+    assert clf["encoder"]["blocks"]["block_0"]["mlp"]["fc1"]["kernel"] and clf["encoder"]["patch_embed"]["kernel"]
+    assert not clf["encoder"]["blocks"]["block_0"]["attn"]["query"]["bias"]  # [H, hd] bias: no decay
+    assert not clf["encoder"]["norm"]["scale"] and not clf["encoder"]["cls_token"] and not clf["mask_token"]
 
 
 def valid():
@@ -96,7 +120,8 @@ def test_unknown_key_and_old_config():
 
 
 @pytest.mark.parametrize("spec", ["mae.py:vit_base_patch16", "mae.py:vit_huge_patch14", "gpa_mae.py:vit_base_patch16",
-                                  "gpa_mae.py:vit_base_patch16,feature", "gpa_mae.py:vit_small_patch16,runlocal",
+                                  "gpa_mae.py:vit_base_patch16,feature", "gpa_mae.py:vit_base_patch16,feature_early",
+                                  "gpa_mae.py:vit_small_patch16,runlocal", "finetune.py:vit_base_patch16,gpa",
                                   "mae.py:vit_tiny_patch16,runlocal", "demo.py", "demo.py:mae"])
 def test_shipped_configs_validate(spec, tmp_path):
     import importlib.util
@@ -106,10 +131,45 @@ def test_shipped_configs_validate(spec, tmp_path):
     mod = importlib.util.module_from_spec(mod_spec)
     mod_spec.loader.exec_module(mod)
     c = mod.get_config(arg or None)
+    if path == "finetune.py":
+        c.init = str(tmp_path)
+        (tmp_path / "config.json").write_text("{}")
+        (tmp_path / "checkpoints").mkdir()
+        classify_config.validate(c, num_devices=1)
+        return
     if c.teacher.source == "checkpoint":
         c.teacher.path = str(tmp_path)
     config_lib.validate(c, num_devices=1)
     assert isinstance(c, ml_collections.ConfigDict)
+
+
+def test_gpa_recipes_are_the_authors_runs():
+    """GPA_SPEC 4-5: "teacher" = soft 0.3 -> 0, no head; "teacher + feature" = the head with
+    its late start and a constant soft share of 0.3; ",feature_early" is ours; the GPA
+    authors fine-tune with layer decay 0.8 (MAE's ViT-B recipe: 0.65)."""
+    import importlib.util
+    import os
+
+    def recipe(path, arg):
+        spec = importlib.util.spec_from_file_location("cfg", os.path.join(os.path.dirname(__file__), "..", "..",
+                                                                          "configs", path))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod.get_config(arg)
+
+    teacher = recipe("gpa_mae.py", "vit_base_patch16")
+    assert (teacher.masking.hard, teacher.masking.soft, teacher.model.gpa_head) == ((0.0, 0.5), (0.3, 0.0), False)
+    feature = recipe("gpa_mae.py", "vit_base_patch16,feature")
+    assert feature.model.gpa_head and feature.model.gpa_head_late_start and tuple(feature.masking.soft) == (0.3, 0.3)
+    ours = recipe("gpa_mae.py", "vit_base_patch16,feature_early")
+    assert ours.model.gpa_head and not ours.model.gpa_head_late_start and tuple(ours.masking.soft) == (0.3, 0.0)
+    for c in (teacher, feature, ours):
+        assert (c.total_epochs, c.optimizer.warmup_epochs, c.batch_size, c.teacher.block, c.teacher.head) == (
+            200, 20, 4096, 9, 11)
+    with pytest.raises(ValueError, match="late_head"):
+        recipe("gpa_mae.py", "vit_base_patch16,late_head")  # renamed: no silent fallback
+    assert recipe("finetune.py", "vit_base_patch16,gpa").optimizer.layer_decay == 0.8
+    assert recipe("finetune.py", "vit_base_patch16").optimizer.layer_decay == 0.65
 
 
 def test_recipe_flags_are_checked():

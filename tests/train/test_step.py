@@ -62,3 +62,40 @@ def test_build_gives_the_teacher_the_config_names(strategy, teacher, gpa_head, i
     if in_use:
         assert scores.shape == (2, built.encoder.num_patches)
     assert built.schedule.total_steps == 60
+
+
+def test_late_start_head_and_its_adam_state_stay_unchanged_until_it_runs():
+    """GPA_SPEC 4: with gpa_head_late_start the head's blocks run only when t > 0.75; until
+    then PyTorch's AdamW skips its parameters (no gradient): no weight decay, no moments,
+    no step count. With t = step / 8, steps 0..6 have t <= 0.75 and step 7 has t = 0.875."""
+    c = tiny(strategy="gpa", teacher="ema", gpa_head=True, steps=8)
+    c.model.gpa_head_late_start = True
+    c.optimizer.weight_decay = 0.05
+    built = step_lib.build(c, 1000)
+    state = jax.jit(built.init_state)(jax.random.key(0))
+    init = jax.tree.map(np.asarray, state.params)
+    step = jax.jit(built.make_step(None))
+    it = data.make_iterator(c.data, img_size=32, global_batch_size=8, seed=0)
+
+    def head_adam(opt_state):  # the head's ScaleByAdamState inside the split Adam
+        return opt_state[0].inner_states["gpa_head"].inner_state
+
+    for i in range(7):
+        state, _ = step(state, {"image": jnp.asarray(next(it)["image"])}, None, jax.random.key(1))
+        for name in ("gpa_blocks", "gpa_norm", "gpa_pred"):
+            jax.tree.map(np.testing.assert_array_equal, state.params[name], init[name])
+        assert int(head_adam(state.opt_state).count) == 0
+    # the rest trained (and decayed) meanwhile; the head is still the decoder's initial copy
+    assert not np.array_equal(state.params["decoder_pred"]["kernel"], init["decoder_pred"]["kernel"])
+    jax.tree.map(np.testing.assert_array_equal, state.params["gpa_blocks"], init["decoder_blocks"])
+    assert int(state.opt_state[2].count) == 7  # the lr schedule's count: global steps
+    state, _ = step(state, {"image": jnp.asarray(next(it)["image"])}, None, jax.random.key(1))
+    assert int(head_adam(state.opt_state).count) == 1  # bias correction starts at step 1, as in PyTorch
+    moved = jax.tree.map(lambda a, b: not np.array_equal(a, b), state.params["gpa_blocks"], init["gpa_blocks"])
+    assert all(jax.tree.leaves(moved))
+
+
+def test_without_late_start_the_optimizer_is_optax_adamw():
+    c = tiny(strategy="gpa", teacher="ema", gpa_head=True, steps=8)
+    state = jax.eval_shape(step_lib.build(c, 1000).init_state, jax.random.key(0))
+    assert type(state.opt_state[0]).__name__ == "ScaleByAdamState"  # one Adam over all parameters
