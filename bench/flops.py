@@ -7,7 +7,7 @@ Counting rules (matmuls only; norms, softmax, GELU and the optimizer are not cou
 - a train step is 3 x fwd for the trained parts (student encoder on the 1 + K visible
   tokens, decoder, GPA head; the patch embedding runs on all N patches, as in MAE), and
   1 x fwd for the frozen teacher (patch embedding + blocks 0..block-1 + q, k of all heads of
-  `block` + q.k^T of one head; or, with `teacher_full`, the whole encoder).
+  `block` + one head's scores k . sum_i q_i, O(T hd); or, with `teacher_full`, the whole encoder).
 `xla_flops` reads XLA's own count of a compiled program, which also counts elementwise ops
 (so it is a few percent higher) and counts a `lax.scan` body once per XLA version
 (model.scan=true then reads low).
@@ -102,12 +102,13 @@ def decoder_fwd(a: Arch, embed: bool = True) -> float:
 
 
 def teacher_fwd(a: Arch, full: bool = False) -> float:
-    """Frozen teacher: up to block `teacher_block`'s q, k and one head's q.k^T, or the full
-    encoder (full=True, the naive way to get one block's attention)."""
+    """Frozen teacher: up to block `teacher_block`'s q, k and one head's GPA scores from them
+    (column sums of q.k^T as k . sum_i q_i: 2 T hd, no T x T product), or the full encoder
+    (full=True, the naive way to get one block's attention)."""
     if full:
         return encoder_fwd(a)
     t = 1 + a.num_patches
-    qk = 2 * dense(t, a.width, a.width) + 2.0 * t * t * (a.width // a.heads)
+    qk = 2 * dense(t, a.width, a.width) + 2.0 * t * (a.width // a.heads)
     return patch_embed(a) + a.teacher_block * block(t, a.width, a.mlp_ratio) + qk
 
 

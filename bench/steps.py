@@ -5,7 +5,7 @@ architecture and random weights), the encoder forward + backward, and the maskin
 
 Switches for recording an option's effect: overrides of any config key in ml_collections'
 `--config.key=value` syntax (e.g. model.remat=true, model.scan=true, model.attention=cudnn),
-and `teacher_full` (run the whole teacher and keep all heads' attention of block 9 instead
+and `teacher_full` (run the whole teacher and keep all heads' q, k of block 9 instead
 of stopping after its q, k of head 11).
 """
 from __future__ import annotations
@@ -27,7 +27,8 @@ from mimjax.train import step as step_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # method -> (recipe file, recipe flags)
-METHODS = {"mae": ("mae.py", ""), "gpa_teacher": ("gpa_mae.py", ""), "gpa_feature": ("gpa_mae.py", ",feature")}
+METHODS = {"mae": ("mae.py", ""), "gpa_teacher": ("gpa_mae.py", ""),
+           "gpa_feature": ("gpa_mae.py", ",feature_early")}  # the head runs in every step
 
 
 def apply_overrides(c, overrides=()):
@@ -69,19 +70,23 @@ def make_config(method: str, size: str, batch: int, img_size: int, dtype: str, o
 
 class FullTeacher:
     """A teacher that runs every block (and the final norm) and keeps block `attn_block`'s
-    attention logits of all heads, then selects the wanted head: the straightforward way,
-    to compare with `stop_at_attn` + q, k of one head. The final features are tied into the
-    result (times 0) so XLA cannot drop the blocks after `attn_block`."""
+    q, k (the teacher's `qk=True`) or attention logits of all heads, then selects the wanted
+    head: the straightforward way, to compare with `stop_at_attn` + q, k of one head. The
+    final features are tied into the result (times 0) so XLA cannot drop the blocks after
+    `attn_block`."""
 
     def __init__(self, encoder):
         self.encoder = encoder
 
-    def apply(self, variables, images, *, attn_block, attn_head=None, stop_at_attn=True):
+    def apply(self, variables, images, *, attn_block, attn_head=None, stop_at_attn=True, qk=False):
         del stop_at_attn
-        x, logits = self.encoder.apply(variables, images, attn_block=attn_block)  # [B, H, T, T]
-        if attn_head is not None:
-            logits = logits[:, attn_head:attn_head + 1]
-        return logits + 0.0 * x.mean().astype(logits.dtype)
+        x, out = self.encoder.apply(variables, images, attn_block=attn_block, qk=qk)
+        tie = 0.0 * x.mean()
+        one = slice(None) if attn_head is None else slice(attn_head, attn_head + 1)
+        if qk:  # (q, k), each [B, T, H, hd]
+            q, k = out
+            return q[:, :, one] + tie.astype(q.dtype), k[:, :, one]
+        return out[:, one] + tie.astype(out.dtype)  # logits [B, H, T, T]
 
 
 def build_train_step(c, teacher_full: bool = False, seed: int = 0, abstract: bool = False):

@@ -16,9 +16,14 @@ Example, inside your own train step (teacher logits of one block, e.g. from
         m = masking.gpa_mask(key, g, progress, mask_ratio=0.75) # m.mask [B, N] bool
         visible = jnp.take_along_axis(patches, m.ids_keep[..., None], axis=1)
         ...                                                     # encode visible, decode, loss on m.mask
-"""
-from mimjax.masking.gpa import gpa_mask, gpa_scores, mask_counts
-from mimjax.masking.core import Mask, high_mask, random_mask, cls_attention_scores, num_masked
 
-__all__ = ["Mask", "gpa_scores", "mask_counts", "gpa_mask", "random_mask", "high_mask",
-           "cls_attention_scores", "num_masked"]
+Without the [B, H, T, T] logits: `gpa_scores_from_qk` / `cls_attention_scores_from_qk` take
+the block's q and k [B, T, H, hd] (`apply(..., stop_at_attn=True, qk=True)`) and give the
+same scores in O(T hd) per head (what `mimjax.train` does).
+"""
+from mimjax.masking.gpa import gpa_mask, gpa_scores, gpa_scores_from_qk, mask_counts
+from mimjax.masking.core import (Mask, high_mask, random_mask, cls_attention_scores, cls_attention_scores_from_qk,
+                                 num_masked)
+
+__all__ = ["Mask", "gpa_scores", "gpa_scores_from_qk", "mask_counts", "gpa_mask", "random_mask", "high_mask",
+           "cls_attention_scores", "cls_attention_scores_from_qk", "num_masked"]

@@ -83,3 +83,23 @@ def cls_attention_scores(attn, *, num_prefix_tokens: int = 1):
         raise ValueError(f"attn must be [B, H, T, T] pre-softmax logits, got shape {attn.shape}")
     probs = jax.nn.softmax(attn.astype(jnp.float32), axis=-1)  # [B, H, T, T]
     return probs[:, :, 0, num_prefix_tokens:].mean(axis=1)
+
+
+def check_qk(q, k, num_prefix_tokens: int):
+    """q, k [B, T, H, hd] of one block (same shape) -> both as float32; checks the prefix."""
+    if q.ndim != 4 or q.shape != k.shape:
+        raise ValueError(f"q and k must both be [B, T, H, hd] of the same shape, got {q.shape} and {k.shape}")
+    tokens = q.shape[1]
+    if not 0 <= num_prefix_tokens < tokens - 1:
+        raise ValueError(f"num_prefix_tokens must be in [0, {tokens - 1}), got {num_prefix_tokens}")
+    return q.astype(jnp.float32), k.astype(jnp.float32)
+
+
+def cls_attention_scores_from_qk(q, k, *, num_prefix_tokens: int = 1):
+    """`cls_attention_scores` from the block's q and k [B, T, H, hd] (logits = q k^T hd^-0.5)
+    without the [B, H, T, T] logits: only the cls query's row, O(T H hd), in float32.
+    Returns float32 [B, N]."""
+    q, k = check_qk(q, k, num_prefix_tokens)
+    scale = q.shape[-1] ** -0.5
+    row = jnp.einsum("bhd,bthd->bht", q[:, 0], k, precision=jax.lax.Precision.HIGHEST) * scale  # [B, H, T]
+    return jax.nn.softmax(row, axis=-1)[:, :, num_prefix_tokens:].mean(axis=1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mimjax.masking.core import Mask, check_ratio, check_scores, mask_from_noise, num_masked
+from mimjax.masking.core import Mask, check_qk, check_ratio, check_scores, mask_from_noise, num_masked
 
 # float32 products like 147 * 0.25 can land a hair under an integer that float64 (the
 # authors' Python) hits exactly; int() must still give that integer.
@@ -33,8 +33,37 @@ def gpa_scores(attn, *, head: int | None = 11, num_prefix_tokens: int = 1):
                              f"{num_heads} heads, got {head}")
         a = attn[:, head].astype(jnp.float32)  # [B, T, T]
     r = a.sum(axis=1)[:, num_prefix_tokens:]  # column sums over queries -> [B, N]
+    return _min_max(r)
+
+
+def _min_max(r):
+    """Per image min-max of r [B, N] float32 to [0, 1]; a constant row gives 0, not NaN."""
     lo, hi = r.min(-1, keepdims=True), r.max(-1, keepdims=True)
     return (r - lo) / (hi - lo + jnp.finfo(jnp.float32).tiny)
+
+
+def gpa_scores_from_qk(q, k, *, head: int | None = 11, num_prefix_tokens: int = 1):
+    """`gpa_scores` of the block's logits A = q k^T * hd^-0.5, from q and k without forming A.
+
+    q, k: [B, T, H, hd] (any float dtype; computed in float32), T = num_prefix_tokens + N.
+    head: which head (negative counts from the end); None averages over heads.
+    Column sums of A are r_j = hd^-0.5 * k_j . (sum_i q_i) (per head; mean over heads for
+    None): O(T hd) per head instead of O(T^2 hd), and nothing [T, T] is formed. Then the
+    same prefix drop and per-image min-max as `gpa_scores`.
+    """
+    q, k = check_qk(q, k, num_prefix_tokens)
+    num_heads = q.shape[2]
+    if head is not None:
+        if not -num_heads <= head < num_heads:
+            raise ValueError(f"head must be in [{-num_heads}, {num_heads}) for q, k with "
+                             f"{num_heads} heads, got {head}")
+        h = head % num_heads
+        q, k = q[:, :, h:h + 1], k[:, :, h:h + 1]  # [B, T, 1, hd]
+    scale = q.shape[-1] ** -0.5
+    q_sum = q.sum(axis=1)  # sum over all queries (prefix included) -> [B, h, hd]
+    r = jnp.einsum("bhd,bthd->bt", q_sum, k, precision=jax.lax.Precision.HIGHEST)  # summed over heads
+    r = r * (scale / q.shape[2])  # mean over the heads kept
+    return _min_max(r[:, num_prefix_tokens:])
 
 
 def _check_share(name, pair):

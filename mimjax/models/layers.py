@@ -85,7 +85,10 @@ class Attention(nn.Module):
 
     Modes (static): plain (no weights kept); `return_logits` (also returns the pre-softmax
     logits of `logits_head`, or of all heads); `qk_only` (computes only q and k and returns
-    just the logits: what a GPA teacher needs from its last block).
+    just the logits: what a GPA teacher needs from its last block). With `qk`, those two
+    modes return the pair (q, k), each [B, T, 1 or H, hd] in `dtype`, of `logits_head` (or
+    all heads) instead of the logits [B, 1 or H, T, T]: a GPA teacher needs only column sums
+    of q k^T, O(T hd) from q and k (`masking.gpa_scores_from_qk`), never the T x T map.
 
     `implementation` (static) picks the plain mode's kernel: "auto" is
     `jax.nn.dot_product_attention` (XLA's choice) on GPU/TPU and, on the CPU backend, an
@@ -102,6 +105,7 @@ class Attention(nn.Module):
     qk_only: bool = False
     logits_head: int | None = None
     implementation: str = "auto"  # auto | explicit | xla | cudnn
+    qk: bool = False  # return (q, k) of the wanted head(s) instead of their logits
 
     @nn.compact
     def __call__(self, x):  # x [B, T, D]
@@ -124,15 +128,18 @@ class Attention(nn.Module):
             return jnp.einsum("bhqd,bhkd->bhqk", qh, kh, preferred_element_type=jnp.float32) * scale
 
         one_head = slice(self.logits_head, self.logits_head + 1) if self.logits_head is not None else slice(None)
-        if self.qk_only:  # a teacher's last block: only q.k of the wanted head(s)
+        if self.qk_only:  # a teacher's last block: only q and k (or q.k) of the wanted head(s)
+            if self.qk:
+                return None, (q[:, :, one_head], k[:, :, one_head])
             return None, attn_logits(q[:, :, one_head], k[:, :, one_head])
         v = dense(name="value")(x)
-        logits = None
+        logits = (q[:, :, one_head], k[:, :, one_head]) if self.return_logits and self.qk else None
+        want_logits = self.return_logits and not self.qk
         explicit = self.implementation == "explicit" or (self.implementation == "auto" and
                                                          jax.default_backend() == "cpu")
-        if self.return_logits or explicit:
+        if want_logits or explicit:
             full = attn_logits(q, k)  # [B, H, T, T]
-            logits = full[:, one_head] if self.return_logits else None
+            logits = full[:, one_head] if want_logits else logits
             weights = jax.nn.softmax(full, axis=-1).astype(v.dtype)
             out = jnp.einsum("bhqk,bhkd->bhqd", weights, v.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
         else:
@@ -176,8 +183,9 @@ class DropPath(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block (timm `Block`): x + attn(norm1(x)); x + mlp(norm2(x)).
 
-    Returns (x, logits); logits is None unless the attention mode asks for them. With
-    `qk_only` it returns (None, logits) after computing q and k: nothing after that is run.
+    Returns (x, logits); logits is None unless the attention mode asks for them ((q, k)
+    instead with `qk`). With `qk_only` it returns (None, logits) after computing q and k:
+    nothing after that is run.
     """
 
     num_heads: int
@@ -189,12 +197,13 @@ class Block(nn.Module):
     qk_only: bool = False
     logits_head: int | None = None
     attention: str = "auto"  # the attention kernel (`Attention.implementation`)
+    qk: bool = False  # (q, k) of the wanted head(s) instead of their logits (`Attention`)
 
     @nn.compact
     def __call__(self, x):  # x [B, T, D]
         dim = x.shape[-1]
-        y, logits = Attention(self.num_heads, self.dtype, self.return_logits, self.qk_only,
-                              self.logits_head, self.attention, name="attn")(LayerNorm(dtype=self.dtype, name="norm1")(x))
+        y, logits = Attention(self.num_heads, self.dtype, self.return_logits, self.qk_only, self.logits_head,
+                              self.attention, self.qk, name="attn")(LayerNorm(dtype=self.dtype, name="norm1")(x))
         if self.qk_only:
             return None, logits
         x = x + DropPath(self.drop_path)(y, self.deterministic)
@@ -210,6 +219,10 @@ class Transformer(nn.Module):
       [B, H, T, T], or [B, 1, T, T] when attn_head picks one head. Only that block keeps
       its attention weights; all others use the fused kernel.
     stop_at_attn: return (None, logits) right after block attn_block's q and k.
+    qk: instead of the logits, return that block's (q, k), each [B, T, H, hd] or
+      [B, T, 1, hd] with attn_head, in the model dtype (the logits are q k^T * hd^-0.5):
+      with stop_at_attn, (None, (q, k)). What a GPA teacher needs: its scores are O(T hd)
+      from q and k (`masking.gpa_scores_from_qk`); no [B, H, T, T] is formed.
     remat: rematerialise each block in the backward pass (memory for compute).
     drop_path: maximum stochastic-depth rate, linearly increasing over blocks (timm).
     scan: run the blocks as one `lax.scan` over their stacked parameters, so XLA compiles
@@ -230,15 +243,17 @@ class Transformer(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, attn_block: int | None = None, attn_head: int | None = None,
-                 stop_at_attn: bool = False, deterministic: bool = True):
+                 stop_at_attn: bool = False, qk: bool = False, deterministic: bool = True):
         if attn_block is not None and not 0 <= attn_block < self.depth:
             raise ValueError(f"attn_block must be in [0, {self.depth}), got {attn_block}")
         if attn_head is not None and not 0 <= attn_head < self.num_heads:
             raise ValueError(f"attn_head must be in [0, {self.num_heads}), got {attn_head}")
         if stop_at_attn and attn_block is None:
             raise ValueError("stop_at_attn=True needs attn_block")
+        if qk and attn_block is None:
+            raise ValueError("qk=True needs attn_block")
         if self.scan:
-            return self._scanned(x, attn_block, attn_head, stop_at_attn, deterministic)
+            return self._scanned(x, attn_block, attn_head, stop_at_attn, qk, deterministic)
         block_cls = nn.remat(Block) if self.remat else Block
         logits = None
         for i in range(self.depth):
@@ -246,7 +261,8 @@ class Transformer(nn.Module):
             x, block_logits = block_cls(
                 self.num_heads, self.mlp_ratio, self.dtype, self._rate(i), deterministic,
                 return_logits=wanted, qk_only=wanted and stop_at_attn,
-                logits_head=attn_head if wanted else None, attention=self.attention, name=f"block_{i}")(x)
+                logits_head=attn_head if wanted else None, attention=self.attention, qk=wanted and qk,
+                name=f"block_{i}")(x)
             if wanted:
                 logits = block_logits
                 if stop_at_attn:
@@ -256,7 +272,7 @@ class Transformer(nn.Module):
     def _rate(self, i):
         return self.drop_path * i / max(self.depth - 1, 1)
 
-    def _scanned(self, x, attn_block, attn_head, stop_at_attn, deterministic):
+    def _scanned(self, x, attn_block, attn_head, stop_at_attn, qk, deterministic):
         def block(rate=0.0, **mode):  # an unbound Block, applied to explicit params
             return Block(self.num_heads, self.mlp_ratio, self.dtype, rate, deterministic, parent=None,
                          attention=self.attention, **mode)
@@ -283,7 +299,8 @@ class Transformer(nn.Module):
             return run(x, 0, self.depth), None
         x = run(x, 0, attn_block)
         j = attn_block
-        x, logits = block(self._rate(j), return_logits=True, qk_only=stop_at_attn, logits_head=attn_head).apply(
+        x, logits = block(self._rate(j), return_logits=True, qk_only=stop_at_attn, logits_head=attn_head,
+                          qk=qk).apply(
             {"params": params[j]}, x, rngs={"dropout": keys[j]})
         if stop_at_attn:
             return None, logits

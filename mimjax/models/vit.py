@@ -57,7 +57,7 @@ class VisionTransformer(nn.Module):
 
     @nn.compact
     def __call__(self, images, *, ids_keep=None, mask=None, mask_token=None, attn_block: int | None = None,
-                 attn_head: int | None = None, stop_at_attn: bool = False, train: bool = False,
+                 attn_head: int | None = None, stop_at_attn: bool = False, qk: bool = False, train: bool = False,
                  pool: str | None = None):
         """images: float [B, H, W, 3] (H = W = img_size).
 
@@ -65,12 +65,13 @@ class VisionTransformer(nn.Module):
         mask / mask_token: optional bool [B, N] (True = masked) and [1, 1, D]: the masked
         patches' embeddings are replaced by mask_token before the position embedding is
         added (SimMIM's `VisionTransformerForSimMIM`); the token is the caller's parameter.
-        attn_block / attn_head / stop_at_attn: see `Transformer`.
+        attn_block / attn_head / stop_at_attn / qk: see `Transformer`.
         pool: None -> tokens [B, 1+K, D] after the final LayerNorm; "token" -> the normed cls
         token [B, D] (timm global_pool='token'); "avg" -> LayerNorm of the mean patch token
         [B, D] (timm global_pool='avg', MAE fine-tuning's fc_norm; the same norm parameters).
         With attn_block, the pair (output, logits [B, H or 1, 1+K, 1+K]); with stop_at_attn,
-        only the logits.
+        only the logits. With qk, (q, k) (each [B, 1+K, H or 1, hd]) in place of the logits:
+        `stop_at_attn=True, qk=True` returns just (q, k).
         """
         if pool not in (None, "token", "avg"):
             raise ValueError(f"pool must be None, 'token' or 'avg', got {pool!r}")
@@ -93,7 +94,7 @@ class VisionTransformer(nn.Module):
         x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)), x], axis=1)  # [B, 1+K, D]
         x, logits = Transformer(self.depth, self.num_heads, self.mlp_ratio, self.dtype,
                                 self.remat, self.drop_path, self.scan, self.attention, name="blocks")(
-            x, attn_block=attn_block, attn_head=attn_head, stop_at_attn=stop_at_attn,
+            x, attn_block=attn_block, attn_head=attn_head, stop_at_attn=stop_at_attn, qk=qk,
             deterministic=not train)
         if stop_at_attn:
             return logits

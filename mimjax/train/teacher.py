@@ -7,8 +7,9 @@ head, and the EMA update.
 - `ema`: a momentum copy of the student encoder, kept in the train state.
 - `self`: the student encoder itself on the full image, gradients stopped.
 The teacher runs inside the train step's jit, stops after the GPA block's q and k, and
-has no optimizer state. `Teacher.from_config(cfg, student)` is what the trainer, the bench
-and `mimjax visualize` use.
+has no optimizer state. Its scores come from q and k directly (O(T hd) per head); the
+block's [B, H, T, T] attention logits are never formed. `Teacher.from_config(cfg, student)`
+is what the trainer, the bench and `mimjax visualize` use.
 """
 from __future__ import annotations
 
@@ -112,14 +113,21 @@ def scores(teacher: VisionTransformer, teacher_params, images, tcfg, strategy: s
     strategy 'gpa' (and the GPA head target): GPA scores of block tcfg.block, head
     tcfg.head (-1: mean over heads); 'high': AttMask's post-softmax cls attention of that
     block, mean over heads.
+
+    The teacher stops after that block's q and k (`stop_at_attn=True, qk=True`: the one
+    head's, or all heads' for -1 and 'high') and the scores are computed from them
+    (`masking.gpa_scores_from_qk`: column sums of q k^T as k . sum_i q_i;
+    `masking.cls_attention_scores_from_qk`: the cls query's row only), O(T hd) per head:
+    equal to `gpa_scores` / `cls_attention_scores` of the logits up to float rounding,
+    without the [B, H, T, T] (or [B, T, T]) map.
     """
     head = None if (tcfg.head < 0 or strategy == "high") else tcfg.head
-    logits = teacher.apply({"params": teacher_params}, images, attn_block=tcfg.block,
-                           attn_head=head, stop_at_attn=True)  # [B, 1 or H, T, T]
+    q, k = teacher.apply({"params": teacher_params}, images, attn_block=tcfg.block,
+                         attn_head=head, stop_at_attn=True, qk=True)  # each [B, T, 1 or H, hd]
     if strategy == "high":
-        s = masking.cls_attention_scores(logits)
+        s = masking.cls_attention_scores_from_qk(q, k)
     else:
-        s = masking.gpa_scores(logits, head=None if head is None else 0)
+        s = masking.gpa_scores_from_qk(q, k, head=None if head is None else 0)
     return jax.lax.stop_gradient(s)
 
 

@@ -161,3 +161,54 @@ def test_high_mask_and_cls_attention():
 def test_bad_input_raises_clear_error(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def numpy_logits(q, k):
+    """Pre-softmax logits [B, H, T, T] of q, k [B, T, H, hd], float64."""
+    q, k = np.asarray(q, np.float64), np.asarray(k, np.float64)
+    return np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+
+
+def random_qk(dtype=np.float32, shape=(3, 17, 12, 16)):
+    rng = np.random.default_rng(1)
+    q, k = (rng.normal(size=shape).astype(np.float32) for _ in range(2))
+    return jnp.asarray(q, dtype), jnp.asarray(k, dtype)
+
+
+# g is min-max scaled to [0, 1] per image: an absolute error on g is relative to the range of r.
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("head", [11, 0, -1, None])
+def test_gpa_scores_from_qk_match_the_logits_path(head, dtype):
+    q, k = random_qk(dtype)
+    g = masking.gpa_scores_from_qk(q, k, head=head)
+    assert g.dtype == jnp.float32 and g.shape == (3, 16)
+    # bf16 inputs: the logits of those very bf16 values, in float64; the scores are computed
+    # in float32 whatever the input dtype, so the same 1e-5 holds.
+    want = numpy_gpa_scores(numpy_logits(q, k), head)
+    np.testing.assert_allclose(g, want, atol=1e-5)
+    np.testing.assert_allclose(g, masking.gpa_scores(numpy_logits(q, k).astype(np.float32), head=head), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_cls_attention_scores_from_qk_match_the_logits_path(dtype):
+    q, k = random_qk(dtype)
+    s = masking.cls_attention_scores_from_qk(q, k)
+    a = numpy_logits(q, k)[:, :, 0]  # the cls query's row [B, H, T]
+    p = np.exp(a - a.max(-1, keepdims=True))
+    want = (p / p.sum(-1, keepdims=True))[:, :, 1:].mean(1)
+    np.testing.assert_allclose(s, want, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(s, masking.cls_attention_scores(numpy_logits(q, k).astype(np.float32)),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_scores_from_qk_check_their_arguments():
+    q, k = random_qk(shape=(2, 5, 4, 8))
+    g = masking.gpa_scores_from_qk(jnp.ones_like(q), k, head=1)  # every query the same: r_j ~ k_j . const
+    assert g.shape == (2, 4)
+    np.testing.assert_array_equal(masking.gpa_scores_from_qk(q, jnp.ones_like(k), head=1), 0.0)  # constant r, no NaN
+    with pytest.raises(ValueError, match="head must be in"):
+        masking.gpa_scores_from_qk(q, k, head=4)
+    with pytest.raises(ValueError, match="same shape"):
+        masking.gpa_scores_from_qk(q, k[:, :4], head=0)
+    with pytest.raises(ValueError, match="num_prefix_tokens"):
+        masking.cls_attention_scores_from_qk(q, k, num_prefix_tokens=4)

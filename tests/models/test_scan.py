@@ -40,6 +40,21 @@ def test_scan_equals_the_unrolled_stack(params, remat, attn_block, stop):
                      jax.grad(loss(unrolled))(params), jax.grad(loss(scanned))(params))
 
 
+@pytest.mark.parametrize("stop", [False, True])
+@pytest.mark.parametrize("head", [1, None])
+def test_scan_qk_equals_the_unrolled_stack(params, stop, head):
+    kw = dict(attn_block=2, attn_head=head, stop_at_attn=stop, qk=True)
+    want_x, (want_q, want_k) = Transformer(4, 4).apply(params, X, **kw)
+    got_x, (got_q, got_k) = Transformer(4, 4, scan=True).apply(params, X, **kw)
+    assert got_q.shape == got_k.shape == (2, 5, 1 if head is not None else 4, 8)
+    np.testing.assert_allclose(got_q, want_q, atol=2e-5)
+    np.testing.assert_allclose(got_k, want_k, atol=2e-5)
+    if stop:
+        assert want_x is None and got_x is None
+    else:
+        np.testing.assert_allclose(got_x, want_x, atol=2e-5)
+
+
 def test_scan_drop_path_is_random_in_training_and_off_in_eval(params):
     m = Transformer(4, 4, drop_path=0.5, scan=True)
     eval_x, _ = m.apply(params, X)

@@ -66,6 +66,20 @@ def test_teacher_early_exit_equals_full_pass():
     assert jaxpr.count("dot_general") < full_jaxpr.count("dot_general") / 2
 
 
+@pytest.mark.parametrize("head", [1, None])
+def test_qk_gives_the_logits_q_and_k(head):
+    model, params, x = small_model_and_params()
+    logits = model.apply(params, x, attn_block=1, attn_head=head, stop_at_attn=True)  # [B, 1 or H, T, T]
+    q, k = model.apply(params, x, attn_block=1, attn_head=head, stop_at_attn=True, qk=True)
+    chex.assert_shape([q, k], (2, 17, 1 if head is not None else 3, 64))
+    np.testing.assert_allclose(jnp.einsum("bqhd,bkhd->bhqk", q, k) * 64 ** -0.5, logits, rtol=1e-5, atol=1e-5)
+    # Without stop_at_attn: the full output as without qk, and the same q, k.
+    out, (q2, k2) = model.apply(params, x, attn_block=1, attn_head=head, qk=True)
+    np.testing.assert_array_equal(out, model.apply(params, x))
+    np.testing.assert_array_equal(q2, q)
+    np.testing.assert_array_equal(k2, k)
+
+
 def test_posemb_matches_independent_formula():
     np.testing.assert_allclose(posemb_sincos_2d(4, 4, 32), numpy_vit.sincos_2d(4, 32), atol=1e-6)
     assert not posemb_sincos_2d(14, 14, 768)[0].any()  # zero cls row
