@@ -30,10 +30,11 @@ from typing import Callable
 from absl import flags
 from ml_collections import config_flags
 
-from mimjax.errors import DiskFullError, NonFiniteError, UsageError
+from mimjax.errors import DiskFullError, Interrupted, NonFiniteError, UsageError
 from mimjax.schema import ConfigError, did_you_mean
 
 EXIT_USAGE, EXIT_NONFINITE, EXIT_DISK_FULL = 2, 3, 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
 METAVARS = {"workdir": "DIR", "out": "PATH", "in": "PATH", "coordinator_address": "HOST:PORT", "dataset": "SOURCE",
             "test_dataset": "SOURCE", "data_dir": "DIR", "images": "FILE", "name": "ARCH", "train_split": "SPLIT",
@@ -467,6 +468,10 @@ def _execute(cmd: Command, fv) -> int:
             sys.stderr.flush()
             os._exit(EXIT_DISK_FULL)
         return EXIT_DISK_FULL
+    except Interrupted as e:  # Ctrl-C in a run loop: the current step is saved (mimjax/train/loop.py)
+        return _fail(prog, str(e), EXIT_INTERRUPTED)
+    except KeyboardInterrupt:  # Ctrl-C outside a run loop (loading, compiling, evaluating): nothing to save
+        return _fail(prog, "interrupted (Ctrl-C)", EXIT_INTERRUPTED)
 
 
 def _command(args: list) -> tuple[Command | None, list, str | None]:

@@ -5,6 +5,10 @@ before anything heavy is loaded.
 - `UsageError` (2): input named on the command line that cannot be used (a directory that
   is not a mimjax workdir, an unreadable image, a value out of range). Config values
   raise `mimjax.schema.ConfigError` (also 2) instead.
+- `DataError` (2, a `UsageError`): the input images cannot be read (none readable in a full
+  pass, or more than half of those tried; `mimjax/data/pipeline.py`).
+- `Interrupted` (130): Ctrl-C (SIGINT) stopped a run; the current step was checkpointed
+  and the same command resumes it (`mimjax/train/loop.py`).
 - `NonFiniteError` (3): the loss or gradients became non-finite (optimizer.nonfinite = 'halt').
 - `DiskFullError` (4): the disk filled up while the run was writing; the last complete
   checkpoint is intact.
@@ -14,6 +18,14 @@ from __future__ import annotations
 
 class UsageError(ValueError):
     """Bad command-line input; the message is one line naming the flag or path."""
+
+
+class DataError(UsageError):
+    """The data source's images are (mostly) unreadable; one line with counts and examples."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped a run after it saved the current step; the message is one line."""
 
 
 class NonFiniteError(RuntimeError):

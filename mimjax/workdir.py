@@ -61,3 +61,206 @@ def load_state(workdir: str) -> dict:
 def load_params(workdir: str):
     """`params` of the latest checkpoint, as saved (no target needed)."""
     return load_state(workdir)["params"]
+
+
+# --- What a run directory holds: resuming with another config ---------------------------
+# A key is SAFE to change between the starts of one run when the checkpoint still means the
+# same thing afterwards; every other key must match the run's config.json (a generic rule,
+# shared by the pre-training schema, mimjax/train/config.py, and the classifiers',
+# mimjax/eval/config.py: a key that a schema lacks simply never occurs). A key ending in
+# "." stands for every key under it. The text is the effect, logged on resume.
+_SCHEDULE = "the lr schedule (and GPA's masking progress) are recomputed for the new length"
+SAFE = {
+    "total_steps": _SCHEDULE,
+    "total_epochs": _SCHEDULE,
+    "optimizer.warmup_epochs": _SCHEDULE,
+    "optimizer.warmup_steps": _SCHEDULE,
+    "optimizer.nonfinite": "the policy for later non-finite steps changes (halt | skip)",
+    "log_every": "only how often metrics are written",
+    "checkpoint_every": "only how often checkpoints are written",
+    "keep_checkpoints": "only how many checkpoints are kept",
+    "snapshot_every": "only how often reconstruction PNGs are written",
+    "eval_batch_size": "compute only",
+    "data.prefetch": "compute only",
+    "data.data_dir": "the data is read from the new path (it must be the same data)",
+    "data.manual_dir": "the data is read from the new path (it must be the same data)",
+    "data.folder": "the data is read from the new path (it must be the same data)",
+    "data.test_folder": "the test data is read from the new path (it must be the same data)",
+    "parallelism.": "checkpoints are stored in one global layout and restored into the new one",
+    "model.remat": "compute only (the same parameters)",
+    "model.scan": "compute only (the same parameters; dropout draws its randomness differently)",
+    "model.attention": "compute only (the same parameters, up to float rounding)",
+    "model.dtype": "compute only (parameters stay float32; the numerics change with the compute dtype)",
+}
+HISTORY = "config_history.jsonl"  # one line per start: {"started", "host", "pid", "changes", "config"}
+LOCK = "run.lock"
+
+
+def safe_effect(key: str) -> str | None:
+    """What changing `key` (dotted) on resume does, or None if it must match the run's."""
+    for k, effect in SAFE.items():
+        if key == k or (k.endswith(".") and key.startswith(k)):
+            return effect
+    return None
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def _same(key: str, a, b) -> bool:
+    if a == b:
+        return True
+    if key in ("init", "teacher.path") and isinstance(a, str) and isinstance(b, str) and a and b:
+        return os.path.normpath(a) == os.path.normpath(b)
+    return False
+
+
+def config_changes(saved: dict, new: dict) -> tuple[list, list]:
+    """(mismatches, safe changes) of `new` against `saved` (JSON dicts), each a list of
+    (dotted key, new value, saved value); keys missing on either side are not compared."""
+    saved, new = _flat(saved), _flat(new)
+    bad, safe = [], []
+    for key, value in new.items():
+        if key in saved and not _same(key, value, saved[key]):
+            (safe if safe_effect(key) is not None else bad).append((key, value, saved[key]))
+    return bad, safe
+
+
+def has_checkpoint(workdir: str) -> bool:
+    """True when workdir/checkpoints/ holds a finalised step (a directory named by a number)."""
+    d = checkpoints_dir(workdir)
+    return os.path.isdir(d) and any(n.isdigit() and os.path.isdir(os.path.join(d, n)) for n in os.listdir(d))
+
+
+def _as_json(config) -> dict:
+    return json.loads(config.to_json_best_effort())
+
+
+def check_resume(workdir: str, config, flag: str = "--workdir") -> list[str]:
+    """Compares `config` with the run's config.json when `workdir` holds one and a
+    checkpoint. Raises ConfigError naming every key that must match and differs (both
+    values); returns one text per safe change ("config.key=new (was old): effect")."""
+    from mimjax.schema import ConfigError
+
+    saved = read_config(workdir)
+    if saved is None or not has_checkpoint(workdir):
+        return []
+    bad, safe = config_changes(saved.to_dict(), _as_json(config))
+    if bad:
+        listed = ", ".join(f"config.{k}={v!r} (the run has {s!r})" for k, v, s in bad)
+        raise ConfigError(f"cannot resume {workdir}: {listed}; start a new {flag} or use the run's values")
+    return [f"config.{k}={v!r} (was {s!r}): {safe_effect(k)}" for k, v, s in safe]
+
+
+def write_config_history(workdir: str, config, changes: list[str]) -> None:
+    """Appends this start's config to workdir/config_history.jsonl (config.json is the
+    latest). A run from before the history gets its previous config.json as the first line."""
+    import datetime
+    import socket
+
+    path = os.path.join(workdir, HISTORY)
+    lines = []
+    if not os.path.exists(path) and os.path.isfile(config_path(workdir)):
+        with open(config_path(workdir)) as f:
+            lines.append({"started": None, "note": "config.json from before the history", "config": json.load(f)})
+    lines.append({"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                  "host": socket.gethostname(), "pid": os.getpid(), "changes": changes, "config": _as_json(config)})
+    with open(path, "a") as f:
+        for line in lines:
+            f.write(json.dumps(line) + "\n")
+
+
+# --- One writer: the run lock -------------------------------------------------------------
+class RunLock:
+    """workdir/run.lock, held (process 0) for the whole run: `fcntl.flock` on the open file,
+    with {"pid", "host", "started"} inside for the messages.
+
+    flock rather than an O_EXCL file + pid check: the kernel releases it when the holder
+    dies, even by kill -9, so a stale lock never blocks a restart, pid reuse cannot fake a
+    live holder, and a pid on another host (which cannot be checked) is never needed. The
+    file left behind by a killed run is taken over with a warning naming its pid and host.
+    Limitation: flock is only as good as the filesystem's locking: local disks and NFSv4
+    (Linux emulates flock with POSIX locks there) honour it; some network or FUSE
+    filesystems (gcsfuse, older NFS, some SMB mounts) accept it without locking across
+    hosts, and there two hosts could both run in one directory."""
+
+    def __init__(self, path: str, fd: int):
+        self.path, self.fd = path, fd
+
+    @classmethod
+    def acquire(cls, workdir: str) -> "RunLock":
+        """Takes the lock or raises ConfigError naming the holder's pid and host; writes
+        nothing when refused. OSError: the workdir cannot be created or written."""
+        import datetime
+        import fcntl
+        import logging
+        import socket
+
+        from mimjax.schema import ConfigError
+
+        os.makedirs(workdir, exist_ok=True)
+        path = os.path.join(workdir, LOCK)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held = _read_lock(fd)
+                os.close(fd)
+                raise ConfigError(f"{workdir} is in use by pid {held.get('pid', '?')} on host {held.get('host', '?')}"
+                                  f"{' since ' + held['started'] if held.get('started') else ''} (lock {path}); wait "
+                                  f"for that run to end or stop it") from None
+            try:  # the holder may have removed the file between our open and flock: lock the new one
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        old = _read_lock(fd)
+        if old:
+            mine = old.get("host") == socket.gethostname()
+            logging.getLogger("mimjax").warning(
+                "taking over the stale lock %s of pid %s on host %s (%s)", path, old.get("pid", "?"),
+                old.get("host", "?"), "that process is gone" if mine else "another host; its lock is not held")
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
+        os.fsync(fd)
+        return cls(path, fd)
+
+    def release(self) -> None:
+        """Removes the file while still holding it, then unlocks (closing the file)."""
+        if self.fd is None:
+            return
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
+def _read_lock(fd: int) -> dict:
+    try:
+        text = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        info = json.loads(text) if text else {}
+    except (OSError, ValueError):
+        return {"pid": "?", "host": "?"}
+    return info if isinstance(info, dict) else {"pid": "?", "host": "?"}
+
+
+def require_path(path, flag: str) -> None:
+    """An empty or whitespace-only directory flag is a ConfigError (not the current directory)."""
+    from mimjax.schema import ConfigError
+
+    if path is not None and not str(path).strip():
+        raise ConfigError(f"{flag}={path!r}: expected a directory path, not an empty one")

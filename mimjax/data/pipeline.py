@@ -11,37 +11,90 @@ import threading
 import grain
 import numpy as np
 
+from mimjax import errors
 from mimjax.data import augment, sources
 
 log = logging.getLogger("mimjax")
 
 
+# When to give up on a source (DataError, exit 2) instead of skipping on forever: no image
+# read in a full pass over this process's records, or more than MAX_SKIPPED_SHARE of the
+# images tried so far were unreadable, once at least MIN_TRIED were tried.
+MAX_SKIPPED_SHARE = 0.5
+MIN_TRIED = 20
+
+
+_LFS_HINT = "a git-lfs pointer"
+
+
+def _unreadable_reason(data: bytes, e: Exception) -> str:
+    """A short reason (no object reprs) why `data` did not decode."""
+    if data.startswith(b"version https://git-lfs"):
+        return f"{_LFS_HINT}, not the image"
+    if not data:
+        return "empty file"
+    if type(e).__name__ == "UnidentifiedImageError":
+        return "not a recognised image format"
+    return f"{type(e).__name__}: {e}"
+
+
 class _Transform:
     """(global position, record) -> {"image": float32 [S, S, 3], "label": int32}, or None
-    for an unreadable image (grain drops Nones), counted in `skipped` and named in a warning.
+    for an unreadable image (grain drops Nones), counted in `skipped` and named in a warning
+    (once per file). Too many unreadable images raise `DataError` (see MAX_SKIPPED_SHARE).
 
     Randomness comes from (seed, global position): reproducible, different every epoch,
     and independent of the process count. Runs in grain's reader threads, hence the lock.
     """
 
-    def __init__(self, img_size: int, train: bool, seed: int, crop_scale=(0.2, 1.0)):
-        self.img_size, self.train, self.seed, self.skipped = img_size, train, seed, 0
+    def __init__(self, img_size: int, train: bool, seed: int, crop_scale=(0.2, 1.0), *,
+                 full_pass: int = 0, what: str = "the data source"):
+        self.img_size, self.train, self.seed, self.skipped, self.read = img_size, train, seed, 0, 0
         self.crop_scale = tuple(crop_scale)
+        self.full_pass, self.what = full_pass, what  # records this process reads in one pass
+        self.failure: Exception | None = None
+        self._examples: list[str] = []
+        self._warned: set = set()
         self._lock = threading.Lock()
 
+    def _skip(self, path: str, reason: str):
+        with self._lock:
+            self.skipped += 1
+            n, tried = self.skipped, self.skipped + self.read
+            first = path not in self._warned
+            self._warned.add(path)
+            if first and len(self._examples) < 3:
+                self._examples.append(f"{path} ({reason})")
+            if self.failure is None and (
+                    (tried >= MIN_TRIED and n > MAX_SKIPPED_SHARE * tried)
+                    or (self.read == 0 and self.full_pass and tried >= self.full_pass)):
+                kind = "no image could be read" if self.read == 0 else "more than half of the images are unreadable"
+                self.failure = errors.DataError(
+                    f"{self.what}: {kind}: {self.read} read, {n} skipped of {tried} tried; e.g. "
+                    f"{'; '.join(self._examples)}; fix or remove them"
+                    + (" (`git lfs pull` fetches git-lfs files)" if any(_LFS_HINT in x for x in self._examples) else ""))
+        if self.failure is not None:
+            raise self.failure
+        if first:
+            log.warning("skipping unreadable image %s (%s); %d skipped so far", path, reason, n)
+
     def __call__(self, item):
+        if self.failure is not None:
+            raise self.failure
         position, record = item
         image = record["image"]
         if isinstance(image, bytes):
+            path = record.get("path", "?")
+            if "error" in record:  # the source could not open it (e.g. deleted mid-run)
+                self._skip(path, record["error"])
+                return None
             try:
                 image = sources.decode(image)
             except Exception as e:  # noqa: BLE001 - any decoder failure: skip this file
-                with self._lock:
-                    self.skipped += 1
-                    n = self.skipped
-                log.warning("skipping unreadable image %s (%s: %s); %d skipped so far",
-                            record.get("path", "?"), type(e).__name__, e, n)
+                self._skip(path, _unreadable_reason(image, e))
                 return None
+            with self._lock:
+                self.read += 1
         image = np.asarray(image)
         if image.ndim == 2 or image.shape[-1] == 1:  # grayscale TFDS sets (mnist: [28, 28, 1])
             image = np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=-1)
@@ -58,28 +111,35 @@ class InputIterator:
     """Batches {"image": float32 [L, S, S, 3], "label": int32 [L]} of this process.
 
     `get_state()` -> {"next_index", "seed", "global_batch_size", "process_count"}, plain
-    ints (JSON). `set_state()` on a fresh iterator of the same config continues with exactly
+    ints (JSON), plus {"num_files", "files_hash"} for a folder source (`fingerprint()`).
+    `set_state()` on a fresh iterator of the same config continues with exactly
     the batches the saved one would have produced next. `num_skipped` counts unreadable
     images (including ones grain's reader threads decoded ahead of the last batch).
     """
 
     def __init__(self, grain_iter, transform: _Transform, num_records: int, *, seed: int,
-                 global_batch_size: int, process_count: int):
+                 global_batch_size: int, process_count: int, fingerprint: dict | None = None):
         self._it, self._transform, self.num_records = grain_iter, transform, num_records
         self._config = {"seed": seed, "global_batch_size": global_batch_size, "process_count": process_count}
+        self._fingerprint = dict(fingerprint or {})
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        return next(self._it)
+        try:
+            return next(self._it)
+        except Exception as e:
+            if self._transform.failure is not None and e is not self._transform.failure:
+                raise self._transform.failure from e  # however grain wrapped it: the one-line DataError
+            raise
 
     @property
     def num_skipped(self) -> int:
         return self._transform.skipped
 
     def get_state(self) -> dict:
-        return {"next_index": int(self._it.get_state()["next_index"]), **self._config}
+        return {"next_index": int(self._it.get_state()["next_index"]), **self._config, **self._fingerprint}
 
     def set_state(self, state: dict):
         """Resume at `state` (from `get_state`). Keys other than next_index are checked
@@ -90,6 +150,13 @@ class InputIterator:
             if key in state and state[key] != self._config[key]:
                 raise ValueError(f"input state has {key}={state[key]}, this iterator {key}={self._config[key]}: "
                                  f"the saved position would point at other data")
+        if self._fingerprint and "files_hash" in state and state["files_hash"] != self._fingerprint["files_hash"]:
+            then, now = int(state.get("num_files", 0)), self._fingerprint["num_files"]
+            change = (f"{now - then} added" if now > then else f"{then - now} removed" if now < then
+                      else "the same number, but different names")
+            log.warning("%s: the file list changed since the checkpoint (%d files then, %d now: %s), so the "
+                        "data order from here differs from the interrupted run's", self._transform.what, then, now,
+                        change)
         old_count, new_count = state.get("process_count", self._config["process_count"]), self._config["process_count"]
         if old_count != new_count:
             old_local, new_local = (self._config["global_batch_size"] // c for c in (old_count, new_count))
@@ -130,7 +197,9 @@ def make_pretrain_iterator(data_config, *, img_size: int, global_batch_size: int
         return (m // local) * big + process_index * local + m % local
 
     num_local = (total // big) * local + max(0, min(total % big - process_index * local, local))
-    transform = _Transform(img_size, train, seed, crop_scale)
+    root = getattr(src, "root", None)
+    transform = _Transform(img_size, train, seed, crop_scale, full_pass=-(-len(src) // process_count),
+                           what=f"data.folder={root!r}" if root else "the data source")
     ds = grain.MapDataset.range(num_local).map(lambda m: (position(m), ordered[position(m)])).map(transform)
     # Reader threads decode/augment ahead (PIL releases the GIL). The buffer holds finished
     # float32 images (0.6 MB at 224 px): enough to keep the threads busy, bounded in memory,
@@ -139,7 +208,8 @@ def make_pretrain_iterator(data_config, *, img_size: int, global_batch_size: int
     options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(4 * threads, min(2 * local, 256)))
     it = ds.to_iter_dataset(options).batch(local, drop_remainder=train)
     return InputIterator(iter(it), transform, len(src), seed=seed, global_batch_size=global_batch_size,
-                         process_count=process_count)
+                         process_count=process_count,
+                         fingerprint=src.fingerprint() if hasattr(src, "fingerprint") else None)
 
 
 make_iterator = make_pretrain_iterator  # the name the trainer uses

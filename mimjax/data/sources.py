@@ -127,11 +127,13 @@ def _images_in(directory: str, recursive: bool) -> list[str]:
 class ImageFolder:
     """A folder of images: class-per-folder when any sub-folder holds images (labels are
     the sorted sub-folder index; files directly in root are then ignored), else flat (label
-    0). Items are {"image": file bytes, "label": int, "path": str}."""
+    0). Items are {"image": file bytes, "label": int, "path": str}; a file that cannot be
+    opened any more (deleted mid-run) gives image b"" and "error", skipped by the pipeline."""
 
     def __init__(self, root: str):
         if not root or not os.path.isdir(root):
             raise ValueError(f"data.folder={root!r}: expected an existing directory of images")
+        self.root = root
         classes = sorted(d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
         per_class = [_images_in(os.path.join(root, c), recursive=True) for c in classes]
         if any(per_class):
@@ -149,8 +151,22 @@ class ImageFolder:
 
     def __getitem__(self, i):
         path, label = self.files[i]
-        with open(path, "rb") as f:
-            return {"image": f.read(), "label": label, "path": path}
+        try:
+            with open(path, "rb") as f:
+                return {"image": f.read(), "label": label, "path": path}
+        except OSError as e:  # deleted or made unreadable since the listing: skipped and counted
+            return {"image": b"", "label": label, "path": path, "error": f"{type(e).__name__}: {e.strerror or e}"}
+
+    def fingerprint(self) -> dict:
+        """{"num_files", "files_hash"}: the file list as it was listed (sorted paths relative
+        to the root, with their labels), stored in the input state so a resume can say that
+        files were added or removed (the shuffled order then differs)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        for path, label in self.files:
+            h.update(f"{os.path.relpath(path, self.root)}\t{label}\n".encode())
+        return {"num_files": len(self.files), "files_hash": h.hexdigest()[:16]}
 
 
 def tfds_source(name: str, split: str = "train", data_dir: str | None = None, manual_dir: str | None = None):

@@ -179,6 +179,10 @@ def build_finetune(cfg, num_classes: int, lr_fn) -> Task:
 def finetune(cfg, workdir: str | None, out: str) -> dict:
     """Fine-tunes the encoder of `workdir` (a pre-training workdir or a `mimjax import`
     directory; None: `cfg.init`) in `out`, resuming what is there; returns the test result."""
+    from mimjax.workdir import require_path
+
+    require_path(workdir, "--workdir")
+    require_path(out, "--out")
     cfg = cfg.copy_and_resolve_references()
     if workdir:
         cfg.init = workdir

@@ -77,6 +77,10 @@ def build_linprobe(c, num_classes: int, lr_fn) -> Task:
 def linprobe(c, workdir: str | None, out: str | None = None) -> dict:
     """Linear probe of the encoder in `workdir` (None: `c.init`), run in `out` (default
     workdir/linprobe); the result also goes to workdir/linprobe.json."""
+    from mimjax.workdir import require_path
+
+    require_path(workdir, "--workdir")
+    require_path(out, "--out")  # None: the default below; '' is an error
     c = c.copy_and_resolve_references()
     if workdir:
         c.init = workdir

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+
 def save_state_dict(state_dict: dict, path: str, meta: dict) -> None:
     """`.safetensors` (+ `<path>.json` with meta) or `.pth` (torch.save of tensors + meta json)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
@@ -30,7 +31,11 @@ def load_state_dict(path: str) -> dict:
     if path.endswith(".safetensors"):
         from safetensors.numpy import load_file
 
-        return load_file(path)
+        try:
+            return load_file(path)
+        except Exception as e:  # noqa: BLE001 - SafetensorError and friends: not a safetensors file
+            raise ValueError(f"{path!r} is not a readable .safetensors file "
+                             f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
     if path.endswith((".pth", ".pt", ".bin")):
         import pickle
 
@@ -38,9 +43,13 @@ def load_state_dict(path: str) -> dict:
 
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
-            raise ValueError(f"{path!r} is not a plain tensor checkpoint; refused without running it "
-                             f"(torch.load weights_only=True: {str(e).splitlines()[0][:300]})") from None
+        except Exception as e:  # noqa: BLE001 - anything torch cannot load as plain tensors
+            # torch's own text recommends weights_only=False (running the file's code): not quoted.
+            why = ("it holds Python objects besides tensors" if isinstance(e, pickle.UnpicklingError)
+                   and "weights" in str(e).lower() else f"not a PyTorch checkpoint file: {type(e).__name__}")
+            raise ValueError(f"{path!r} is not a plain tensor checkpoint; refused without running it ({why}); "
+                             f"expected a state dict of tensors (.pth, optionally under 'model') or a "
+                             f".safetensors file") from None
         inner = obj.get("model", obj) if isinstance(obj, dict) else obj
         if not isinstance(inner, dict) or not all(isinstance(v, torch.Tensor) for v in inner.values()):
             raise ValueError(f"{path!r} holds {type(inner).__name__} entries that are not all tensors; "

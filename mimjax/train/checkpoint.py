@@ -3,10 +3,16 @@
 `state` is the train state pytree (StandardSave), `data` the input iterator's position
 (JSON), so a resumed run sees exactly the batches it would have seen. Orbax finalises a
 step atomically (a temporary directory renamed when complete), so a run killed mid-save
-resumes from the previous complete step. A step that fails to restore (corrupted,
-truncated) is reported by name, moved aside to `<step>.unreadable` (not deleted, so it can
-be inspected, and out of the way of the step being saved again), and the previous one is
-tried. Orbax removes old steps (keep) only after a new one is finalised.
+resumes from the previous complete step. A step that cannot be read (corrupted,
+truncated) is reported by name, moved aside to `<step>.unreadable` (`.unreadable.1`, ... when
+that name is taken; not deleted, so it can be inspected, and out of the way of the step being
+saved again), and the previous one is tried. A step that reads but holds other parameter names
+or shapes than the run's (another model or config) is no corruption: nothing is moved and a
+ConfigError names the step and the first differences. Orbax removes old steps (keep) only
+after a new one is finalised.
+
+Reading a run outside training (`load_state`, `load_params`: export, eval, visualize, a frozen
+teacher) restores onto this process's devices whatever devices the run was saved from.
 
 A full disk (or quota, or file-size limit) while saving stops the run with a
 `DiskFullError` that names the step, the directory and the last complete step, which is
@@ -26,7 +32,8 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental.multihost_utils import sync_global_devices
 
-from mimjax.errors import DiskFullError
+from mimjax.errors import DiskFullError, UsageError
+from mimjax.schema import ConfigError
 
 log = logging.getLogger("mimjax")
 
@@ -71,8 +78,7 @@ class Checkpointer:
         self.directory = os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
-        self.manager = ocp.CheckpointManager(self.directory, options=options,
-                                             item_names=("state", "data"))
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=_handlers())
         self._saving = None  # the step of the last save started (async: maybe unfinished)
 
     def latest_step(self):
@@ -114,22 +120,46 @@ class Checkpointer:
             raise
 
     def restore_latest(self, abstract_state):
-        """(step, state, data_state) of the newest step that restores, or None if none."""
+        """(step, state, data_state) of the newest step that restores, or None if none.
+
+        A step whose stored names/shapes differ from abstract_state's raises ConfigError and
+        stays in place; only a step that cannot be read is moved aside (quarantine)."""
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
+                stored = _flat_shapes(_state_metadata(self.manager, step))
+            except Exception as e:  # noqa: BLE001 - its metadata cannot be read: corrupted
+                self._quarantine(step, e)
+                continue
+            problems = _mismatches(stored, _flat_shapes(abstract_state))
+            if problems:
+                raise ConfigError(
+                    f"checkpoint step {step} in {self.directory} holds another model's parameters than "
+                    f"this config's ({'; '.join(problems)}); use the run's own config or a new output "
+                    f"directory (the checkpoint is left in place)")
+            try:
                 out = self.manager.restore(step, args=ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+                    # fallback: leaves given without a sharding go where a read-only load puts them
+                    state=ocp.args.StandardRestore(abstract_state, fallback_sharding=_local_sharding()),
+                    data=ocp.args.JsonRestore()))
                 return step, out["state"], out["data"]
-            except Exception as e:  # noqa: BLE001 - any failure means this step is unusable
-                aside = os.path.join(self.directory, f"{step}.unreadable")
-                log.warning("checkpoint step %d in %s could not be restored (%s: %s); moved it to %s "
-                            "and trying the previous one", step, self.directory, type(e).__name__,
-                            str(e)[:300], aside)
-                if jax.process_index() == 0:
-                    os.replace(os.path.join(self.directory, str(step)), aside)
-                sync_global_devices(f"mimjax_quarantine_{step}")
-                self.manager.reload()
+            except Exception as e:  # noqa: BLE001 - names and shapes agree: the data is unreadable
+                self._quarantine(step, e)
         return None
+
+    def _quarantine(self, step: int, e: BaseException):
+        """Moves an unreadable step aside to `<step>.unreadable` (or `.unreadable.N` when taken)."""
+        aside = os.path.join(self.directory, f"{step}.unreadable")
+        n = 0
+        while os.path.exists(aside if n == 0 else f"{aside}.{n}"):
+            n += 1
+        aside = aside if n == 0 else f"{aside}.{n}"
+        log.warning("checkpoint step %d in %s could not be restored (%s: %s); moved it to %s "
+                    "and trying the previous one", step, self.directory, type(e).__name__,
+                    str(e)[:300], aside)
+        if jax.process_index() == 0:
+            os.replace(os.path.join(self.directory, str(step)), aside)
+        sync_global_devices(f"mimjax_quarantine_{step}_{n}")
+        self.manager.reload()
 
     def wait(self):
         try:
@@ -143,16 +173,77 @@ class Checkpointer:
         self.manager.close()
 
 
+def _handlers() -> dict:
+    # Named handlers let a fresh manager read a step's metadata before restoring it.
+    return {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
+
+
+def _state_metadata(manager, step: int):
+    """The stored tree of the step's `state` (ArrayMetadata leaves: shape, dtype, sharding),
+    read without restoring anything; raises when it cannot be read."""
+    meta = manager.item_metadata(step)
+    tree = None if meta is None else meta["state"]
+    tree = getattr(tree, "tree", tree)
+    if not tree:
+        raise ValueError(f"no readable metadata for the train state of step {step}")
+    return tree
+
+
+def _key_name(k) -> str:
+    for attr in ("key", "idx", "name"):
+        if hasattr(k, attr):
+            return str(getattr(k, attr))
+    return str(k)
+
+
+def _flat_shapes(tree) -> dict:
+    """'params/encoder/.../kernel' -> shape; dict keys, sequence indices and dataclass fields
+    alike, so a saved (nested dicts) tree and a live (TrainState) tree compare."""
+    return {"/".join(_key_name(k) for k in path): tuple(getattr(v, "shape", ()))
+            for path, v in jax.tree_util.tree_leaves_with_path(tree) if v is not None}
+
+
+def _mismatches(stored: dict, expected: dict) -> list[str]:
+    missing = sorted(set(expected) - set(stored))
+    extra = sorted(set(stored) - set(expected))
+    wrong = sorted(f"{k} {stored[k]} (this config: {expected[k]})"
+                   for k in set(stored) & set(expected) if stored[k] != expected[k])
+    return [f"{label}: {', '.join(names[:4])}{', ...' if len(names) > 4 else ''} ({len(names)} in all)"
+            for label, names in (("wrong shapes", wrong), ("not in the checkpoint", missing),
+                                 ("only in the checkpoint", extra)) if names]
+
+
+def _local_sharding() -> jax.sharding.Sharding:
+    """Where a read-only load puts each array: this process's first device (one process), or
+    replicated over all devices (several processes, so every process holds the whole value)."""
+    if jax.process_count() == 1:
+        return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    mesh = jax.sharding.Mesh(jax.devices(), ("all",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
 def load_state(directory: str) -> dict:
     """The train state of the latest checkpoint in `directory` as saved (nested dicts of
-    arrays: `params`, `opt_state`, `ema_params`, ...); no target needed."""
-    manager = ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "data"))
-    step = manager.latest_step()
-    if step is None:
-        raise ValueError(f"no complete checkpoint in {directory!r}")
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-    manager.close()
-    return state
+    arrays: `params`, `opt_state`, `ema_params`, ...); no target needed. Restored onto this
+    process's devices whatever devices it was saved from; UsageError naming the directory
+    when it holds no complete checkpoint."""
+    directory = os.path.abspath(directory)
+    steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+    if not steps:
+        raise UsageError(f"{directory} holds no complete checkpoint (has the run saved one yet?)")
+    manager = ocp.CheckpointManager(directory, item_handlers=_handlers())
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise UsageError(f"{directory} holds no complete checkpoint (has the run saved one yet?)")
+        sharding = _local_sharding()
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding)
+            if getattr(m, "shape", None) is not None and getattr(m, "dtype", None) is not None else m,
+            _state_metadata(manager, step))
+        return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    finally:
+        manager.close()
 
 
 def load_params(directory: str):

@@ -159,6 +159,9 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_coun
     if needs_teacher and c.teacher.source == "none":
         _fail("teacher.source", "none", f"a teacher (checkpoint, ema or self) for "
               f"masking.strategy={c.masking.strategy!r} / model.gpa_head={c.model.gpa_head}")
+    if c.teacher.path and c.teacher.source != "checkpoint":
+        _fail("teacher.path", c.teacher.path, f"empty unless teacher.source='checkpoint' (teacher.source="
+              f"{c.teacher.source!r} would ignore it); set --config.teacher.source=checkpoint or drop teacher.path")
     if c.teacher.source == "checkpoint":
         if not c.teacher.path:
             _fail("teacher.path", c.teacher.path, "the path of a teacher checkpoint (teacher.source='checkpoint')")

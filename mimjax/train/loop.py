@@ -12,7 +12,8 @@ once and writes reconstruction PNGs; the classifiers evaluate on the test split 
 
 SIGTERM (preemption) stops the loop between steps: the current step is checkpointed, `run`
 returns normally (the command exits 0) with `preempted` set, and rerunning the command
-resumes there.
+resumes there. SIGINT (Ctrl-C) saves the same way, then raises `mimjax.errors.Interrupted`
+(exit 130, one line); a second Ctrl-C exits at once without waiting for the save.
 
 The step runs under `jax.transfer_guard("disallow")`: every host <-> device or device <->
 device transfer around it is explicit (`device_put` of batches by the prefetcher and of the
@@ -35,6 +36,7 @@ from jax.sharding import PartitionSpec as P
 
 from mimjax import data
 from mimjax import workdir as workdir_lib
+from mimjax.errors import Interrupted
 from mimjax.schema import ConfigError
 from mimjax.train import metrics
 from mimjax.train.checkpoint import Checkpointer, is_disk_full
@@ -43,28 +45,88 @@ log = logging.getLogger("mimjax")
 
 
 class _Preemption:
-    """SIGTERM sets a flag the loop checks between steps (save, then return normally)."""
+    """SIGTERM and SIGINT (Ctrl-C) set a flag the loop checks between steps: save the current
+    step, then `run` returns normally (SIGTERM) or raises `Interrupted` (SIGINT, exit 130).
+    A second Ctrl-C does not wait for the save: the process exits 130 at once (os._exit),
+    keeping the last complete checkpoint (an unfinished one is never taken as the latest)."""
 
     def __init__(self):
-        self.requested = False
-        self._old = signal.signal(signal.SIGTERM, self._handle)
+        self.requested = self.interrupted = False
+        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
 
     def _handle(self, signum, frame):
-        log.warning("SIGTERM received: saving a checkpoint and exiting")
+        if signum == signal.SIGINT:
+            if self.interrupted:
+                import sys
+
+                print("mimjax: interrupted again (Ctrl-C): exiting without waiting for the save; the last "
+                      "complete checkpoint is kept", file=sys.stderr, flush=True)
+                os._exit(130)
+            self.interrupted = True
+            log.warning("Ctrl-C received: saving a checkpoint at the current step and exiting "
+                        "(Ctrl-C again quits without waiting)")
+        else:
+            log.warning("SIGTERM received: saving a checkpoint and exiting")
         self.requested = True
 
     def restore(self):
-        signal.signal(signal.SIGTERM, self._old)
+        for s, old in self._old.items():
+            signal.signal(s, old)
 
 
-def write_config(workdir: str, cfg) -> None:
-    """workdir/config.json (process 0); an unwritable workdir is a ConfigError."""
+def write_config(workdir: str, cfg, changes: tuple = ()) -> None:
+    """workdir/config.json and a line of workdir/config_history.jsonl (process 0); an
+    unwritable workdir is a ConfigError."""
     try:
         os.makedirs(workdir, exist_ok=True)
         if jax.process_index() == 0:
+            workdir_lib.write_config_history(workdir, cfg, list(changes))
             workdir_lib.write_config(workdir, cfg)
     except OSError as e:
         raise ConfigError(f"workdir {workdir!r} is not writable: {e}") from e
+
+
+def start(workdir: str, cfg, flag: str = "--workdir") -> workdir_lib.RunLock | None:
+    """Before anything is written (process 0 does it, every process learns the outcome):
+    takes the run lock (mimjax.workdir.RunLock), compares `cfg` with the config.json of a
+    run that has a checkpoint (mimjax.workdir.check_resume: a changed key outside
+    `workdir.SAFE` is a ConfigError naming both values; safe ones are logged), then writes
+    config.json and the history. Returns the lock (None on the other processes)."""
+    lock, error = None, None
+    if jax.process_index() == 0:
+        try:
+            try:
+                lock = workdir_lib.RunLock.acquire(workdir)
+            except OSError as e:
+                raise ConfigError(f"workdir {workdir!r} is not writable: {e}") from e
+            changes = workdir_lib.check_resume(workdir, cfg, flag)
+            if changes:
+                log.warning("resuming %s with a changed config: %s", workdir, "; ".join(changes))
+            write_config(workdir, cfg, changes)
+        except BaseException as e:  # noqa: BLE001 - the other processes learn it below, then it is re-raised
+            error = e
+            if lock is not None:
+                lock.release()
+    if jax.process_count() > 1:
+        ok = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+        if not ok and error is None:
+            error = ConfigError(f"process 0 could not start the run in {workdir} (its log says why)")
+    if error is not None:
+        raise error
+    os.makedirs(workdir, exist_ok=True)
+    return lock
+
+
+def run(workdir: str, cfg, **kwargs) -> Outcome:
+    """`_run` (below: the loop and its arguments) in `workdir`, holding the run lock from
+    `start` until it returns or raises."""
+    workdir = os.path.abspath(workdir)
+    lock = start(workdir, cfg, "--workdir" if kwargs.get("name") == "pre-training" else "--out")
+    try:
+        return _run(workdir, cfg, **kwargs)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 @dataclasses.dataclass
@@ -76,7 +138,7 @@ class Outcome:
     end: Any  # what `at_end` returned
 
 
-def run(workdir: str, cfg, *, name: str, schedule, par, abstract_state, init_state: Callable[[], Any],
+def _run(workdir: str, cfg, *, name: str, schedule, par, abstract_state, init_state: Callable[[], Any],
         step_fn: Callable, step_args: tuple, iterator,
         log_fields: Callable[[], dict] | None = None,
         on_log: Callable[[int, dict, Any, Checkpointer], None] | None = None,
@@ -98,8 +160,7 @@ def run(workdir: str, cfg, *, name: str, schedule, par, abstract_state, init_sta
     checkpoint; after_step(step, state, writer) after every step; at_end(step, state,
     writer, preempted) after the final checkpoint, its result is `Outcome.end`.
     """
-    workdir, is_main = os.path.abspath(workdir), jax.process_index() == 0
-    write_config(workdir, cfg)
+    workdir, is_main = os.path.abspath(workdir), jax.process_index() == 0  # `run` has written config.json
 
     # --- Restore or initialise ------------------------------------------------------
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
@@ -176,6 +237,8 @@ def run(workdir: str, cfg, *, name: str, schedule, par, abstract_state, init_sta
             writer.close()
             bar.close()
             preempt.restore()
+    if preempt.interrupted:  # after the save and the shutdown: the CLI prints this as its one line, exit 130
+        raise Interrupted(f"interrupted (Ctrl-C): saved step {step} in {ckpt.directory}; the same command resumes")
     if preempt.requested:
         log.warning("preempted at step %d: checkpoint saved in %s", step, ckpt.directory)
     return Outcome(state, step, last, preempt.requested, end)

@@ -19,6 +19,7 @@ import jax
 import ml_collections
 
 from mimjax import data, parallel
+from mimjax import workdir as workdir_lib
 from mimjax.train import config as config_lib
 from mimjax.train import loop
 from mimjax.train import pictures
@@ -32,6 +33,7 @@ log = logging.getLogger("mimjax")
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs (or resumes) pre-training; returns the last logged metrics."""
     # --- Config and devices -------------------------------------------------------
+    workdir_lib.require_path(workdir, "--workdir")  # '' is not the current directory
     cfg = config_lib.fill_missing(cfg)
     devices = jax.devices()
     config_lib.validate(cfg, num_devices=len(devices), process_count=jax.process_count())
