@@ -11,7 +11,6 @@ of stopping after its q, k of head 11).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import tempfile
 
@@ -22,6 +21,7 @@ from ml_collections import config_flags
 
 from mimjax.models import model_from_config, vit
 from mimjax.models.vit import vit_kwargs
+from mimjax.schema import load_config_file
 from mimjax.train import config as config_lib
 from mimjax.train import step as step_lib
 
@@ -50,10 +50,7 @@ def make_config(method: str, size: str, batch: int, img_size: int, dtype: str, o
     """The recipe's config (configs/mae.py or configs/gpa_mae.py) at this size, batch,
     image size and dtype, on synthetic data, with a same-size frozen teacher."""
     recipe, flags = METHODS[method]
-    spec = importlib.util.spec_from_file_location("bench_recipe", os.path.join(REPO, "configs", recipe))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    c = module.get_config(size + flags)
+    c = load_config_file(os.path.join(REPO, "configs", recipe), size + flags)
     c.batch_size, c.total_steps, c.total_epochs = batch, 1000, -1
     c.optimizer.warmup_steps = 100
     c.model.img_size, c.model.dtype = img_size, dtype

@@ -31,7 +31,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from mimjax.errors import DiskFullError, Interrupted, NonFiniteError, UsageError
-from mimjax.schema import ConfigError, did_you_mean
+from mimjax.schema import ConfigError, did_you_mean, load_config_file
 
 EXIT_USAGE, EXIT_NONFINITE, EXIT_DISK_FULL = 2, 3, 4
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
@@ -358,24 +358,14 @@ def _flag_error(e: flags.Error, fv) -> str:
     return _friendly(" ".join(lines).removeprefix("flag "))
 
 
-def _load_config(path: str):
-    """get_config(arg) of `file.py[:arg]`, as ml_collections' config_flags loads it."""
-    import importlib.util
-
-    file, sep, arg = path.partition(":")
-    spec = importlib.util.spec_from_file_location("mimjax_cli_config", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(*([arg] if sep else []))
-
-
 def _loading_error(e: Exception, argv) -> str:
     """A config file that raised while loading, or an override of a key it lacks."""
     path = _config_arg(argv) or ""
     keys = _overrides(argv)
     if keys and isinstance(e, (AttributeError, KeyError)):
         try:
-            config = _load_config(path)
+            file, sep, arg = path.partition(":")
+            config = load_config_file(file, arg if sep else None)
         except Exception:  # noqa: BLE001 - the file itself fails; reported below
             config = None
         if config is not None:

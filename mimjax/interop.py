@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 
+from mimjax import workdir as workdir_lib
 from mimjax.errors import UsageError
 
 FORMATS = ("timm", "mae")
@@ -20,7 +21,6 @@ def export_weights(workdir: str, fmt: str, out: str, pool: str = "token") -> int
     """Writes a run's latest weights as a timm or official-MAE state dict (OUT: .safetensors
     or .pth) and OUT.json (architecture, normalisation); returns the number of tensors."""
     from mimjax import export
-    from mimjax import workdir as workdir_lib
 
     if fmt not in FORMATS:
         raise UsageError(f"--format={fmt}: expected one of {', '.join(FORMATS)}")
@@ -48,7 +48,7 @@ def import_checkpoint(inp: str, out: str, name: str = "vit_base_patch16", img_si
     from mimjax.train import checkpoint
     from mimjax.train import config as config_lib
 
-    if os.path.exists(os.path.join(out, "checkpoints")):
+    if os.path.exists(workdir_lib.checkpoints_dir(out)):
         raise UsageError(f"{out!r} already holds checkpoints; choose a new directory")
     try:
         params = export.from_torch_state_dict(export.load_state_dict(inp), name, img_size=img_size)
@@ -59,10 +59,8 @@ def import_checkpoint(inp: str, out: str, name: str = "vit_base_patch16", img_si
     if "decoder_blocks" in params:
         c.model.decoder_width = int(params["mask_token"].shape[-1])
         c.model.decoder_depth = len(params["decoder_blocks"])
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "config.json"), "w") as f:
-        f.write(c.to_json_best_effort(indent=2))
-    ck = checkpoint.Checkpointer(os.path.join(out, "checkpoints"), async_save=False)
+    workdir_lib.write_config(out, c)
+    ck = checkpoint.Checkpointer(workdir_lib.checkpoints_dir(out), async_save=False)
     ck.save(0, {"params": params}, {"imported_from": os.path.abspath(inp)})
     ck.wait()
     ck.close()

@@ -56,6 +56,17 @@ def did_you_mean(key: str, schema) -> str:
     return f" (did you mean config.{close[0]}?)" if close else ""
 
 
+def load_config_file(path: str, arg: str | None = None):
+    """`get_config(arg)` of a config file, loaded by path as ml_collections' config_flags
+    does (no arg: `get_config()`)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mimjax_config_file", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(*([] if arg is None else [arg]))
+
+
 def check_keys(config, schema, where: str) -> None:
     """Raises ConfigError naming the first unknown key (with the closest known one) or the
     missing ones; `where` says where the schema is defined."""

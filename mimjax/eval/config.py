@@ -7,7 +7,7 @@ import os
 
 import ml_collections
 
-from mimjax import schema
+from mimjax import schema, workdir
 from mimjax.schema import ConfigError, fail as _fail, in_range as _in_range
 
 POOLS, OPTIMIZERS, SOURCES = ("avg", "token"), ("adamw", "lars", "sgd"), ("tfds", "folder", "embedded_faces")
@@ -101,7 +101,7 @@ def validate(c, *, num_devices: int = 1, process_count: int = 1) -> None:
             _fail(key, c[key], "a positive integer")
     if not c.init:
         _fail("init", c.init, "the pre-trained encoder's directory (--workdir)")
-    if not (os.path.isfile(os.path.join(c.init, "config.json")) and os.path.isdir(os.path.join(c.init, "checkpoints"))):
+    if not workdir.is_workdir(c.init):
         _fail("init", c.init, "a mimjax pre-training workdir or a `mimjax import` directory "
               "(config.json and checkpoints/ inside)")
     if c.pool not in POOLS:

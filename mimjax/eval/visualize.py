@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 
+from mimjax import workdir as workdir_lib
 from mimjax.errors import UsageError
 
 
@@ -42,7 +43,8 @@ def visualize(workdir: str, out: str, images=(), num_images: int = 4, progress: 
               mask_progress: float = 1.0, seed: int = 0) -> list[str]:
     """Writes OUT/reconstruction.png (and OUT/curves.png when WORKDIR has metrics.jsonl);
     returns the paths written. Raises UsageError (one line) for input that cannot be used."""
-    if not os.path.isfile(os.path.join(workdir, "config.json")):
+    saved_cfg = workdir_lib.read_config(workdir)
+    if saved_cfg is None:
         raise UsageError(f"{workdir!r} has no config.json; is it a mimjax workdir?")
     for name, v in (("progress", progress), ("mask_progress", mask_progress)):
         if v is not None and not 0.0 <= v <= 1.0:
@@ -52,12 +54,12 @@ def visualize(workdir: str, out: str, images=(), num_images: int = 4, progress: 
 
     import jax
 
-    from mimjax import data, workdir as workdir_lib
+    from mimjax import data
     from mimjax.train import config as config_lib
     from mimjax.train import pictures
     from mimjax.train import step as step_lib
 
-    cfg = config_lib.fill_missing(workdir_lib.read_config(workdir))
+    cfg = config_lib.fill_missing(saved_cfg)
     img_size = cfg.model.img_size
     try:
         num_examples = cfg.data.num_examples if cfg.data.num_examples > 0 else data.source_length(cfg.data)

@@ -126,11 +126,11 @@ class Checkpointer:
         stays in place; only a step that cannot be read is moved aside (quarantine)."""
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                stored = _flat_shapes(_state_metadata(self.manager, step))
+                stored = flat_shapes(_state_metadata(self.manager, step))
             except Exception as e:  # noqa: BLE001 - its metadata cannot be read: corrupted
                 self._quarantine(step, e)
                 continue
-            problems = _mismatches(stored, _flat_shapes(abstract_state))
+            problems = _mismatches(stored, flat_shapes(abstract_state))
             if problems:
                 raise ConfigError(
                     f"checkpoint step {step} in {self.directory} holds another model's parameters than "
@@ -196,7 +196,7 @@ def _key_name(k) -> str:
     return str(k)
 
 
-def _flat_shapes(tree) -> dict:
+def flat_shapes(tree) -> dict:
     """'params/encoder/.../kernel' -> shape; dict keys, sequence indices and dataclass fields
     alike, so a saved (nested dicts) tree and a live (TrainState) tree compare."""
     return {"/".join(_key_name(k) for k in path): tuple(getattr(v, "shape", ()))

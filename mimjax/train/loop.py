@@ -163,7 +163,7 @@ def _run(workdir: str, cfg, *, name: str, schedule, par, abstract_state, init_st
     workdir, is_main = os.path.abspath(workdir), jax.process_index() == 0  # `run` has written config.json
 
     # --- Restore or initialise ------------------------------------------------------
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.keep_checkpoints)
+    ckpt = Checkpointer(workdir_lib.checkpoints_dir(workdir), keep=cfg.keep_checkpoints)
     restored = ckpt.restore_latest(jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                                 abstract_state, par.state_sharding))
     if restored is not None:

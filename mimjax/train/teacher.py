@@ -151,15 +151,11 @@ def load_checkpoint_params(path: str, teacher: VisionTransformer):
     return jax.tree.map(jnp.asarray, enc)
 
 
-def _flat_shapes(tree) -> dict:
-    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(v.shape)
-            for path, v in jax.tree_util.tree_leaves_with_path(tree)}
-
-
 def check_shapes(got, expected, what: str):
     """Raises ValueError listing missing, unexpected and mis-shaped parameters by name."""
     from mimjax.export import shape_mismatches
+    from mimjax.train.checkpoint import flat_shapes
 
-    problems = shape_mismatches(_flat_shapes(got), _flat_shapes(expected))
+    problems = shape_mismatches(flat_shapes(got), flat_shapes(expected))
     if problems:
         raise ValueError(f"{what} does not match the architecture; " + "; ".join(problems))
