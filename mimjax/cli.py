@@ -437,6 +437,23 @@ def _fail(prog: str, message: str, status: int = EXIT_USAGE) -> int:
     return status
 
 
+def _last_line(prog: str, message: str, status: int):
+    """Ends the process with our line as the last one on stderr. After a failed async save,
+    Orbax's and TensorStore's threads keep printing "RuntimeError: Event loop is closed"
+    tracebacks until the process dies; train() has already closed the checkpointer and the
+    writers, so: point fds 1 and 2 at /dev/null, write the line on a private copy of the
+    old stderr, and exit without finalizers."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    own = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    # the newline ends whatever half-printed traceback line the redirect cut off
+    os.write(own, f"\n{prog}: {message}\n".encode())
+    os._exit(status)
+
+
 def _execute(cmd: Command, fv) -> int:
     prog = f"mimjax {cmd.name}"
     _setup_logging()
@@ -449,15 +466,9 @@ def _execute(cmd: Command, fv) -> int:
     except NonFiniteError as e:
         return _fail(prog, str(e), EXIT_NONFINITE)
     except DiskFullError as e:
-        _fail(prog, str(e), EXIT_DISK_FULL)
         if cmd.name == "train":
-            # train() has already waited for and closed the checkpointer and the writers. A
-            # normal interpreter exit would now garbage-collect Orbax's failed async tasks,
-            # and their "RuntimeError: Event loop is closed" could land after our line.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(EXIT_DISK_FULL)
-        return EXIT_DISK_FULL
+            _last_line(prog, str(e), EXIT_DISK_FULL)
+        return _fail(prog, str(e), EXIT_DISK_FULL)
     except Interrupted as e:  # Ctrl-C in a run loop: the current step is saved (mimjax/train/loop.py)
         return _fail(prog, str(e), EXIT_INTERRUPTED)
     except KeyboardInterrupt:  # Ctrl-C outside a run loop (loading, compiling, evaluating): nothing to save
