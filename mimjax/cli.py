@@ -30,6 +30,7 @@ from typing import Callable
 from absl import flags
 from ml_collections import config_flags
 
+from mimjax import configs
 from mimjax.errors import DiskFullError, Interrupted, NonFiniteError, UsageError
 from mimjax.schema import ConfigError, did_you_mean, load_config_file
 
@@ -301,6 +302,18 @@ def _expand_multi(args: list, names) -> list:
     return out
 
 
+def _packaged_recipe(argv: list) -> list:
+    """argv with `--config NAME[:ARG]` replaced by the packaged recipe's path (mimjax.configs)."""
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a in ("--config", "-config") and i + 1 < len(out):
+            out[i + 1] = configs.resolve(out[i + 1])
+        elif a.startswith(("--config=", "-config=")):
+            flag, _, value = a.partition("=")
+            out[i] = f"{flag}={configs.resolve(value)}"
+    return out
+
+
 def _config_arg(argv) -> str | None:
     for i, a in enumerate(argv):
         m = re.match(r"^--?config(=(.*))?$", a)
@@ -383,7 +396,7 @@ def _loading_error(e: Exception, argv) -> str:
 def parse(cmd: Command, args: list) -> flags.FlagValues:
     """The command's flags parsed from `args` (the flags after the command's name); raises
     UsageError with one line."""
-    argv = [f"mimjax {cmd.name}", *_expand_multi(list(args), cmd.multi)]
+    argv = _packaged_recipe([f"mimjax {cmd.name}", *_expand_multi(list(args), cmd.multi)])
     fv = flags.FlagValues()
     cmd.define(fv, argv)
     flags.mark_flags_as_required(list(cmd.required), flag_values=fv)
@@ -392,7 +405,7 @@ def parse(cmd: Command, args: list) -> flags.FlagValues:
         file = (path or "").split(":", 1)[0]
         if path and not os.path.isfile(file):
             raise UsageError(f"config file {file!r} {'is not a file' if os.path.exists(file) else 'not found'}"
-                             f" (--config {path})")
+                             f" (--config {path}); the packaged recipes are {', '.join(configs.names())}")
     try:
         rest = fv(argv)
     except flags.Error as e:

