@@ -15,7 +15,7 @@ cells=("$@")
 [ ${#cells[@]} -eq 0 ] && cells=(3.11:pinned 3.11:newest 3.12:pinned 3.12:newest)
 mkdir -p "$dir"
 python_for() {  # python_for 3.12 -> an interpreter of that version (PATH, then pyenv)
-  command -v "python$1" 2>/dev/null && return
+  if "python$1" --version >/dev/null 2>&1; then command -v "python$1"; return; fi  # (a pyenv shim may fail)
   local p
   p=$(find "${PYENV_ROOT:-$HOME/.pyenv}/versions" -maxdepth 3 -path "*/$1.*/bin/python" 2>/dev/null | sort -V | tail -1)
   [ -n "$p" ] && echo "$p"
