@@ -76,7 +76,7 @@ def visualize(workdir: str, out: str, images=(), num_images: int = 4, progress: 
     snapshot = jax.jit(built.snapshot)
     result = snapshot(saved["params"], saved.get("ema_params", {}), frozen, batch, jax.random.key(seed), progress,
                       mask_progress)
-    grid = step_lib.snapshot_grid(cfg, built.encoder, batch, result, max_images=len(batch))
+    grid = step_lib.snapshot_grid(cfg, built.encoder, batch, result, max_images=len(batch), mask_at=mask_progress)
     os.makedirs(out, exist_ok=True)
     written = [os.path.join(out, "reconstruction.png")]
     pictures.save_png(written[0], grid)

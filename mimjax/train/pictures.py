@@ -7,13 +7,15 @@ grid[i*H:(i+1)*H, j*W:(j+1)*W]. Columns, in order:
   0 original | 1 masked input (masked patches grey 128) | 2 reconstruction (every patch
   predicted) | 3 reconstruction pasted on the visible patches | 4 GPA heatmap (only when
   `gpa` is given) | last: the mask at another progress, grey (only when given).
+`with_titles` puts each column's name in a white band above (the PNGs people open);
+`plot_curves` draws metrics.jsonl with matplotlib (axes, ticks, labels).
 """
 from __future__ import annotations
 
 import os
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from mimjax.data.augment import IMAGENET_MEAN, IMAGENET_STD, denormalize
 from mimjax.models.mae import patchify, unpatchify  # MAE's layout; NumPy in, NumPy out
@@ -101,6 +103,47 @@ def reconstruction_grid(images, pred, mask, *, patch_size: int, norm_pix_loss: b
     return grid.repeat(upscale, axis=0).repeat(upscale, axis=1)
 
 
+def column_titles(gpa: bool, mask_at: float | None = None) -> list[str]:
+    """The titles of `reconstruction_grid`'s columns, in order (mask_at: the progress of the
+    last column's mask, when it is drawn)."""
+    titles = ["original", "masked input", "reconstruction", "recon. + visible"]
+    if gpa:
+        titles.append("GPA heatmap")
+    if mask_at is not None:
+        titles.append(f"mask at progress {mask_at:.2f}")
+    return titles
+
+
+def with_titles(grid: np.ndarray, titles: list[str], font_px: int = 12) -> np.ndarray:
+    """uint8 grid [R*H, C*W, 3] -> [band + R*H, C*W, 3]: a white band on top with titles[j]
+    centred over column j (wrapped onto two lines when a title is wider than its column)."""
+    grid = np.asarray(grid)
+    cols = len(titles)
+    if grid.dtype != np.uint8 or grid.ndim != 3 or grid.shape[1] % cols:
+        raise ValueError(f"with_titles wants a uint8 [H, C*W, 3] grid with C = {cols} columns, got "
+                         f"{grid.dtype} {grid.shape}")
+    width = grid.shape[1] // cols
+    font = ImageFont.load_default(size=font_px)
+    lines = []
+    for t in titles:
+        words, wrapped = t.split(), [""]
+        for w in words:  # greedy wrap into the column's width
+            trial = f"{wrapped[-1]} {w}".strip()
+            if wrapped[-1] and font.getlength(trial) > width - 4:
+                wrapped.append(w)
+            else:
+                wrapped[-1] = trial
+        lines.append(wrapped)
+    line_h = font_px + 3
+    band = Image.new("RGB", (grid.shape[1], 4 + line_h * max(len(w) for w in lines)), "white")
+    draw = ImageDraw.Draw(band)
+    for j, wrapped in enumerate(lines):
+        for k, text in enumerate(wrapped):
+            x = j * width + max(0, (width - font.getlength(text)) / 2)
+            draw.text((x, 2 + k * line_h), text, fill="black", font=font)
+    return np.concatenate([np.asarray(band), grid], axis=0)
+
+
 def save_png(path: str, array: np.ndarray):
     """Write uint8 [H, W, 3] (or [H, W]) as a PNG, creating parent directories."""
     array = np.asarray(array)
@@ -110,13 +153,19 @@ def save_png(path: str, array: np.ndarray):
     Image.fromarray(array).save(path)
 
 
-def plot_curves(metrics_path: str, out_png: str, keys=("loss", "pixel_loss", "gpa_loss", "lr"),
-                panel=(320, 200)) -> None:
-    """Training curves from metrics.jsonl as a PNG: one panel (panel = (width, height) px)
-    per key that has at least one finite value, side by side; the PNG is
-    [height, width * n_panels, 3] (one blank panel if no key has data). Each panel: a box,
-    the key, min/max value on the left, first/last step underneath. A step logged twice
-    (a run resumed from an older checkpoint) keeps its last value."""
+def plot_curves(metrics_path: str, out_png: str, keys=("loss", "pixel_loss", "gpa_loss", "lr", "knn_top1"),
+                panel=(400, 300)) -> None:
+    """Training curves from metrics.jsonl as a PNG, drawn with matplotlib (Agg): one panel
+    (panel = (width, height) px) per key that has at least one finite value, side by side,
+    each with its title, axes labelled "step" and the key, ticks and a grid; the PNG is
+    [height, width * n_panels, 3] (one empty panel saying so if no key has data). A step
+    logged twice (a run resumed from an older checkpoint) keeps its last value."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; before pyplot
+    from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
     from mimjax.train.metrics import read_metrics
 
     rows = read_metrics(metrics_path)
@@ -127,24 +176,27 @@ def plot_curves(metrics_path: str, out_png: str, keys=("loss", "pixel_loss", "gp
         if by_step:
             series[key] = sorted(by_step.items())
     pw, ph = panel
-    img = Image.new("RGB", (pw * max(len(series), 1), ph), "white")
-    draw = ImageDraw.Draw(img)
-    color = (31, 119, 180)
-    for j, (key, pts) in enumerate(series.items()):
-        x0, y0, x1, y1 = j * pw + 45, 20, (j + 1) * pw - 10, ph - 25  # plot box
-        draw.rectangle([x0, y0, x1, y1], outline="black")
-        draw.text((x0, 4), key, fill="black")
+    dpi = 100
+    fig, axes = plt.subplots(1, max(len(series), 1), figsize=(pw * max(len(series), 1) / dpi, ph / dpi),
+                             dpi=dpi, squeeze=False)
+    for ax, (key, pts) in zip(axes[0], series.items()):
         steps, vals = np.array(pts, np.float64).T
-        lo, hi = vals.min(), vals.max()
-        draw.text((j * pw + 2, y0), f"{hi:.3g}", fill="black")
-        draw.text((j * pw + 2, y1 - 10), f"{lo:.3g}", fill="black")
-        draw.text((x0, y1 + 4), f"{int(steps[0])}", fill="black")
-        draw.text((x1 - 40, y1 + 4), f"{int(steps[-1])}", fill="black")
-        sx = (steps - steps[0]) / max(steps[-1] - steps[0], 1e-12)
-        sy = (vals - lo) / max(hi - lo, 1e-12)
-        xy = [(x0 + 2 + u * (x1 - x0 - 4), y1 - 2 - v * (y1 - y0 - 4)) for u, v in zip(sx, sy)]
-        if len(xy) > 1:
-            draw.line(xy, fill=color, width=2)
-        else:
-            draw.ellipse([xy[0][0] - 2, xy[0][1] - 2, xy[0][0] + 2, xy[0][1] + 2], fill=color)
-    save_png(out_png, np.asarray(img))
+        ax.plot(steps, vals, color=CURVE_COLOR, linewidth=1.5, marker="o" if len(steps) == 1 else None)
+        ax.set_title(key, fontsize=10)
+        ax.set_xlabel("step", fontsize=9)
+        ax.set_ylabel(key, fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+        ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
+        ax.grid(True, alpha=0.3)
+    if not series:
+        axes[0][0].text(0.5, 0.5, f"no values of {', '.join(keys)} yet", ha="center", va="center", fontsize=9)
+        axes[0][0].set_axis_off()
+    fig.tight_layout()
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()  # uint8 [ph, pw * n, 3]
+    plt.close(fig)
+    save_png(out_png, rgb)
+
+
+CURVE_COLOR = (31 / 255, 119 / 255, 180 / 255)  # matplotlib's default blue, (31, 119, 180) in uint8

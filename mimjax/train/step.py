@@ -140,14 +140,17 @@ def make_snapshot_fn(cfg, model: MAE, teacher: Teacher):
     return snapshot
 
 
-def snapshot_grid(cfg, enc, images, out, max_images: int = 4):
-    """The reconstruction PNG (uint8, `pictures.reconstruction_grid`) of the arrays a
-    `make_snapshot_fn` returned for `images`; small images are magnified to ~128 px."""
+def snapshot_grid(cfg, enc, images, out, max_images: int = 4, mask_at: float = 1.0):
+    """The reconstruction PNG (uint8, `pictures.reconstruction_grid` under a band of column
+    titles) of the arrays a `make_snapshot_fn` returned for `images`; small images are
+    magnified to ~128 px. mask_at: the progress the last column's mask was drawn at."""
     out = jax.tree.map(np.asarray, out)
-    return pictures.reconstruction_grid(
+    grid = pictures.reconstruction_grid(
         images, out["pred"], out["mask"], patch_size=enc.patch_size, norm_pix_loss=cfg.model.norm_pix_loss,
         gpa=out["gpa"], mask_at_progress=out["late_mask"], max_images=max_images,
         upscale=max(1, 128 // enc.img_size))
+    return pictures.with_titles(grid, pictures.column_titles(
+        out["gpa"] is not None, mask_at if out["late_mask"] is not None else None))
 
 
 class RecompilationError(RuntimeError):

@@ -127,11 +127,36 @@ def test_plot_curves(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 20, "lo')
     visualize.plot_curves(str(path), str(tmp_path / "out" / "curves.png"))
     img = np.asarray(Image.open(tmp_path / "out" / "curves.png"))
-    assert img.shape == (200, 2 * 320, 3)  # loss and lr; gpa_loss has no value
-    for j in range(2):  # each panel has a drawn line, not just text and a box
-        assert (np.all(img[:, j * 320:(j + 1) * 320] == (31, 119, 180), axis=-1)).sum() > 50
-    visualize.plot_curves(str(path), str(tmp_path / "one.png"), keys=("lr",), panel=(100, 80))
-    assert np.asarray(Image.open(tmp_path / "one.png")).shape == (80, 100, 3)
+    assert img.shape == (300, 2 * 400, 3)  # loss and lr; gpa_loss has no value
+    blue = np.all(np.abs(img.astype(int) - (31, 119, 180)) <= 12, axis=-1)
+    dark = img.max(-1) < 90  # text, ticks and axes
+    for j in range(2):  # each panel: a drawn line; a title above it; tick labels left and below
+        panel, blue_j, dark_j = img[:, j * 400:(j + 1) * 400], blue[:, j * 400:(j + 1) * 400], dark[:, j * 400:(j + 1) * 400]
+        assert blue_j.sum() > 200, j
+        assert dark_j[:28].sum() > 5, "no title"
+        assert dark_j[-40:].sum() > 100, "no x tick labels / axis label"
+        assert dark_j[:, :60].sum() > 100, "no y tick labels / axis label"
+        assert panel.shape == (300, 400, 3)
+    # the resumed step 5 keeps its last value (0.3 > 1/4): the loss curve rises there
+    visualize.plot_curves(str(path), str(tmp_path / "one.png"), keys=("lr",), panel=(200, 160))
+    assert np.asarray(Image.open(tmp_path / "one.png")).shape == (160, 200, 3)
+    visualize.plot_curves(str(path), str(tmp_path / "none.png"), keys=("knn_top1",))
+    assert np.asarray(Image.open(tmp_path / "none.png")).shape == (300, 400, 3)
+
+
+def test_titles_band_names_every_column():
+    grid = np.zeros((2 * 32, 6 * 32, 3), np.uint8)
+    titles = visualize.column_titles(gpa=True, mask_at=1.0)
+    assert titles == ["original", "masked input", "reconstruction", "recon. + visible", "GPA heatmap", "mask at progress 1.00"]
+    out = visualize.with_titles(grid, titles)
+    band = out.shape[0] - grid.shape[0]
+    assert out.shape[1:] == grid.shape[1:] and band >= 12
+    np.testing.assert_array_equal(out[band:], grid)  # the cells are untouched, below the band
+    for j in range(6):  # every column's part of the band has dark text in it
+        assert (out[:band, j * 32:(j + 1) * 32].max(-1) < 128).sum() > 5, titles[j]
+    assert visualize.column_titles(gpa=False) == titles[:4]
+    with pytest.raises(ValueError, match="5 columns"):
+        visualize.with_titles(grid, titles[:5])
 
 
 @pytest.fixture(scope="module")
@@ -161,16 +186,19 @@ def test_visualize_command_writes_the_grid_and_curves(tiny_run, tmp_path):
 
     wd, c = tiny_run
     assert cli.main(["mimjax", "visualize", "--workdir", wd, "--out", str(tmp_path), "--num_images", "3"]) == 0
-    grid = np.asarray(Image.open(tmp_path / "reconstruction.png"))
+    png = np.asarray(Image.open(tmp_path / "reconstruction.png"))
     cell_px = 32 * (128 // 32)  # the 32 px images are magnified 4x
-    # 3 rows; original | masked | reconstruction | pasted | GPA heatmap | mask at progress 1
-    assert grid.shape == (3 * cell_px, 6 * cell_px, 3)
+    # a title band, then 3 rows; original | masked | reconstruction | pasted | GPA heatmap | mask at progress 1
+    band = png.shape[0] - 3 * cell_px
+    assert png.shape[1:] == (6 * cell_px, 3) and 12 <= band <= 40
+    assert (png[:band].max(-1) < 128).sum() > 50  # the titles are drawn
+    grid = png[band:]
     for row in range(3):  # 75% of 16 patches are masked, shown grey; the original has none
         assert grey_patches(grid, row, 1, cell_px, 4) == 12
         assert grey_patches(grid, row, 5, cell_px, 4) == 12
         assert grey_patches(grid, row, 0, cell_px, 4) == 0
     curves = Image.open(tmp_path / "curves.png")
-    assert curves.size[1] == 200 and curves.size[0] >= 320
+    assert curves.size[1] == 300 and curves.size[0] >= 400
 
 
 def test_visualize_command_on_own_images_and_bad_input(tiny_run, tmp_path, capsys):
@@ -181,7 +209,8 @@ def test_visualize_command_on_own_images_and_bad_input(tiny_run, tmp_path, capsy
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), np.uint8)).save(img)
     out = tmp_path / "out"
     assert cli.main(["mimjax", "visualize", "--workdir", wd, "--out", str(out), "--images", str(img), "--progress", "0"]) == 0
-    assert np.asarray(Image.open(out / "reconstruction.png")).shape == (128, 6 * 128, 3)
+    shape = np.asarray(Image.open(out / "reconstruction.png")).shape
+    assert shape[1:] == (6 * 128, 3) and 128 + 12 <= shape[0] <= 128 + 40
     assert cli.main(["mimjax", "visualize", "--workdir", wd, "--out", str(out), "--progress", "1.5"]) == 2
     assert "--progress=1.5: expected a value in [0, 1]" in capsys.readouterr().err
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
