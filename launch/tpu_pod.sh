@@ -2,7 +2,7 @@
 # mimjax on a Cloud TPU VM pod slice: installs on every worker, then starts one process per
 # worker; jax.distributed finds the other workers by itself (--distributed=auto).
 # Needs: gcloud configured for the project; a TPU VM slice (e.g. v4-32) already created;
-#        WORKDIR on a filesystem every worker sees at the same path (NFS, or a bucket mounted with gcsfuse).
+#        WORKDIR on a filesystem every worker sees at the same path (NFS), or gs://BUCKET/PATH directly.
 # Usage:   launch/tpu_pod.sh TPU_NAME ZONE CONFIG WORKDIR [--config.key=value ...]
 # Example: launch/tpu_pod.sh my-v4-32 us-central2-b configs/mae.py:vit_large_patch16 /mnt/shared/mae_l16 \
 #              --config.data.data_dir=/mnt/shared/tensorflow_datasets --config.model.dtype=bfloat16

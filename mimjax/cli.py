@@ -39,7 +39,8 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
 METAVARS = {"workdir": "DIR", "out": "PATH", "in": "PATH", "coordinator_address": "HOST:PORT", "dataset": "SOURCE",
             "test_dataset": "SOURCE", "data_dir": "DIR", "images": "FILE", "name": "ARCH", "train_split": "SPLIT",
-            "test_split": "SPLIT"}
+            "test_split": "SPLIT", "train_tar": "FILE", "val_tar": "FILE", "val_labels": "FILE", "folder": "DIR",
+            "val_folder": "DIR"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,12 +88,13 @@ def _define_classifier(example: str, out_help: str):
 
 def _define_knn(fv, argv):
     flags.DEFINE_string("workdir", None, "The pre-training workdir (or `mimjax import` directory).", flag_values=fv)
-    flags.DEFINE_string("dataset", "embedded_faces", "embedded_faces | tfds:NAME | folder:PATH. embedded_faces "
+    flags.DEFINE_string("dataset", "embedded_faces", "embedded_faces | tfds:NAME | arrayrecord:PATH (mimjax prepare "
+                        "imagenet; --test_split validation) | folder:PATH. embedded_faces "
                         "(100 faces, 100 other crops) is split deterministically: every 4th image is a test "
                         "image.", flag_values=fv)
     flags.DEFINE_string("test_dataset", "", "A separate test set (folder:PATH or tfds:NAME).", flag_values=fv)
-    flags.DEFINE_string("train_split", "train", "Training split (tfds).", flag_values=fv)
-    flags.DEFINE_string("test_split", "test", "Test split (tfds).", flag_values=fv)
+    flags.DEFINE_string("train_split", "train", "Training split (tfds, arrayrecord).", flag_values=fv)
+    flags.DEFINE_string("test_split", "test", "Test split (tfds, arrayrecord: validation).", flag_values=fv)
     flags.DEFINE_string("data_dir", "", "TFDS data directory.", flag_values=fv)
     flags.DEFINE_enum("pool", "token", ["token", "avg"], "Features: the normed cls token or the mean patch token.",
                       flag_values=fv)
@@ -108,16 +110,37 @@ def _define_export(fv, argv):
                         flag_values=fv)
     flags.DEFINE_enum("format", None, ["timm", "mae"], "timm: a timm VisionTransformer (encoder); mae: the "
                       "official MAE layout (encoder + decoder).", flag_values=fv)
-    flags.DEFINE_string("out", None, "F.safetensors (default) or F.pth; F.json is written next to it.",
-                        flag_values=fv)
+    flags.DEFINE_string("out", None, "DIR: a timm / Hugging Face folder (DIR/model.safetensors + DIR/config.json); "
+                        "or one file, F.safetensors or F.pth, with F.json next to it.", flag_values=fv)
     flags.DEFINE_enum("pool", "token", ["token", "avg"], "timm global_pool layout.", flag_values=fv)
 
 
 def _define_import(fv, argv):
-    flags.DEFINE_string("in", None, "F.pth (torch.load weights_only) or F.safetensors.", flag_values=fv)
+    flags.DEFINE_string("in", None, "F.pth (torch.load weights_only), F.safetensors, or an export folder "
+                        "(DIR/model.safetensors).", flag_values=fv)
     flags.DEFINE_string("out", None, "A new directory, usable as --config.teacher.path.", flag_values=fv)
     flags.DEFINE_string("name", "vit_base_patch16", "The architecture of the checkpoint.", flag_values=fv)
     flags.DEFINE_integer("img_size", 224, "Image size the position embeddings are for.", flag_values=fv)
+
+
+def _define_prepare_imagenet(fv, argv):
+    flags.DEFINE_string("out", None, "A new (or empty) directory: ArrayRecord shards + metadata.json; train with "
+                        "--config.data.source=arrayrecord:OUT.", flag_values=fv)
+    flags.DEFINE_string("train_tar", "", "ILSVRC2012_img_train.tar (a tar of per-class tars n01440764.tar ...).",
+                        flag_values=fv)
+    flags.DEFINE_string("val_tar", "", "ILSVRC2012_img_val.tar (flat ILSVRC2012_val_00000001.JPEG ...).",
+                        flag_values=fv)
+    flags.DEFINE_string("val_labels", "", "Validation labels: LOC_val_solution.csv, a text file of synset ids "
+                        "(one per line in image order, or `FILENAME SYNSET` lines), or the devkit "
+                        "ILSVRC2012_devkit_t12.tar.gz (needs scipy).", flag_values=fv)
+    flags.DEFINE_string("folder", "", "Instead of --train_tar: an ImageNet-style class-per-folder directory "
+                        "(train split).", flag_values=fv)
+    flags.DEFINE_string("val_folder", "", "Instead of --val_tar: a class-per-folder validation directory, or a "
+                        "flat one with --val_labels (Kaggle's CLS-LOC/val + LOC_val_solution.csv).", flag_values=fv)
+    flags.DEFINE_integer("examples_per_shard", 1024, "Images per ArrayRecord shard.", flag_values=fv)
+    flags.DEFINE_integer("workers", 0, "Threads that check (decode) images; 0 = the CPU count.", flag_values=fv)
+    flags.DEFINE_boolean("strict", False, "An unreadable image is an error (default: skipped, counted, listed in "
+                         "metadata.json and the summary).", flag_values=fv)
 
 
 def _define_visualize(fv, argv):
@@ -169,8 +192,13 @@ def _run_knn(fv) -> int:
 def _run_export(fv) -> int:
     from mimjax import interop
 
+    from mimjax.export import hub
+
     n = interop.export_weights(fv.workdir, fv.format, fv.out, pool=fv.pool)
-    print(f"wrote {fv.out} ({n} tensors) and {fv.out}.json")
+    if hub.is_folder_output(fv.out):
+        print(f"wrote {fv.out}/{hub.WEIGHTS_NAME} ({n} tensors) and {fv.out}/{hub.CONFIG_NAME}")
+    else:
+        print(f"wrote {fv.out} ({n} tensors) and {fv.out}.json")
     return 0
 
 
@@ -181,6 +209,16 @@ def _run_import(fv) -> int:
     decoder = interop.import_checkpoint(fv["in"].value, out, name=name, img_size=fv["img_size"].value)
     print(f"wrote {out} ({'encoder + decoder' if decoder else 'encoder'} of {name}); "
           f"use it with --config.teacher.source=checkpoint --config.teacher.path={out}")
+    return 0
+
+
+def _run_prepare_imagenet(fv) -> int:
+    from mimjax.data import imagenet
+
+    meta = imagenet.prepare(fv.out, train_tar=fv.train_tar, val_tar=fv.val_tar, val_labels=fv.val_labels,
+                            folder=fv.folder, val_folder=fv.val_folder, examples_per_shard=fv.examples_per_shard,
+                            workers=fv.workers, strict=fv.strict)
+    print(imagenet.summary(meta, fv.out))
     return 0
 
 
@@ -218,7 +256,7 @@ COMMANDS = {c.name: c for c in [
                                "(default: WORKDIR/linprobe)."),
             _run_linprobe, required=("config", "workdir"), config_keys="mimjax/eval/config.py"),
     Command("export", "Write a run's weights for PyTorch (timm or the official MAE layout).",
-            ("mimjax export --workdir W --format timm --out vit.safetensors [--pool avg]",
+            ("mimjax export --workdir W --format timm --out vit_b16 [--pool avg]   # timm.create_model('local-dir:vit_b16')",
              "mimjax export --workdir W --format mae --out mae_full.pth"),
             _define_export, _run_export, required=("workdir", "format", "out")),
     Command("import", "Convert a timm / MAE PyTorch checkpoint into a mimjax directory usable as teacher.path.",
@@ -228,10 +266,16 @@ COMMANDS = {c.name: c for c in [
             ("mimjax visualize --workdir W --out DIR",
              "mimjax visualize --workdir W --out DIR --images a.jpg b.png --progress 0.3"),
             _define_visualize, _run_visualize, required=("workdir", "out"), multi=("images",)),
+    Command("prepare imagenet", "Write ImageNet (official tars or class folders) as ArrayRecord shards for "
+            "data.source=arrayrecord:OUT; no TensorFlow.",
+            ("mimjax prepare imagenet --train_tar ILSVRC2012_img_train.tar --val_tar ILSVRC2012_img_val.tar "
+             "--val_labels LOC_val_solution.csv --out /data/imagenet_ar",
+             "mimjax prepare imagenet --folder /data/imagenet/train --val_folder /data/imagenet/val --out DIR"),
+            _define_prepare_imagenet, _run_prepare_imagenet, required=("out",)),
 ]}
 
 USAGE = "usage: mimjax <command> [flags]   (mimjax <command> --help for its flags)\n\ncommands:\n" + "".join(
-    f"  {name:<14}{c.summary.split(';')[0].rstrip('.')}\n                e.g. {c.examples[0]}\n"
+    f"  {name:<18}{c.summary.split(';')[0].rstrip('.')}\n                    e.g. {c.examples[0]}\n"
     for name, c in COMMANDS.items()) + "\n  mimjax --version"
 EVAL_USAGE = ("usage: mimjax eval knn|linprobe [flags]\n\n" + "".join(
     f"  {name:<14}{COMMANDS[name].summary}\n" for name in ("eval knn", "eval linprobe")))
@@ -486,6 +530,13 @@ def _execute(cmd: Command, fv) -> int:
         return _fail(prog, str(e), EXIT_INTERRUPTED)
     except KeyboardInterrupt:  # Ctrl-C outside a run loop (loading, compiling, evaluating): nothing to save
         return _fail(prog, "interrupted (Ctrl-C)", EXIT_INTERRUPTED)
+    except Exception as e:  # several processes: a collective failed because another one went away
+        from mimjax.parallel.distributed import lost_process_error
+
+        line = lost_process_error(e)
+        if line is None:
+            raise
+        return _fail(prog, line, 1)  # then JAX's shutdown names the lost process (SIGABRT, 134)
 
 
 def _command(args: list) -> tuple[Command | None, list, str | None]:
@@ -495,6 +546,8 @@ def _command(args: list) -> tuple[Command | None, list, str | None]:
         if len(args) < 2 or args[1].startswith("-"):
             return None, [], EVAL_USAGE
         name, args = f"eval {args[1]}", args[1:]
+    elif name == "prepare" and len(args) > 1 and not args[1].startswith("-"):  # mimjax prepare imagenet
+        name, args = f"prepare {args[1]}", args[1:]
     return COMMANDS.get(name), args[1:], None
 
 
@@ -524,7 +577,7 @@ def main(argv=None) -> int:
         print(text, file=sys.stdout if wants_help else sys.stderr)
         return 0 if wants_help else EXIT_USAGE
     if cmd is None:
-        name = " ".join(args[:2]) if args[0] == "eval" else args[0]
+        name = " ".join(args[:2]) if args[0] in ("eval", "prepare") else args[0]
         close = difflib.get_close_matches(name, list(COMMANDS) + ["eval"], n=1)
         return _fail("mimjax", f"unknown command {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
                      + "; mimjax --help lists the commands")

@@ -9,8 +9,7 @@ joins them to workdirs and checkpoints.
 """
 from __future__ import annotations
 
-import os
-
+from mimjax import paths
 from mimjax import workdir as workdir_lib
 from mimjax.errors import UsageError
 
@@ -18,12 +17,20 @@ FORMATS = ("timm", "mae")
 
 
 def export_weights(workdir: str, fmt: str, out: str, pool: str = "token") -> int:
-    """Writes a run's latest weights as a timm or official-MAE state dict (OUT: .safetensors
-    or .pth) and OUT.json (architecture, normalisation); returns the number of tensors."""
+    """Writes a run's latest weights as a timm or official-MAE state dict: OUT a folder
+    (OUT/model.safetensors + OUT/config.json, the Hugging Face / timm layout of
+    `mimjax.export.hub`), or the single file OUT.safetensors / OUT.pth with OUT.json
+    (architecture, normalisation); returns the number of tensors."""
     from mimjax import export
+    from mimjax.data.augment import EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD
+    from mimjax.export import hub
 
     if fmt not in FORMATS:
         raise UsageError(f"--format={fmt}: expected one of {', '.join(FORMATS)}")
+    paths.check_reachable(workdir, "--workdir")  # gs://...: one line before any work
+    paths.check_reachable(out, "--out")
+    if hub.is_folder_output(out) and paths.exists(out) and not paths.isdir(out):
+        raise UsageError(f"--out {out!r} is a file: expected a folder, or a name ending in .safetensors or .pth")
     mc = workdir_lib.model_config(workdir)
     if mc is None:
         raise UsageError(f"{workdir!r} has no config.json; is it a mimjax workdir?")
@@ -33,10 +40,17 @@ def export_weights(workdir: str, fmt: str, out: str, pool: str = "token") -> int
         sd = export.to_timm_state_dict(params, name, img_size=mc.img_size, global_pool=pool)
     else:
         sd = export.to_mae_state_dict(params, name, img_size=mc.img_size)
-    meta = {"format": fmt, "name": name, "global_pool": pool,
-            "architecture": export.architecture(params, mc.img_size), "norm_pix_loss": mc.norm_pix_loss,
-            "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "source_workdir": os.path.abspath(workdir)}
-    export.save_state_dict(sd, out, meta)
+    arch = export.architecture(params, mc.img_size)
+    meta = {"format": fmt, "name": name, "global_pool": pool, "architecture": arch,
+            "norm_pix_loss": mc.norm_pix_loss, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "source_workdir": paths.absolute(workdir)}
+    if not hub.is_folder_output(out):
+        export.save_state_dict(sd, out, meta)
+    elif fmt == "timm":
+        hub.save_folder(sd, out, hub.timm_config(arch, global_pool=pool, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                                                 crop_pct=EVAL_CROP_FRACTION, extra=meta))
+    else:  # the official MAE layout is no timm model: the folder's config.json is our record
+        hub.save_folder(sd, out, {"architecture": f"mae_{name}", **meta})
     return len(sd)
 
 
@@ -45,13 +59,16 @@ def import_checkpoint(inp: str, out: str, name: str = "vit_base_patch16", img_si
     mimjax directory OUT (config.json + checkpoints/0) usable as teacher.path; returns
     whether it holds the MAE decoder too."""
     from mimjax import export
+    from mimjax.export import hub
     from mimjax.train import checkpoint
     from mimjax.train import config as config_lib
 
-    if os.path.exists(workdir_lib.checkpoints_dir(out)):
+    paths.check_reachable(inp, "--in")
+    paths.check_reachable(out, "--out")
+    if paths.exists(workdir_lib.checkpoints_dir(out)):
         raise UsageError(f"{out!r} already holds checkpoints; choose a new directory")
     try:
-        params = export.from_torch_state_dict(export.load_state_dict(inp), name, img_size=img_size)
+        params = export.from_torch_state_dict(export.load_state_dict(hub.weights_in(inp)), name, img_size=img_size)
     except ValueError as e:
         raise UsageError(str(e)) from e
     c = config_lib.base_config()
@@ -61,7 +78,7 @@ def import_checkpoint(inp: str, out: str, name: str = "vit_base_patch16", img_si
         c.model.decoder_depth = len(params["decoder_blocks"])
     workdir_lib.write_config(out, c)
     ck = checkpoint.Checkpointer(workdir_lib.checkpoints_dir(out), async_save=False)
-    ck.save(0, {"params": params}, {"imported_from": os.path.abspath(inp)})
+    ck.save(0, {"params": params}, {"imported_from": paths.absolute(inp)})
     ck.wait()
     ck.close()
     return "decoder_blocks" in params

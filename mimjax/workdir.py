@@ -6,6 +6,9 @@
 
 A directory written by `mimjax import` has the same shape (config.json + checkpoints/0/),
 so it serves wherever a pre-training workdir does (teacher.path, finetune, eval, export).
+
+A workdir may be local or on an object store ("gs://bucket/run"): every path goes through
+mimjax.paths (etils.epath). On gs:// the run lock is not enforced (see RunLock).
 """
 from __future__ import annotations
 
@@ -14,35 +17,35 @@ import os
 
 import ml_collections
 
+from mimjax import paths
+
 CONFIG = "config.json"
 CHECKPOINTS = "checkpoints"
 
 
 def config_path(workdir: str) -> str:
-    return os.path.join(workdir, CONFIG)
+    return paths.join(workdir, CONFIG)
 
 
 def checkpoints_dir(workdir: str) -> str:
-    return os.path.join(workdir, CHECKPOINTS)
+    return paths.join(workdir, CHECKPOINTS)
 
 
 def is_workdir(path: str) -> bool:
     """True when `path` holds config.json and checkpoints/ (a run or an imported model)."""
-    return os.path.isfile(config_path(path)) and os.path.isdir(checkpoints_dir(path))
+    return paths.isfile(config_path(path)) and paths.isdir(checkpoints_dir(path))
 
 
 def read_config(workdir: str) -> ml_collections.ConfigDict | None:
     """The workdir's config.json as a ConfigDict, or None if there is none."""
-    if not os.path.isfile(config_path(workdir)):
+    if not paths.isfile(config_path(workdir)):
         return None
-    with open(config_path(workdir)) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(json.loads(paths.read_text(config_path(workdir))))
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
-    os.makedirs(workdir, exist_ok=True)
-    with open(config_path(workdir), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    paths.makedirs(workdir)
+    paths.write_text(config_path(workdir), config.to_json_best_effort(indent=2))
 
 
 def model_config(workdir: str) -> ml_collections.ConfigDict | None:
@@ -91,6 +94,11 @@ SAFE = {
     "model.scan": "compute only (the same parameters; dropout draws its randomness differently)",
     "model.attention": "compute only (the same parameters, up to float rounding)",
     "model.dtype": "compute only (parameters stay float32; the numerics change with the compute dtype)",
+    "model.init_from": "ignored on resume: the run continues from its checkpoint (init_from applies at a fresh start)",
+    "writers": "only where metrics are written",
+    "wandb.": "only where metrics are written",
+    "eval.": "only the k-NN evaluation during training (the trajectory is the same)",
+    "profile.": "only which steps are profiled",
 }
 HISTORY = "config_history.jsonl"  # one line per start: {"started", "host", "pid", "changes", "config"}
 LOCK = "run.lock"
@@ -117,8 +125,8 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def _same(key: str, a, b) -> bool:
     if a == b:
         return True
-    if key in ("init", "teacher.path") and isinstance(a, str) and isinstance(b, str) and a and b:
-        return os.path.normpath(a) == os.path.normpath(b)
+    if key in ("init", "teacher.path", "model.init_from") and isinstance(a, str) and isinstance(b, str) and a and b:
+        return paths.normpath(a) == paths.normpath(b)
     return False
 
 
@@ -136,7 +144,10 @@ def config_changes(saved: dict, new: dict) -> tuple[list, list]:
 def has_checkpoint(workdir: str) -> bool:
     """True when workdir/checkpoints/ holds a finalised step (a directory named by a number)."""
     d = checkpoints_dir(workdir)
-    return os.path.isdir(d) and any(n.isdigit() and os.path.isdir(os.path.join(d, n)) for n in os.listdir(d))
+    if paths.is_remote(d):  # on an object store Orbax marks a finalised step with this file
+        return paths.isdir(d) and any(n.isdigit() and paths.exists(paths.join(d, n, "commit_success.txt"))
+                                      for n in paths.listdir(d))
+    return paths.isdir(d) and any(n.isdigit() and paths.isdir(paths.join(d, n)) for n in paths.listdir(d))
 
 
 def _as_json(config) -> dict:
@@ -165,16 +176,14 @@ def write_config_history(workdir: str, config, changes: list[str]) -> None:
     import datetime
     import socket
 
-    path = os.path.join(workdir, HISTORY)
+    path = paths.join(workdir, HISTORY)
     lines = []
-    if not os.path.exists(path) and os.path.isfile(config_path(workdir)):
-        with open(config_path(workdir)) as f:
-            lines.append({"started": None, "note": "config.json from before the history", "config": json.load(f)})
+    if not paths.exists(path) and paths.isfile(config_path(workdir)):
+        lines.append({"started": None, "note": "config.json from before the history",
+                      "config": json.loads(paths.read_text(config_path(workdir)))})
     lines.append({"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   "host": socket.gethostname(), "pid": os.getpid(), "changes": changes, "config": _as_json(config)})
-    with open(path, "a") as f:
-        for line in lines:
-            f.write(json.dumps(line) + "\n")
+    paths.append_text(path, "".join(json.dumps(line) + "\n" for line in lines))
 
 
 # --- One writer: the run lock -------------------------------------------------------------
@@ -189,9 +198,14 @@ class RunLock:
     Limitation: flock is only as good as the filesystem's locking: local disks and NFSv4
     (Linux emulates flock with POSIX locks there) honour it; some network or FUSE
     filesystems (gcsfuse, older NFS, some SMB mounts) accept it without locking across
-    hosts, and there two hosts could both run in one directory."""
+    hosts, and there two hosts could both run in one directory.
 
-    def __init__(self, path: str, fd: int):
+    Object stores (gs://...): there is no flock, and a lock object could not be told from
+    one left by a killed run (kill -9, a preempted VM), so none is taken: `acquire` logs a
+    warning that one writer is not enforced and returns a lock that holds nothing. Two runs
+    started in one gs:// workdir would both write to it; keep one run per directory."""
+
+    def __init__(self, path: str, fd: int | None):
         self.path, self.fd = path, fd
 
     @classmethod
@@ -205,6 +219,11 @@ class RunLock:
 
         from mimjax.schema import ConfigError
 
+        if paths.is_remote(workdir):
+            logging.getLogger("mimjax").warning(
+                "%s is on an object store: no run lock there (no flock), so one writer per directory "
+                "is not enforced; do not start a second run in it", workdir)
+            return cls(paths.join(workdir, LOCK), None)
         os.makedirs(workdir, exist_ok=True)
         path = os.path.join(workdir, LOCK)
         while True:
@@ -259,8 +278,11 @@ def _read_lock(fd: int) -> dict:
 
 
 def require_path(path, flag: str) -> None:
-    """An empty or whitespace-only directory flag is a ConfigError (not the current directory)."""
+    """An empty or whitespace-only directory flag is a ConfigError (not the current directory);
+    so is a remote one (gs://...) whose bucket cannot be reached (mimjax.paths.check_reachable)."""
     from mimjax.schema import ConfigError
 
     if path is not None and not str(path).strip():
         raise ConfigError(f"{flag}={path!r}: expected a directory path, not an empty one")
+    if path is not None:
+        paths.check_reachable(path, flag)

@@ -4,7 +4,7 @@
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh -m "not slow"`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export MIMJAX_TORCH=1 MIMJAX_DEV=1 HF_HUB_OFFLINE=1
+export MIMJAX_TORCH=1 MIMJAX_DEV=1 MIMJAX_WANDB=1 HF_HUB_OFFLINE=1
 source scripts/venv.sh
 # The tests run with the process environment of the `mimjax` command (huge-page malloc, XLA
 # CPU fast math: mimjax/procenv.py), as a user's run would.

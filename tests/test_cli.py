@@ -33,7 +33,8 @@ def one_line_error(status, stdout, stderr, prefix):
 
 
 def test_every_command_is_listed_and_has_a_help(capsys):
-    assert set(cli.COMMANDS) == {"train", "finetune", "eval knn", "eval linprobe", "export", "import", "visualize"}
+    assert set(cli.COMMANDS) == {"train", "finetune", "eval knn", "eval linprobe", "export", "import", "visualize",
+                                 "prepare imagenet"}
 
 
 @pytest.mark.parametrize("name", list(cli.COMMANDS))
@@ -91,7 +92,8 @@ def test_python_m_mimjax_train_is_the_same_command():
 
 def test_missing_config_file_names_the_path():
     line = one_line_error(*mimjax("train", "--config", "nosuch.py", "--workdir", "/tmp/x"), "mimjax train")
-    assert line == "mimjax train: config file 'nosuch.py' not found (--config nosuch.py)"
+    assert line == ("mimjax train: config file 'nosuch.py' not found (--config nosuch.py); the packaged recipes are "
+                    "demo, finetune, gpa_mae, linprobe, mae, simmim")
     line = one_line_error(*mimjax("eval", "linprobe", "--config", "configs/nosuch.py:runlocal", "--workdir", "W"),
                           "mimjax eval linprobe")
     assert "'configs/nosuch.py' not found" in line

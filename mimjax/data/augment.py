@@ -5,6 +5,13 @@ ratio=(3/4, 4/3), bicubic) with torchvision's algorithm (10 tries, then a center
 horizontal flip with p = 0.5, /255 and ImageNet mean/std. Evaluation: resize the shorter
 side to int(size / 0.875) (bicubic), center crop `size`, mean/std. PIL's resize is the
 one torchvision calls for PIL images, so crops match torchvision pixel for pixel.
+
+The pipeline's training path for encoded JPEGs (`train_crop_uint8`) decodes with
+libjpeg-turbo through simplejpeg (the same pixels as PIL's decoder, measured equal, but
+without PIL's buffer copies), draws the box from the header's size, and uses libjpeg's
+DCT scaling (1/2, 1/4, 1/8: the SIMD ones; 3/4 etc. were measured slower than a full
+decode) when the crop stays >= 2 x `size` on both sides at that scale. It returns uint8:
+normalisation is `normalize` on a whole batch (host) or on the device (prefetch.py).
 """
 from __future__ import annotations
 
@@ -12,6 +19,11 @@ import math
 
 import numpy as np
 from PIL import Image
+
+try:  # libjpeg-turbo without PIL's copies; optional: without it PIL decodes
+    import simplejpeg
+except ImportError:  # pragma: no cover - simplejpeg is in requirements.txt
+    simplejpeg = None
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,15 +58,116 @@ def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator, 
                         ratio=(3 / 4, 4 / 3)) -> np.ndarray:
     """uint8 [H, W, 3] -> uint8 [size, size, 3]: crop `crop_box`, then bicubic resize (crop
     first, as torchvision does: PIL's resize(box=...) would filter across the box edge)."""
-    top, left, h, w = crop_box(rng, image.shape[0], image.shape[1], scale, ratio)
+    return resized_crop(image, crop_box(rng, image.shape[0], image.shape[1], scale, ratio), size)
+
+
+def resized_crop(image: np.ndarray, box, size: int) -> np.ndarray:
+    """uint8 [H, W, 3], box (top, left, h, w) -> uint8 [size, size, 3] (torchvision's
+    F.resized_crop on PIL images: crop, then bicubic resize)."""
+    top, left, h, w = box
     crop = Image.fromarray(np.ascontiguousarray(image[top:top + h, left:left + w]))
     return np.asarray(crop.resize((size, size), Image.BICUBIC))
 
 
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) of a JPEG that `decode_jpeg_crop` can decode as PIL would (baseline
+    or progressive YCbCr / grayscale, no EXIF rotation), else None (use PIL)."""
+    if simplejpeg is None or data[:2] != b"\xff\xd8":
+        return None
+    try:
+        h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    if colorspace not in ("YCbCr", "Gray"):  # CMYK / YCCK: PIL's Adobe handling
+        return None
+    if b"Exif\x00\x00" in data[:65536] and _exif_orientation(data) not in (0, 1):
+        return None  # the folder path rotates by EXIF (sources.to_rgb_uint8)
+    return h, w
+
+
+def _exif_orientation(data: bytes) -> int:
+    import io
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return int(im.getexif().get(0x0112, 1))
+    except Exception:  # noqa: BLE001 - unreadable EXIF: let PIL's path decide
+        return -1
+
+
+DCT_MARGIN = 2  # decode at >= 2x the output size: the bicubic resize still antialiases
+
+
+def dct_factor(h: int, w: int, size: int) -> int:
+    """The largest of 8, 4, 2, 1 (libjpeg's SIMD-accelerated scalings) such that an h x w
+    crop scaled by 1/f is still >= DCT_MARGIN x size on both sides. At margin 1 (only >=
+    size) a 224 px crop differed from torchvision's by 0.66 uint8 levels on average at 1/4
+    scale, 3-4 levels for crops resized almost 1:1; at margin 2 by 0.22 (bench/input.py)."""
+    for f in (8, 4, 2):
+        if min(h, w) >= DCT_MARGIN * size * f:
+            return f
+    return 1
+
+
+def decode_jpeg_crop(data: bytes, height: int, width: int, box, size: int) -> np.ndarray:
+    """A JPEG of `height` x `width` -> uint8 [size, size, 3] of the crop `box` (top, left,
+    h, w in full-size pixels). At factor 1 this is exactly `resized_crop(decode(data))`;
+    with DCT scaling the box is mapped to the smaller image (fractional, PIL's
+    resize(box=...) on the crop's pixels plus the partial ones at its edge). Raises
+    ValueError on a corrupt or truncated JPEG (libjpeg warnings included)."""
+    top, left, h, w = box
+    f = dct_factor(h, w, size)
+    if f == 1:
+        return resized_crop(simplejpeg.decode_jpeg(data, "RGB"), box, size)
+    a = simplejpeg.decode_jpeg(data, "RGB", min_height=-(-height // f), min_width=-(-width // f))
+    sy, sx = a.shape[0] / height, a.shape[1] / width
+    fy0, fx0, fy1, fx1 = top * sy, left * sx, (top + h) * sy, (left + w) * sx
+    y0, x0 = int(fy0), int(fx0)
+    y1, x1 = min(a.shape[0], math.ceil(fy1)), min(a.shape[1], math.ceil(fx1))
+    crop = Image.fromarray(np.ascontiguousarray(a[y0:y1, x0:x1]))
+    return np.asarray(crop.resize((size, size), Image.BICUBIC, box=(fx0 - x0, fy0 - y0, fx1 - x0, fy1 - y0)))
+
+
+def train_crop_uint8(image, size: int, rng: np.random.Generator, scale=(0.2, 1.0), decode=None) -> np.ndarray:
+    """MAE's training crop without normalisation: uint8 [H, W, 3] or encoded bytes ->
+    uint8 [size, size, 3] (random resized crop, then flip with p = 0.5). `rng` draws as in
+    `train_transform` (box, then flip), so both give the same crops. Bytes that
+    `jpeg_size` accepts take `decode_jpeg_crop`; if libjpeg then fails (corrupt data)
+    or for other formats, `decode(bytes) -> uint8 array` (which may raise: unreadable)."""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        data, hw = bytes(image), jpeg_size(image)
+        if hw is not None:
+            box = crop_box(rng, hw[0], hw[1], scale)
+            try:
+                out = decode_jpeg_crop(data, hw[0], hw[1], box, size)
+            except ValueError:  # corrupt or truncated: PIL decides (decodes or raises)
+                out = resized_crop(decode(data), box, size)
+        else:
+            image = decode(data)
+            out = random_resized_crop(image, size, rng, scale)
+    else:
+        out = random_resized_crop(image, size, rng, scale)
+    if rng.uniform() < 0.5:
+        out = out[:, ::-1]
+    return out
+
+
+def normalize_coefficients(mean=IMAGENET_MEAN, std=IMAGENET_STD) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (shift, scale) [3] with (x / 255 - mean) / std == (x - shift) * scale (up to
+    float32 rounding, < 4e-7). A subtraction, then a multiplication: a form no compiler
+    fuses into an FMA, so the host (`normalize`) and the device (prefetch.normalize_images)
+    compute the same float32 numbers bit for bit."""
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    return (255.0 * mean).astype(np.float32), (1.0 / (255.0 * std)).astype(np.float32)
+
+
 def normalize(image_uint8: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
-    """uint8 [..., 3] -> float32 [..., 3], (x / 255 - mean) / std."""
-    x = image_uint8.astype(np.float32) / 255.0
-    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    """uint8 [..., 3] -> float32 [..., 3], (x / 255 - mean) / std (as (x - shift) * scale)."""
+    shift, scale = normalize_coefficients(mean, std)
+    x = image_uint8.astype(np.float32)
+    x -= shift
+    x *= scale
+    return x
 
 
 def denormalize(x, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
@@ -67,15 +180,17 @@ def train_transform(image: np.ndarray, size: int, rng: np.random.Generator,
                     scale=(0.2, 1.0)) -> np.ndarray:
     """uint8 [H, W, 3] -> float32 [size, size, 3]: random resized crop, flip (p = 0.5),
     normalise. Draws from `rng` in a fixed order (crop, then flip)."""
-    out = random_resized_crop(image, size, rng, scale)
-    if rng.uniform() < 0.5:
-        out = out[:, ::-1]
-    return normalize(out)
+    return normalize(train_crop_uint8(image, size, rng, scale))
 
 
 def eval_transform(image: np.ndarray, size: int) -> np.ndarray:
     """uint8 [H, W, 3] -> float32 [size, size, 3]: shorter side to int(size / 0.875)
     (bicubic; the longer side scaled and truncated as torchvision's Resize), center crop."""
+    return normalize(eval_crop_uint8(image, size))
+
+
+def eval_crop_uint8(image: np.ndarray, size: int) -> np.ndarray:
+    """`eval_transform` without the normalisation: uint8 [size, size, 3]."""
     h, w = image.shape[:2]
     short = int(size / EVAL_CROP_FRACTION)
     if h <= w:
@@ -84,4 +199,4 @@ def eval_transform(image: np.ndarray, size: int) -> np.ndarray:
         nh, nw = int(short * h / w), short
     im = Image.fromarray(image).resize((nw, nh), Image.BICUBIC)
     top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))  # torchvision CenterCrop
-    return normalize(np.asarray(im)[top:top + size, left:left + size])
+    return np.asarray(im)[top:top + size, left:left + size]

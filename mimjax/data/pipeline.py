@@ -39,7 +39,7 @@ def _unreadable_reason(data: bytes, e: Exception) -> str:
 
 
 class _Transform:
-    """(global position, record) -> {"image": float32 [S, S, 3], "label": int32}, or None
+    """(global position, record) -> {"image": uint8 [S, S, 3], "label": int32}, or None
     for an unreadable image (grain drops Nones), counted in `skipped` and named in a warning
     (once per file). Too many unreadable images raise `DataError` (see MAX_SKIPPED_SHARE).
 
@@ -83,32 +83,41 @@ class _Transform:
             raise self.failure
         position, record = item
         image = record["image"]
-        if isinstance(image, bytes):
+        label = np.int32(record.get("label", 0))
+        rng = np.random.default_rng((self.seed, position)) if self.train else None
+        if isinstance(image, bytes):  # encoded (folders, arrayrecord): decoded here, JPEG crops by libjpeg
             path = record.get("path", "?")
             if "error" in record:  # the source could not open it (e.g. deleted mid-run)
                 self._skip(path, record["error"])
                 return None
             try:
-                image = sources.decode(image)
+                if self.train:
+                    x = augment.train_crop_uint8(image, self.img_size, rng, self.crop_scale, decode=sources.decode)
+                else:
+                    x = augment.eval_crop_uint8(sources.decode(image), self.img_size)
             except Exception as e:  # noqa: BLE001 - any decoder failure: skip this file
                 self._skip(path, _unreadable_reason(image, e))
                 return None
             with self._lock:
                 self.read += 1
+            return {"image": x, "label": label}
         image = np.asarray(image)
         if image.ndim == 2 or image.shape[-1] == 1:  # grayscale TFDS sets (mnist: [28, 28, 1])
             image = np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=-1)
         image = image[..., :3].astype(np.uint8)  # drop alpha
         if self.train:
-            x = augment.train_transform(image, self.img_size, np.random.default_rng((self.seed, position)),
-                                        self.crop_scale)
+            x = augment.train_crop_uint8(image, self.img_size, rng, self.crop_scale)
         else:
-            x = augment.eval_transform(image, self.img_size)
-        return {"image": x, "label": np.int32(record.get("label", 0))}
+            x = augment.eval_crop_uint8(image, self.img_size)
+        return {"image": x, "label": label}
 
 
 class InputIterator:
     """Batches {"image": float32 [L, S, S, 3], "label": int32 [L]} of this process.
+
+    The images are augmented as uint8 and normalised per batch (`augment.normalize`);
+    with `host_uint8 = True` (set by DevicePrefetcher, which normalises on the device,
+    prefetch.py) the batches keep uint8 images: 4x less to copy and transfer.
 
     `get_state()` -> {"next_index", "seed", "global_batch_size", "process_count"}, plain
     ints (JSON), plus {"num_files", "files_hash"} for a folder source (`fingerprint()`).
@@ -122,13 +131,17 @@ class InputIterator:
         self._it, self._transform, self.num_records = grain_iter, transform, num_records
         self._config = {"seed": seed, "global_batch_size": global_batch_size, "process_count": process_count}
         self._fingerprint = dict(fingerprint or {})
+        self.host_uint8 = False
 
     def __iter__(self):
         return self
 
     def __next__(self):
         try:
-            return next(self._it)
+            batch = next(self._it)
+            if not self.host_uint8:
+                batch["image"] = augment.normalize(batch["image"])
+            return batch
         except Exception as e:
             if self._transform.failure is not None and e is not self._transform.failure:
                 raise self._transform.failure from e  # however grain wrapped it: the one-line DataError
@@ -169,7 +182,7 @@ class InputIterator:
 
 def make_pretrain_iterator(data_config, *, img_size: int, global_batch_size: int, seed: int,
                            process_index: int = 0, process_count: int = 1, train: bool = True,
-                           source=None, crop_scale=(0.2, 1.0)) -> InputIterator:
+                           source=None, crop_scale=(0.2, 1.0), num_threads: int = 0) -> InputIterator:
     """Batches of this process: train=True is infinite, reshuffled every epoch with the
     seed, augmented (`augment.train_transform`), full batches only; train=False is one pass
     in order with center crops (`augment.eval_transform`), the last partial batch kept.
@@ -180,6 +193,7 @@ def make_pretrain_iterator(data_config, *, img_size: int, global_batch_size: int
     process reads a disjoint shard, and 1 or 2 processes train on the same global batches.
     `source` overrides `make_source(data_config)`. crop_scale: RandomResizedCrop's area
     range, (0.2, 1) for MAE pre-training, (0.08, 1) for its linear probe and fine-tuning.
+    num_threads: grain reader threads that decode and augment (0: min(16, CPU count)).
     """
     if global_batch_size <= 0 or process_count <= 0 or global_batch_size % process_count:
         raise ValueError(f"batch_size={global_batch_size} is not divisible by the {process_count} processes")
@@ -198,13 +212,13 @@ def make_pretrain_iterator(data_config, *, img_size: int, global_batch_size: int
 
     num_local = (total // big) * local + max(0, min(total % big - process_index * local, local))
     root = getattr(src, "root", None)
-    transform = _Transform(img_size, train, seed, crop_scale, full_pass=-(-len(src) // process_count),
-                           what=f"data.folder={root!r}" if root else "the data source")
+    what = getattr(src, "what", None) or (f"data.folder={root!r}" if root else "the data source")
+    transform = _Transform(img_size, train, seed, crop_scale, full_pass=-(-len(src) // process_count), what=what)
     ds = grain.MapDataset.range(num_local).map(lambda m: (position(m), ordered[position(m)])).map(transform)
-    # Reader threads decode/augment ahead (PIL releases the GIL). The buffer holds finished
-    # float32 images (0.6 MB at 224 px): enough to keep the threads busy, bounded in memory,
+    # Reader threads decode/augment ahead (libjpeg and PIL release the GIL). The buffer holds
+    # finished uint8 images (0.15 MB at 224 px): enough to keep the threads busy, bounded in memory,
     # and small because iterators are also made for a single batch.
-    threads = min(16, os.cpu_count() or 1)
+    threads = num_threads or min(16, os.cpu_count() or 1)
     options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(4 * threads, min(2 * local, 256)))
     it = ds.to_iter_dataset(options).batch(local, drop_remainder=train)
     return InputIterator(iter(it), transform, len(src), seed=seed, global_batch_size=global_batch_size,

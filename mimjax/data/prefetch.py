@@ -4,6 +4,28 @@ from __future__ import annotations
 import collections
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mimjax.data import augment
+
+
+_SHIFT, _SCALE = augment.normalize_coefficients()
+
+
+@jax.jit
+def normalize_images(x):
+    """uint8 [..., 3] -> float32, (x / 255 - mean) / std: `augment.normalize` on the device,
+    the one jitted place where a uint8 batch becomes the model's input (elementwise, so the
+    batch keeps its sharding). The same float32 subtraction and multiplication as NumPy's
+    (bit-equal, tested)."""
+    return (x.astype(jnp.float32) - _SHIFT) * _SCALE
+
+
+def _normalized(batch):
+    if "image" in batch and np.dtype(batch["image"].dtype) == np.uint8:
+        return {**batch, "image": normalize_images(batch["image"])}
+    return batch
 
 
 def device_put_fn(sharding=None):
@@ -24,10 +46,14 @@ class DevicePrefetcher:
     The inner iterator runs `size` batches ahead, so its own state is not the resume
     point; `get_state()` here is the input state right after the last batch handed out,
     and `set_state()` drops the prefetched batches and moves the inner iterator there.
+    An `InputIterator` is switched to uint8 batches (`host_uint8`): they travel as uint8
+    and become float32 here, on the device (`normalize_images`), equal to the host's.
     """
 
     def __init__(self, iterator, size: int = 2, put=None):
         self.iterator, self.size, self.put = iterator, max(size, 1), put or jax.device_put
+        if hasattr(iterator, "host_uint8"):  # uint8 batches, normalised on the device (normalize_images)
+            iterator.host_uint8 = True
         self._queue = collections.deque()
         self._consumed_state = iterator.get_state()
 
@@ -37,7 +63,7 @@ class DevicePrefetcher:
     def __next__(self):
         while len(self._queue) < self.size:
             batch = next(self.iterator)
-            self._queue.append((self.put(batch), self.iterator.get_state()))
+            self._queue.append((_normalized(self.put(batch)), self.iterator.get_state()))
         batch, self._consumed_state = self._queue.popleft()
         return batch
 

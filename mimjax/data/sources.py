@@ -17,6 +17,9 @@ counted there instead of failing inside a source. Sources:
   faces -> label 1, the other 100 background -> label 0). Chosen over scikit-learn's
   digits so that no extra dependency is needed.
 - synthetic: random images, deterministic per index, for benchmarks.
+- arrayrecord:PATH: a directory written by `mimjax prepare imagenet` (ArrayRecord shards of
+  the encoded images + labels, metadata.json; `data.split` picks train or validation). Items
+  are file bytes as for folders (mimjax/data/imagenet.py).
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ EMBEDDED_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "
                    "coins.png", "moon.png", "grass.png", "gravel.png", "brick.png", "clock_motion.png",
                    "cell.png")
 EMBEDDED_CROPS_PER_PHOTO = 64  # virtual epoch: 17 photos x 64 crops
-SOURCES = ("embedded", "embedded_faces", "tfds", "folder", "synthetic")
+SOURCES = ("embedded", "embedded_faces", "tfds", "folder", "synthetic", "arrayrecord:PATH")
 
 
 def to_rgb_uint8(im: Image.Image) -> np.ndarray:
@@ -194,8 +197,12 @@ def tfds_source(name: str, split: str = "train", data_dir: str | None = None, ma
 def make_source(data_config):
     """The source a `data` config names. Keys read (attribute access; "" and None both mean
     unset): source, and per source: tfds: name, split, data_dir, manual_dir; folder:
-    folder; synthetic: synthetic_size."""
+    folder; synthetic: synthetic_size; arrayrecord:PATH: split."""
     kind = data_config.source
+    if kind.startswith("arrayrecord:"):
+        from mimjax.data.imagenet import ArrayRecordImages
+
+        return ArrayRecordImages(kind.partition(":")[2], data_config.split or "train")
     if kind == "tfds":
         return tfds_source(data_config.name, data_config.split, data_config.data_dir, data_config.manual_dir)
     if kind == "folder":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from mimjax import data, parallel
+from mimjax import data, parallel, paths
 from mimjax.eval.config import ConfigError, validate
 from mimjax.train import loop
 from mimjax.train.schedule import Schedule, lr_schedule
@@ -158,7 +157,7 @@ def fit(c, out: str, build) -> dict:
                                 source=train_src, crop_scale=FINETUNE_CROP_SCALE)
     except ValueError as e:
         raise ConfigError(f"config.batch_size={c.batch_size}: {e}") from e
-    out = os.path.abspath(out)
+    out = paths.absolute(out)  # (gs://... unchanged)
 
     # --- Sharding, then the loop (mimjax/train/loop.py) ---------------------------------
     abstract = jax.eval_shape(task.init_state, task.encoder_params)
@@ -178,9 +177,8 @@ def fit(c, out: str, build) -> dict:
     if run.preempted:
         return {"task": task.name, "preempted": True, "steps": run.step}
     result = run.end
-    result.update(task=task.name, init=os.path.abspath(c.init), pool=c.pool, steps=run.step,
+    result.update(task=task.name, init=paths.absolute(c.init), pool=c.pool, steps=run.step,
                   num_train=len(train_src), num_classes=num_classes)
     if jax.process_index() == 0:
-        with open(os.path.join(out, f"{task.name}.json"), "w") as f:
-            json.dump(result, f, indent=2)
+        paths.write_text(paths.join(out, f"{task.name}.json"), json.dumps(result, indent=2))
     return result

@@ -133,8 +133,8 @@ def validate(c, *, num_devices: int = 1, process_count: int = 1) -> None:
         _fail("optimizer.layer_decay", o.layer_decay, "a factor in (0, 1] (1 = no layer-wise decay)")
     for key in ("b1", "b2", "momentum"):
         _in_range(f"optimizer.{key}", o[key], 0.0, 0.9999, "a decay rate in [0, 1)")
-    if d.source not in SOURCES:
-        _fail("data.source", d.source, ", ".join(SOURCES) + " (labelled data)")
+    if d.source not in SOURCES and not (d.source.startswith("arrayrecord:") and len(d.source) > 12):
+        _fail("data.source", d.source, ", ".join(SOURCES) + ", arrayrecord:PATH (labelled data)")
     for key in ("folder", "test_folder"):
         if (d[key] or (key == "folder" and d.source == "folder")) and not os.path.isdir(d[key]):
             _fail(f"data.{key}", d[key], "an existing class-per-folder directory of images")

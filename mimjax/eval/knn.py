@@ -8,29 +8,14 @@ are L2-normalised, and every test image votes with its k nearest training images
 """
 from __future__ import annotations
 
-import functools
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-@functools.partial(jax.jit, static_argnames=("k", "num_classes"))
-def knn_scores(train_feats, train_labels, test_feats, *, k: int = 20, temperature: float = 0.07,
-               num_classes: int):
-    """train_feats [M, D], train_labels int [M], test_feats [T, D] -> class scores [T, C].
-
-    Features are L2-normalised here; score_c = sum over the k most similar training
-    images of label c of exp(cos / temperature)."""
-    tr = train_feats / jnp.linalg.norm(train_feats, axis=-1, keepdims=True)
-    te = test_feats / jnp.linalg.norm(test_feats, axis=-1, keepdims=True)
-    sim = te @ tr.T  # [T, M]
-    top_sim, top_idx = jax.lax.top_k(sim, k)  # [T, k]
-    weights = jnp.exp(top_sim / temperature)
-    onehot = jax.nn.one_hot(train_labels[top_idx], num_classes)  # [T, k, C]
-    return jnp.einsum("tk,tkc->tc", weights, onehot)
+# The jitted scoring, shared with the k-NN during pre-training (mimjax.train never imports mimjax.eval).
+from mimjax.train.knn_eval import knn_scores
 
 
 def knn_accuracy(train_feats, train_labels, test_feats, test_labels, *, k: int = 20,
@@ -89,8 +74,9 @@ def run_knn(workdir: str, dataset: str = "embedded_faces", *, test_dataset: str 
         feats.append(extract_features(model.encoder, params["encoder"], it, pool))
     (tr_x, tr_y), (te_x, te_y) = feats
     result = knn_accuracy(tr_x, tr_y, te_x, te_y, k=k, temperature=temperature)
-    result.update(workdir=os.path.abspath(workdir), dataset=dataset, pool=pool, random_init=random_init)
+    from mimjax import paths
+
+    result.update(workdir=paths.absolute(workdir), dataset=dataset, pool=pool, random_init=random_init)
     if not random_init:
-        with open(os.path.join(workdir, "knn.json"), "w") as f:
-            json.dump(result, f, indent=2)
+        paths.write_text(paths.join(workdir, "knn.json"), json.dumps(result, indent=2))
     return result

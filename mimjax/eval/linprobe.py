@@ -14,7 +14,6 @@ W/linprobe.json (top-1 / top-5 on the test split), as `eval knn` writes W/knn.js
 from __future__ import annotations
 
 import json
-import os
 
 import flax.linen as nn
 import jax
@@ -84,8 +83,9 @@ def linprobe(c, workdir: str | None, out: str | None = None) -> dict:
     c = c.copy_and_resolve_references()
     if workdir:
         c.init = workdir
-    result = fit(c, out or os.path.join(c.init, "linprobe"), build_linprobe)
+    from mimjax import paths
+
+    result = fit(c, out or paths.join(c.init, "linprobe"), build_linprobe)
     if jax.process_index() == 0:
-        with open(os.path.join(c.init, "linprobe.json"), "w") as f:
-            json.dump(result, f, indent=2)
+        paths.write_text(paths.join(c.init, "linprobe.json"), json.dumps(result, indent=2))
     return result

@@ -15,8 +15,7 @@ checkpoint is).
 """
 from __future__ import annotations
 
-import os
-
+from mimjax import paths as paths_lib
 from mimjax import workdir as workdir_lib
 from mimjax.errors import UsageError
 
@@ -32,7 +31,7 @@ def _own_images(paths, img_size: int):
     out = []
     for p in paths:
         try:
-            with Image.open(p) as im:
+            with paths_lib.open_file(p, "rb") as f, Image.open(f) as im:  # local or gs://
                 out.append(eval_transform(to_rgb_uint8(im), img_size))
         except (OSError, ValueError) as e:
             raise ValueError(f"--images {p!r} is not a readable image: {e}") from e
@@ -43,6 +42,8 @@ def visualize(workdir: str, out: str, images=(), num_images: int = 4, progress: 
               mask_progress: float = 1.0, seed: int = 0) -> list[str]:
     """Writes OUT/reconstruction.png (and OUT/curves.png when WORKDIR has metrics.jsonl);
     returns the paths written. Raises UsageError (one line) for input that cannot be used."""
+    paths_lib.check_reachable(workdir, "--workdir")  # gs://...: one line before any work
+    paths_lib.check_reachable(out, "--out")
     saved_cfg = workdir_lib.read_config(workdir)
     if saved_cfg is None:
         raise UsageError(f"{workdir!r} has no config.json; is it a mimjax workdir?")
@@ -77,12 +78,12 @@ def visualize(workdir: str, out: str, images=(), num_images: int = 4, progress: 
     result = snapshot(saved["params"], saved.get("ema_params", {}), frozen, batch, jax.random.key(seed), progress,
                       mask_progress)
     grid = step_lib.snapshot_grid(cfg, built.encoder, batch, result, max_images=len(batch), mask_at=mask_progress)
-    os.makedirs(out, exist_ok=True)
-    written = [os.path.join(out, "reconstruction.png")]
+    paths_lib.makedirs(out)
+    written = [paths_lib.join(out, "reconstruction.png")]
     pictures.save_png(written[0], grid)
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    if os.path.exists(metrics_path):
-        written.append(os.path.join(out, "curves.png"))
+    metrics_path = paths_lib.join(workdir, "metrics.jsonl")
+    if paths_lib.exists(metrics_path):
+        written.append(paths_lib.join(out, "curves.png"))
         pictures.plot_curves(metrics_path, written[-1])
     print(f"step {int(saved['step'])}, mask at progress {progress:.3f} "
           f"(last column {mask_progress:.3f}): wrote {', '.join(written)}")

@@ -1,38 +1,50 @@
 """State-dict files: `.safetensors` (no pickle) with a JSON sidecar, or `.pth` on request.
-Nothing here imports torch except `.pth` I/O."""
+Nothing here imports torch except `.pth` I/O. Paths may be local or gs://... (mimjax.paths:
+a remote file is written and read whole, as bytes)."""
 from __future__ import annotations
 
+import io
 import json
 import os
+
+from mimjax import paths
 
 
 def save_state_dict(state_dict: dict, path: str, meta: dict) -> None:
     """`.safetensors` (+ `<path>.json` with meta) or `.pth` (torch.save of tensors + meta json)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+    remote = paths.is_remote(path)
+    if not remote:
+        os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
     if path.endswith(".safetensors"):
-        from safetensors.numpy import save_file
+        from safetensors.numpy import save, save_file
 
-        save_file(state_dict, path, metadata={"mimjax": json.dumps(meta)})
+        if remote:
+            paths.write_bytes(path, save(state_dict, metadata={"mimjax": json.dumps(meta)}))
+        else:
+            save_file(state_dict, path, metadata={"mimjax": json.dumps(meta)})
     elif path.endswith(".pth"):
         import torch
 
-        torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, path)
+        buf = io.BytesIO() if remote else path
+        torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, buf)
+        if remote:
+            paths.write_bytes(path, buf.getvalue())
     else:
         raise ValueError(f"output {path!r}: expected a .safetensors or .pth file name")
-    with open(path + ".json", "w") as f:
-        json.dump(meta, f, indent=2)
+    paths.write_text(path + ".json", json.dumps(meta, indent=2))
 
 
 def load_state_dict(path: str) -> dict:
     """Tensors from `.safetensors` or `.pth` (torch.load with weights_only=True: no code runs;
     anything but tensors, possibly under a 'model' key, is refused)."""
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
         raise ValueError(f"{path!r} does not exist")
+    remote = paths.is_remote(path)
     if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
+        from safetensors.numpy import load, load_file
 
         try:
-            return load_file(path)
+            return load(paths.read_bytes(path)) if remote else load_file(path)
         except Exception as e:  # noqa: BLE001 - SafetensorError and friends: not a safetensors file
             raise ValueError(f"{path!r} is not a readable .safetensors file "
                              f"({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
@@ -42,7 +54,8 @@ def load_state_dict(path: str) -> dict:
         import torch
 
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            src = io.BytesIO(paths.read_bytes(path)) if remote else path
+            obj = torch.load(src, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - anything torch cannot load as plain tensors
             # torch's own text recommends weights_only=False (running the file's code): not quoted.
             why = ("it holds Python objects besides tensors" if isinstance(e, pickle.UnpicklingError)

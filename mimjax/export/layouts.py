@@ -129,10 +129,13 @@ def _count(sd, prefix: str) -> int:
     return i
 
 
-def from_torch_state_dict(state_dict, name: str, *, img_size: int = 224, decoder_heads: int = 16) -> dict:
+def from_torch_state_dict(state_dict, name: str, *, img_size: int = 224, decoder_heads: int = 16,
+                          arch: dict | None = None) -> dict:
     """timm ViT or official MAE state dict (optionally under a 'model' key) -> mimjax params:
     {'encoder': ...} plus the decoder when the dict has one. Missing, unexpected and
-    mis-shaped keys are listed by name in a ValueError; a classifier `head.*` is dropped."""
+    mis-shaped keys are listed by name in a ValueError; a classifier `head.*` is dropped.
+    arch: the encoder's patch_size / width / depth / num_heads where they differ from the
+    name's (a custom size, as `model.patch_size` etc. give)."""
     sd = dict(state_dict.get("model", state_dict)) if isinstance(state_dict, dict) else None
     if sd is None:
         raise ValueError(f"expected a dict of tensors, got {type(state_dict).__name__}")
@@ -141,9 +144,11 @@ def from_torch_state_dict(state_dict, name: str, *, img_size: int = 224, decoder
         log.info("dropping the classifier %s %s", k, sd.pop(k).shape)
     if name not in VIT_VARIANTS:
         raise ValueError(f"unknown ViT name {name!r}; expected one of {sorted(VIT_VARIANTS)}")
-    patch, width, depth, heads = VIT_VARIANTS[name]
+    arch = {k: v for k, v in (arch or {}).items() if v}
+    patch, width, depth, heads = (arch.get(k, v) for k, v in zip(("patch_size", "width", "depth", "num_heads"),
+                                                                  VIT_VARIANTS[name]))
     has_decoder = "decoder_embed.weight" in sd
-    expected = _expected_shapes(sd, name, img_size, has_decoder)
+    expected = _expected_shapes(sd, name, img_size, has_decoder, arch)
     problems = shape_mismatches({k: v.shape for k, v in sd.items()}, expected)
     if problems:
         raise ValueError(f"state dict does not match {name} ({'MAE' if has_decoder else 'timm'} layout, "
@@ -180,7 +185,7 @@ def _to_numpy(key, v):
     raise ValueError(f"state dict entry {key!r} is a {type(v).__name__}, not a tensor")
 
 
-def _expected_shapes(sd, name, img_size, has_decoder) -> dict:
+def _expected_shapes(sd, name, img_size, has_decoder, arch=None) -> dict:
     """The key -> shape table a state dict of this architecture has (from a zero model)."""
     import jax
     import jax.numpy as jnp
@@ -191,11 +196,11 @@ def _expected_shapes(sd, name, img_size, has_decoder) -> dict:
         dd = sd["decoder_embed.weight"].shape[0]
         dec_depth = _count(sd, "decoder_blocks.")
         model = mae("mae_" + name, img_size=img_size, decoder_width=dd, decoder_depth=max(dec_depth, 1),
-                    decoder_heads=_heads_for(dd), norm_pix_loss=True)
+                    decoder_heads=_heads_for(dd), norm_pix_loss=True, **(arch or {}))
         params = jax.eval_shape(lambda: init_mae(model, jax.random.key(0)))
         table = to_mae_state_dict(_zeros(params), name, img_size=img_size)
     else:
-        model = vit(name, img_size=img_size)
+        model = vit(name, img_size=img_size, **(arch or {}))
         params = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, img_size, img_size, 3))))
         pool = "avg" if "fc_norm.weight" in sd else "token"
         table = to_timm_state_dict(_zeros(params["params"]), name, img_size=img_size, global_pool=pool)

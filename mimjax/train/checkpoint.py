@@ -19,11 +19,16 @@ A full disk (or quota, or file-size limit) while saving stops the run with a
 left intact; the partial step is removed so the space comes back. Before each save the
 free space is compared with the bytes this process will write, so the common case stops
 before anything is written.
+
+The directory may be on an object store (gs://bucket/run/checkpoints; mimjax.paths). There
+Orbax cannot rename: it writes `<step>/` in place and finalises it with
+`<step>/commit_success.txt`, so a complete step is one holding that file (a partial one
+is a numbered directory without it, and Orbax replaces it when that step is saved again);
+moving a step aside copies and deletes it; there is no free-space check before a save.
 """
 from __future__ import annotations
 
 import errno
-import glob
 import logging
 import os
 import shutil
@@ -32,6 +37,7 @@ import jax
 import orbax.checkpoint as ocp
 from jax.experimental.multihost_utils import sync_global_devices
 
+from mimjax import paths
 from mimjax.errors import DiskFullError, UsageError
 from mimjax.schema import ConfigError
 
@@ -75,27 +81,28 @@ def _bytes_to_write(tree) -> int:
 
 class Checkpointer:
     def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = paths.absolute(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                                enable_async_checkpointing=async_save)
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=_handlers())
+        self.manager = ocp.CheckpointManager(paths.path(self.directory), options=options, item_handlers=_handlers())
         self._saving = None  # the step of the last save started (async: maybe unfinished)
 
     def latest_step(self):
         return self.manager.latest_step()
 
     def complete_steps(self) -> list[int]:
-        """Finalised steps on disk (Orbax renames a step to its number once complete)."""
-        return sorted(int(d) for d in os.listdir(self.directory) if d.isdigit())
+        """Finalised steps on disk (Orbax renames a step to its number once complete;
+        on an object store, writes its commit_success.txt)."""
+        return complete_steps(self.directory)
 
     def disk_full_error(self, step: int | None, why) -> DiskFullError:
         """Removes the partial step (its space comes back) and says what happened; why is
         the exception or a sentence."""
-        if jax.process_index() == 0:  # partial steps are Orbax's `<step>.orbax-checkpoint-tmp*`
-            for partial in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
-                shutil.rmtree(partial, ignore_errors=True)
+        if jax.process_index() == 0:  # partial steps: Orbax's `<step>.orbax-checkpoint-tmp*`
+            for partial in _partial_steps(self.directory):
+                paths.rmtree(partial)
         good = [s for s in self.complete_steps() if s != step]
-        kept = (f"The last complete checkpoint, {os.path.join(self.directory, str(good[-1]))}, is intact"
+        kept = (f"The last complete checkpoint, {paths.join(self.directory, str(good[-1]))}, is intact"
                 if good else "No complete checkpoint exists yet")
         what = f"saving checkpoint step {step}" if step is not None else "writing the run's outputs"
         if isinstance(why, BaseException):
@@ -105,7 +112,8 @@ class Checkpointer:
                              f"to resume from it.")
 
     def save(self, step: int, state, data_state: dict, *, force: bool = False) -> bool:
-        need, free = _bytes_to_write(state), shutil.disk_usage(self.directory).free
+        need = _bytes_to_write(state)
+        free = need if paths.is_remote(self.directory) else shutil.disk_usage(self.directory).free  # local only
         if free < need:  # refuse before writing anything
             raise self.disk_full_error(step, f"{free / 2**20:.1f} MiB free, this process would write "
                                              f"{need / 2**20:.1f} MiB")
@@ -148,16 +156,16 @@ class Checkpointer:
 
     def _quarantine(self, step: int, e: BaseException):
         """Moves an unreadable step aside to `<step>.unreadable` (or `.unreadable.N` when taken)."""
-        aside = os.path.join(self.directory, f"{step}.unreadable")
+        aside = paths.join(self.directory, f"{step}.unreadable")
         n = 0
-        while os.path.exists(aside if n == 0 else f"{aside}.{n}"):
+        while paths.exists(aside if n == 0 else f"{aside}.{n}"):
             n += 1
         aside = aside if n == 0 else f"{aside}.{n}"
         log.warning("checkpoint step %d in %s could not be restored (%s: %s); moved it to %s "
                     "and trying the previous one", step, self.directory, type(e).__name__,
                     str(e)[:300], aside)
         if jax.process_index() == 0:
-            os.replace(os.path.join(self.directory, str(step)), aside)
+            paths.move(paths.join(self.directory, str(step)), aside)
         sync_global_devices(f"mimjax_quarantine_{step}_{n}")
         self.manager.reload()
 
@@ -171,6 +179,30 @@ class Checkpointer:
 
     def close(self):
         self.manager.close()
+
+
+COMMIT_FILE = "commit_success.txt"  # Orbax's mark of a finalised step on an object store
+
+
+def complete_steps(directory: str) -> list[int]:
+    """The finalised steps in `directory` (none when it does not exist)."""
+    if not paths.isdir(directory):
+        return []
+    steps = sorted(int(d) for d in paths.listdir(directory) if d.isdigit())
+    if paths.is_remote(directory):
+        steps = [s for s in steps if paths.exists(paths.join(directory, str(s), COMMIT_FILE))]
+    return steps
+
+
+def _partial_steps(directory: str) -> list[str]:
+    """Paths of unfinished steps: `<step>.orbax-checkpoint-tmp*` on a disk, numbered
+    directories without commit_success.txt on an object store."""
+    if not paths.is_remote(directory):
+        return paths.glob(directory, "*.orbax-checkpoint-tmp*")
+    if not paths.isdir(directory):
+        return []
+    done = set(complete_steps(directory))
+    return [paths.join(directory, d) for d in paths.listdir(directory) if d.isdigit() and int(d) not in done]
 
 
 def _handlers() -> dict:
@@ -227,11 +259,10 @@ def load_state(directory: str) -> dict:
     arrays: `params`, `opt_state`, `ema_params`, ...); no target needed. Restored onto this
     process's devices whatever devices it was saved from; UsageError naming the directory
     when it holds no complete checkpoint."""
-    directory = os.path.abspath(directory)
-    steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
-    if not steps:
+    directory = paths.absolute(directory)
+    if not complete_steps(directory):
         raise UsageError(f"{directory} holds no complete checkpoint (has the run saved one yet?)")
-    manager = ocp.CheckpointManager(directory, item_handlers=_handlers())
+    manager = ocp.CheckpointManager(paths.path(directory), item_handlers=_handlers())
     try:
         step = manager.latest_step()
         if step is None:

@@ -50,13 +50,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.norm_pix_loss = True
     c.model.gpa_head = False  # "teacher + feature": predict the GPA map (GPA_SPEC 4)
     c.model.gpa_head_late_start = False  # released-code quirk: head blocks only after t > 0.75
-    c.model.dtype = "float32"  # compute dtype ("bfloat16" on accelerators); params float32
+    # The mixed-precision policy, one key (models/layers.py "Mixed precision"): the dtype of the
+    # operands of every matrix product, accumulated in float32; parameters, optimizer state,
+    # LayerNorm, softmax, losses and GPA scores are float32 whatever it is. "auto": bfloat16 on
+    # GPU/TPU and on CPUs with native bf16 (avx512_bf16 / amx_bf16), else float32.
+    c.model.dtype = "float32"  # float32 | bfloat16 | float16 | auto
     c.model.remat = False
     c.model.scan = False  # lax.scan over the blocks: one compiled block (ViT-L/H compile time)
     c.model.attention = "auto"  # auto | explicit | xla | cudnn (cuDNN flash attention, GPU); see models/layers.py
+    c.model.init_from = ""  # start from: a run dir, an MAE / timm .pth / .safetensors (train/init_from.py)
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "tfds"  # tfds | folder | embedded | embedded_faces | synthetic
+    c.data.source = "tfds"  # tfds | folder | embedded | embedded_faces | synthetic | arrayrecord:PATH
     c.data.name = "imagenet2012"  # TFDS name
     c.data.split = "train"
     c.data.data_dir = ""  # TFDS data_dir ("" = TFDS default)
@@ -93,6 +98,30 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.grad_clip = 0.0  # global-norm clipping; 0 = off
     c.optimizer.accum_steps = 1  # gradient accumulation: micro-batches per step
     c.optimizer.nonfinite = "halt"  # non-finite loss/grads: halt (stop, keep last good checkpoint) | skip
+
+    # Monitoring (mimjax.train.writers, knn_eval; none of it changes the training trajectory).
+    c.writers = "jsonl,tensorboard"  # comma-separated: jsonl (W/metrics.jsonl) | tensorboard (W/tb) | wandb ([wandb] extra)
+    c.wandb = ml_collections.ConfigDict()
+    c.wandb.project = "mimjax"
+    c.wandb.name = ""  # the run's display name ("" = W&B's)
+    c.wandb.entity = ""
+    c.wandb.mode = ""  # "" (WANDB_MODE or online) | online | offline (nothing sent; `wandb sync` later) | disabled
+    c.eval = ml_collections.ConfigDict()
+    c.eval.every = 0  # steps between k-NN evaluations of the encoder (knn_top1 rows); 0 = off
+    c.eval.dataset = "embedded_faces"  # labelled set, as `mimjax eval knn --dataset`: embedded_faces | tfds:NAME | folder:PATH
+    c.eval.test_dataset = ""  # a separate test set (same forms); "" = the dataset's test split (or every 4th image)
+    c.eval.train_split = "train"
+    c.eval.test_split = "test"  # TFDS: e.g. "validation" for imagenet2012
+    c.eval.data_dir = ""
+    c.eval.num_train = 10000  # first N images of each side (-1 = all): decoded once, kept in host memory
+    c.eval.num_test = 2000
+    c.eval.k = 20
+    c.eval.temperature = 0.07
+    c.eval.pool = "token"  # token (cls) | avg (mean patch token)
+    c.eval.batch_size = 256  # global, a multiple of the devices the batch is split over
+    c.profile = ml_collections.ConfigDict()
+    c.profile.start_step = 10  # jax.profiler trace of the steps start_step+1 .. start_step+num_steps
+    c.profile.num_steps = 0  # 0 = off; the trace lands in W/tb/plugins/profile/<run>/ (TensorBoard's profile tab)
     return c
 
 
@@ -140,8 +169,10 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_coun
         _fail("model.name", name, f"one of {['mae_' + n for n in VIT_VARIANTS]}")
     if c.model.attention not in ATTENTION_IMPLEMENTATIONS:
         _fail("model.attention", c.model.attention, " | ".join(ATTENTION_IMPLEMENTATIONS))
-    if c.model.dtype not in ("float32", "bfloat16", "float16"):
-        _fail("model.dtype", c.model.dtype, "float32, bfloat16 or float16")
+    if not isinstance(c.model.init_from, str):  # read (and checked) by step.build, only at a fresh start
+        _fail("model.init_from", c.model.init_from, "a path: a run directory or a .pth / .safetensors file, or ''")
+    if c.model.dtype not in ("float32", "bfloat16", "float16", "auto"):
+        _fail("model.dtype", c.model.dtype, "float32, bfloat16, float16 or auto")
     patch = c.model.patch_size or VIT_VARIANTS[name[4:]][0]
     if c.model.img_size <= 0 or c.model.img_size % patch:
         _fail("model.img_size", c.model.img_size, f"a positive multiple of the patch size {patch}")
@@ -165,7 +196,10 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_coun
     if c.teacher.source == "checkpoint":
         if not c.teacher.path:
             _fail("teacher.path", c.teacher.path, "the path of a teacher checkpoint (teacher.source='checkpoint')")
-        if not os.path.exists(c.teacher.path):
+        from mimjax import paths
+
+        paths.check_reachable(c.teacher.path, "config.teacher.path")
+        if not paths.exists(c.teacher.path):
             _fail("teacher.path", c.teacher.path, "an existing path (it does not exist)")
         if c.teacher.name not in VIT_VARIANTS:
             _fail("teacher.name", c.teacher.name, f"one of {sorted(VIT_VARIANTS)}")
@@ -185,10 +219,53 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_coun
         _fail("optimizer.nonfinite", c.optimizer.nonfinite, "halt or skip")
     if c.optimizer.accum_steps < 1:
         _fail("optimizer.accum_steps", c.optimizer.accum_steps, "an integer >= 1")
-    if c.data.source not in ("tfds", "folder", "embedded", "embedded_faces", "synthetic"):
-        _fail("data.source", c.data.source, "tfds, folder, embedded, embedded_faces or synthetic")
+    if c.data.source not in ("tfds", "folder", "embedded", "embedded_faces", "synthetic") and not (
+            c.data.source.startswith("arrayrecord:") and len(c.data.source) > len("arrayrecord:")):
+        _fail("data.source", c.data.source, "tfds, folder, embedded, embedded_faces, synthetic or "
+              "arrayrecord:PATH (`mimjax prepare imagenet`)")
     if c.data.source == "folder" and not os.path.isdir(c.data.folder):
         _fail("data.folder", c.data.folder, "an existing directory of images")
+    _validate_monitoring(c, batch_devices, process_count)
+
+
+def _validate_monitoring(c, batch_devices: int, process_count: int) -> None:
+    from mimjax.train.writers import parse_writers
+
+    try:
+        names = parse_writers(c.writers)
+    except ValueError as e:
+        _fail("writers", c.writers, f"a comma-separated list of jsonl, tensorboard, wandb: {str(e).split(' (')[0]}")
+    if not names:
+        _fail("writers", c.writers, "at least one of jsonl, tensorboard, wandb")
+    if "wandb" in names:
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            _fail("writers", c.writers, "wandb installed for the 'wandb' writer: pip install 'mimjax[wandb]'")
+    if c.wandb.mode not in ("", "online", "offline", "disabled"):
+        _fail("wandb.mode", c.wandb.mode, "'', online, offline or disabled")
+    if c.eval.every < 0:
+        _fail("eval.every", c.eval.every, "steps between k-NN evaluations, >= 0 (0 = off)")
+    if c.eval.every:
+        kind, _, arg = c.eval.dataset.partition(":")
+        if not (c.eval.dataset == "embedded_faces" or (kind in ("tfds", "folder") and arg)):
+            _fail("eval.dataset", c.eval.dataset, "a labelled set: embedded_faces, tfds:NAME or folder:PATH")
+        if kind == "folder" and not os.path.isdir(arg):
+            _fail("eval.dataset", c.eval.dataset, "an existing directory of class folders")
+        if c.eval.pool not in ("token", "avg"):
+            _fail("eval.pool", c.eval.pool, "token or avg")
+        if c.eval.k < 1:
+            _fail("eval.k", c.eval.k, "an integer >= 1")
+        if not c.eval.temperature > 0:
+            _fail("eval.temperature", c.eval.temperature, "a positive number")
+        if c.eval.num_train == 0 or c.eval.num_test == 0:
+            _fail("eval.num_train" if c.eval.num_train == 0 else "eval.num_test", 0, "a positive number of images or -1 (all)")
+        if c.eval.batch_size <= 0 or c.eval.batch_size % batch_devices or c.eval.batch_size % process_count:
+            _fail("eval.batch_size", c.eval.batch_size, f"a positive multiple of the {batch_devices} devices the batch "
+                  f"is split over and of the {process_count} processes")
+    if c.profile.num_steps < 0 or c.profile.start_step < 0:
+        key = "profile.num_steps" if c.profile.num_steps < 0 else "profile.start_step"
+        _fail(key, c.profile[key.split(".")[1]], "an integer >= 0 (profile.num_steps = 0: off)")
 
 
 def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

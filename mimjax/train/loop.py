@@ -34,7 +34,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
-from mimjax import data
+from mimjax import data, paths
 from mimjax import workdir as workdir_lib
 from mimjax.errors import Interrupted
 from mimjax.schema import ConfigError
@@ -45,14 +45,33 @@ log = logging.getLogger("mimjax")
 
 
 class _Preemption:
-    """SIGTERM and SIGINT (Ctrl-C) set a flag the loop checks between steps: save the current
-    step, then `run` returns normally (SIGTERM) or raises `Interrupted` (SIGINT, exit 130).
-    A second Ctrl-C does not wait for the save: the process exits 130 at once (os._exit),
-    keeping the last complete checkpoint (an unfinished one is never taken as the latest)."""
+    """SIGTERM and SIGINT (Ctrl-C) stop the loop between steps: save the current step, then
+    `run` returns normally (SIGTERM) or raises `Interrupted` (SIGINT, exit 130). A second
+    Ctrl-C does not wait for the save: the process exits 130 at once (os._exit), keeping the
+    last complete checkpoint (an unfinished one is never taken as the latest).
 
-    def __init__(self):
+    One process: the signal sets a flag. Several (jax.distributed): every process must save
+    the same step, or they hang in the save's collectives. SIGTERM then belongs to JAX's
+    preemption sync manager (its C++ handler, installed by `jax.distributed.initialize`; no
+    Python handler here, which would replace it): a SIGTERM on any process is a notice to all,
+    and `check(step)` (called after every step on every process) turns true on all of them
+    at one step, 1 + the furthest step any had reached. Ctrl-C on one process is that
+    process's preemption notice (it sends itself SIGTERM): all save that step, the
+    interrupted process exits 130, the others 0; a second Ctrl-C quits at once (the others
+    are then ended by the runtime, see mimjax/parallel/distributed.py)."""
+
+    def __init__(self, step: int = 0):
+        from mimjax.parallel import distributed
+
         self.requested = self.interrupted = False
-        self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        self.synced = distributed.preemption_sync()
+        if self.synced:  # a notice before the first step then stops all at step + 1, not at 1
+            distributed.reached_sync_point(step)
+        signals = (signal.SIGINT,) if self.synced else (signal.SIGTERM, signal.SIGINT)
+        if jax.process_count() > 1 and not self.synced:
+            log.warning("JAX's preemption service is off (jax_enable_preemption_service): a SIGTERM on one "
+                        "process is not seen by the others")
+        self._old = {s: signal.signal(s, self._handle) for s in signals}
 
     def _handle(self, signum, frame):
         if signum == signal.SIGINT:
@@ -65,9 +84,23 @@ class _Preemption:
             self.interrupted = True
             log.warning("Ctrl-C received: saving a checkpoint at the current step and exiting "
                         "(Ctrl-C again quits without waiting)")
+            if self.synced:  # a preemption notice to every process, through JAX's SIGTERM handler
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
         else:
             log.warning("SIGTERM received: saving a checkpoint and exiting")
         self.requested = True
+
+    def check(self, step: int) -> bool:
+        """After step `step` (every step, every process): whether to stop and save here."""
+        if self.synced and not self.requested:
+            from mimjax.parallel import distributed
+
+            if distributed.reached_sync_point(step):
+                self.requested = True
+                log.warning("preemption notice: all %d processes save step %d and stop", jax.process_count(),
+                            step)
+        return self.requested
 
     def restore(self):
         for s, old in self._old.items():
@@ -78,7 +111,7 @@ def write_config(workdir: str, cfg, changes: tuple = ()) -> None:
     """workdir/config.json and a line of workdir/config_history.jsonl (process 0); an
     unwritable workdir is a ConfigError."""
     try:
-        os.makedirs(workdir, exist_ok=True)
+        paths.makedirs(workdir)
         if jax.process_index() == 0:
             workdir_lib.write_config_history(workdir, cfg, list(changes))
             workdir_lib.write_config(workdir, cfg)
@@ -113,14 +146,14 @@ def start(workdir: str, cfg, flag: str = "--workdir") -> workdir_lib.RunLock | N
             error = ConfigError(f"process 0 could not start the run in {workdir} (its log says why)")
     if error is not None:
         raise error
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
     return lock
 
 
 def run(workdir: str, cfg, **kwargs) -> Outcome:
     """`_run` (below: the loop and its arguments) in `workdir`, holding the run lock from
     `start` until it returns or raises."""
-    workdir = os.path.abspath(workdir)
+    workdir = paths.absolute(workdir)  # (gs://... unchanged)
     lock = start(workdir, cfg, "--workdir" if kwargs.get("name") == "pre-training" else "--out")
     try:
         return _run(workdir, cfg, **kwargs)
@@ -144,7 +177,8 @@ def _run(workdir: str, cfg, *, name: str, schedule, par, abstract_state, init_st
         on_log: Callable[[int, dict, Any, Checkpointer], None] | None = None,
         before_save: Callable[[Any, Checkpointer], None] | None = None,
         after_step: Callable[[int, Any, metrics.MetricWriter], None] | None = None,
-        at_end: Callable[[int, Any, metrics.MetricWriter, bool], Any] | None = None) -> Outcome:
+        at_end: Callable[[int, Any, metrics.MetricWriter, bool], Any] | None = None,
+        evaluate: Callable[[int, Any], dict] | None = None, eval_every: int = 0) -> Outcome:
     """Runs (or resumes) `step_fn` in `workdir` until `schedule.total_steps`.
 
     cfg: log_every, checkpoint_every, keep_checkpoints, batch_size, seed, data.prefetch.
@@ -159,8 +193,17 @@ def _run(workdir: str, cfg, *, name: str, schedule, par, abstract_state, init_st
     a row is written (may raise to stop the run); before_save(state, ckpt) before every
     checkpoint; after_step(step, state, writer) after every step; at_end(step, state,
     writer, preempted) after the final checkpoint, its result is `Outcome.end`.
+    evaluate(step, state) -> {name: scalar} every `eval_every` steps (0: never), on every
+    process (it may use collectives), written as a row of its own; it must only read the
+    state (the trajectory is the same with and without it).
+
+    cfg may also hold `writers` and `wandb` (mimjax.train.writers; default
+    "jsonl,tensorboard") and `profile` (start_step, num_steps): a jax.profiler trace of
+    the steps start_step+1 .. start_step+num_steps into workdir/tb (TensorBoard's profile
+    plugin reads tb/plugins/profile/<run>/), the last step's outputs awaited before the
+    trace stops.
     """
-    workdir, is_main = os.path.abspath(workdir), jax.process_index() == 0  # `run` has written config.json
+    workdir, is_main = paths.absolute(workdir), jax.process_index() == 0  # `run` has written config.json
 
     # --- Restore or initialise ------------------------------------------------------
     ckpt = Checkpointer(workdir_lib.checkpoints_dir(workdir), keep=cfg.keep_checkpoints)
@@ -186,24 +229,33 @@ def _run(workdir: str, cfg, *, name: str, schedule, par, abstract_state, init_st
     step_args = multihost_utils.host_local_array_to_global_array(step_args, par.replicated.mesh, P())
 
     # --- Loop -----------------------------------------------------------------------
-    writer = metrics.MetricWriter(workdir, enabled=is_main)
+    writer = metrics.MetricWriter(workdir, enabled=is_main, writers=cfg.get("writers", "jsonl,tensorboard"),
+                                  wandb=cfg.get("wandb"), hparams=cfg.to_dict() if hasattr(cfg, "to_dict") else None)
+    prof = cfg.get("profile")
+    trace_from, trace_steps = (int(prof.start_step), int(prof.num_steps)) if prof is not None else (0, 0)
+    tracing = False
     bar = metrics.ProgressBar(schedule.total_steps, start, enabled=is_main)
     throughput = metrics.Throughput(cfg.batch_size)
-    preempt = _Preemption()
+    preempt = _Preemption(start)
     pending, last, step, end = [], {}, start, None
 
     def save(step, force=False):
         if before_save is not None:
             before_save(state, ckpt)
+        writer.flush()  # rows up to a checkpoint are durable before it is (object stores buffer them)
         ckpt.save(step, par.to_global(state), batches.get_state(), force=force)
 
     try:
         throughput.start(step)
         while step < schedule.total_steps and not preempt.requested:
             batch = next(batches)  # placed by the prefetcher (device_put, or assembled across processes)
+            if trace_steps and step == trace_from and not tracing:
+                jax.profiler.start_trace(paths.join(workdir, "tb"))
+                tracing = True
             with jax.transfer_guard("disallow"):
                 state, m = step_fn(state, batch, *step_args)
             step += 1
+            preempt.check(step)  # several processes: JAX's preemption sync point, the same step on all
             pending.append(m)
             if step % cfg.log_every == 0 or step == schedule.total_steps:
                 host = jax.device_get([par.host_metrics(p) for p in pending])  # the only host sync
@@ -217,8 +269,15 @@ def _run(workdir: str, cfg, *, name: str, schedule, par, abstract_state, init_st
                 pending = []
                 if on_log is not None:
                     on_log(step, last, state, ckpt)
-            if step % cfg.checkpoint_every == 0 and step < schedule.total_steps:
-                save(step)
+            if tracing and step >= trace_from + trace_steps:
+                jax.block_until_ready((state, m))  # the window's last step is complete in the trace
+                jax.profiler.stop_trace()
+                tracing = False
+                log.info("profiled steps %d-%d: %s", trace_from + 1, step, paths.join(workdir, "tb", "plugins", "profile"))
+            if evaluate is not None and eval_every and step % eval_every == 0:
+                writer.write_scalars(step, evaluate(step, state))
+            if step % cfg.checkpoint_every == 0 and step < schedule.total_steps and not preempt.requested:
+                save(step)  # (preempted: the save after the loop)
             if after_step is not None:
                 after_step(step, state, writer)
         if step > start or restored is None:
@@ -230,6 +289,8 @@ def _run(workdir: str, cfg, *, name: str, schedule, par, abstract_state, init_st
             raise ckpt.disk_full_error(None, e) from e
         raise
     finally:
+        if tracing:
+            jax.profiler.stop_trace()
         try:
             ckpt.wait()  # raises DiskFullError if the last async save ran out of space
         finally:

@@ -1,11 +1,16 @@
 """Run outputs a person or a tool reads: `W/metrics.jsonl`, TensorBoard events in `W/tb/`
-(tensorboardX, no TensorFlow), and a progress line with throughput and ETA. Only process 0
-writes (enabled=False elsewhere).
+(tensorboardX, no TensorFlow), optionally Weights & Biases (`writers` config; the writers
+themselves: mimjax.train.writers), and a progress line with throughput and ETA. Only
+process 0 writes (enabled=False elsewhere).
 
 metrics.jsonl: one JSON object per logged step, `{"step": int, "<name>": number, ...}`;
 integers stay integers, everything else becomes a float, and non-finite values (NaN, inf)
 are written as null, since JSON has no NaN. A resumed run appends to the same file, so a
-step may appear twice after a kill -9 (the later row is the one that counts).
+step may appear twice after a kill -9 (the later row is the one that counts). Evaluations
+during pre-training (`eval.every`) are rows of their own, `{"step": s, "knn_top1": x}`,
+beside the training row of the same step. On gs:// the file is one object grown by GCS
+compose (mimjax.train.writers.ObjectAppender), rows reaching it at least every few seconds
+and before every checkpoint.
 """
 from __future__ import annotations
 
@@ -14,11 +19,12 @@ import json
 import logging
 import math
 import numbers
-import os
 import sys
 import time
 
 import numpy as np
+
+from mimjax.train.writers import _drop_partial_line  # noqa: F401 (the local crash repair, kept here)
 
 log = logging.getLogger("mimjax")
 
@@ -34,82 +40,74 @@ def _plain(v):
     return f if math.isfinite(f) else None
 
 
-def _drop_partial_line(path: str):
-    """Cut a last line without its newline (a writer killed mid-line), so that appended
-    rows start on a line of their own."""
-    if not os.path.exists(path):
-        return
-    with open(path, "rb+") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        f.seek(size - 1)
-        if f.read(1) != b"\n":  # rare: read the whole file once to find the last newline
-            f.seek(0)
-            f.truncate(f.read().rfind(b"\n") + 1)
-
-
 class MetricWriter:
-    """Appends scalars to `workdir/metrics.jsonl` (flushed every row) and TensorBoard
-    `workdir/tb`. With enabled=False every method is a no-op and nothing is created."""
+    """The run's one writer: fans each call out to the writers `writers` names
+    (mimjax.train.writers: "jsonl" -> workdir/metrics.jsonl, "tensorboard" -> workdir/tb,
+    "wandb" -> Weights & Biases with `wandb` = {project, name, entity, mode}), with
+    clu.metric_writers' interface. Values are made plain here (`_plain`). With
+    enabled=False every method is a no-op and nothing is created."""
 
-    def __init__(self, workdir: str, *, enabled: bool = True):
-        self.enabled, self._tb, self._jsonl = enabled, None, None
+    def __init__(self, workdir: str, *, enabled: bool = True, writers: str = "jsonl,tensorboard",
+                 wandb=None, hparams=None):
+        from mimjax.train import writers as writers_lib
+
+        self.enabled, self._writers = enabled, []
         if not enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
-        path = os.path.join(workdir, "metrics.jsonl")
-        _drop_partial_line(path)
-        self._jsonl = open(path, "a")  # noqa: SIM115 (open for the whole run)
-        try:
-            from tensorboardX import SummaryWriter
-        except ImportError:
-            log.warning("tensorboardX is not installed: no TensorBoard events (metrics.jsonl is written)")
-        else:
-            self._tb = SummaryWriter(logdir=os.path.join(workdir, "tb"))
+        self._writers = writers_lib.make_writers(workdir, writers_lib.parse_writers(writers), wandb_cfg=wandb,
+                                                 hparams=hparams)
+        if hparams is not None:
+            self.write_hparams(hparams)
+
+    def write_scalars(self, step: int, scalars: dict):
+        """One row: {"step": step, **scalars}; scalars are numbers or 0-d arrays."""
+        if not self._writers:
+            return
+        row = {k: _plain(v) for k, v in scalars.items()}
+        for w in self._writers:
+            w.write_scalars(int(step), row)
 
     def write(self, step: int, scalars: dict):
-        """One row: {"step": step, **scalars}; scalars are numbers or 0-d arrays."""
-        if self._jsonl is None:
-            return
-        row = {"step": int(step), **{k: _plain(v) for k, v in scalars.items()}}
-        self._jsonl.write(json.dumps(row, allow_nan=False) + "\n")
-        self._jsonl.flush()
-        if self._tb is not None:
-            for k, v in row.items():
-                if k != "step" and v is not None:
-                    self._tb.add_scalar(k, v, int(step))
+        """The loop's call site: `write_scalars`."""
+        self.write_scalars(step, scalars)
+
+    def write_images(self, step: int, images: dict):
+        """images: {tag: uint8 [H, W, 3]} (TensorBoard, W&B; not metrics.jsonl)."""
+        for tag, image in images.items():
+            image = np.asarray(image)
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+                raise ValueError(f"write_images wants uint8 [H, W, 3], got {image.dtype} {image.shape} for {tag!r}")
+        for w in self._writers:
+            w.write_images(int(step), images)
 
     def write_image(self, step: int, tag: str, image_uint8):
-        """image_uint8: uint8 [H, W, 3], to TensorBoard only."""
-        if self._tb is None:
-            return
-        image = np.asarray(image_uint8)
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-            raise ValueError(f"write_image wants uint8 [H, W, 3], got {image.dtype} {image.shape}")
-        self._tb.add_image(tag, image, int(step), dataformats="HWC")
+        """image_uint8: uint8 [H, W, 3]; `write_images` of one image."""
+        if self.enabled:
+            self.write_images(step, {tag: image_uint8})
+
+    def write_hparams(self, hparams: dict):
+        """The run's config (nested dict) as hyperparameters (TensorBoard HPARAMS, W&B config)."""
+        for w in self._writers:
+            w.write_hparams(hparams)
 
     def flush(self):
-        if self._jsonl is not None:
-            self._jsonl.flush()
-        if self._tb is not None:
-            self._tb.flush()
+        for w in self._writers:
+            w.flush()
 
     def close(self):
         """Flush and close; safe to call twice."""
-        if self._jsonl is not None:
-            self._jsonl.close()
-            self._jsonl = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
+        writers, self._writers = self._writers, []
+        for w in writers:
+            w.close()
 
 
 def read_metrics(path: str) -> list[dict]:
     """The rows of a metrics.jsonl in file order; lines that are not JSON (a last line cut
     by a kill) are skipped. Nulls come back as None."""
+    from etils import epath
+
     rows = []
-    with open(path) as f:
+    with epath.Path(path).open() as f:
         for line in f:
             try:
                 rows.append(json.loads(line))

@@ -149,8 +149,14 @@ def save_png(path: str, array: np.ndarray):
     array = np.asarray(array)
     if array.dtype != np.uint8 or array.ndim not in (2, 3):
         raise ValueError(f"save_png wants uint8 [H, W] or [H, W, 3], got {array.dtype} {array.shape}")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(array).save(path)
+    from mimjax import paths
+
+    if not paths.is_remote(path):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        Image.fromarray(array).save(path)
+        return
+    with paths.open_file(path, "wb") as f:  # gs://...: one object
+        Image.fromarray(array).save(f, format="PNG")
 
 
 def plot_curves(metrics_path: str, out_png: str, keys=("loss", "pixel_loss", "gpa_loss", "lr", "knn_top1"),

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 
 import jax
 import ml_collections
 
-from mimjax import data, parallel
+from mimjax import data, parallel, paths
 from mimjax import workdir as workdir_lib
 from mimjax.train import config as config_lib
+from mimjax.train import knn_eval
 from mimjax.train import loop
 from mimjax.train import pictures
 from mimjax.train import step as step_lib
@@ -37,7 +37,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     cfg = config_lib.fill_missing(cfg)
     devices = jax.devices()
     config_lib.validate(cfg, num_devices=len(devices), process_count=jax.process_count())
-    workdir = os.path.abspath(workdir)
+    workdir = paths.absolute(workdir)  # local, or gs://... (mimjax.paths)
     is_main = jax.process_index() == 0
     # --- Input --------------------------------------------------------------------
     img_size = cfg.model.img_size
@@ -50,7 +50,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     num_examples = cfg.data.num_examples if cfg.data.num_examples > 0 else it.num_records
 
     # --- Model, teacher, optimizer, step ----------------------------------------------
-    built = step_lib.build(cfg, num_examples)
+    built = step_lib.build(cfg, num_examples, workdir=workdir)  # reads model.init_from on a fresh start
     enc, schedule = built.encoder, built.schedule
     try:  # uncommitted arrays (or None): replicated by jit and broadcast by pmap
         frozen_teacher = built.teacher.load_frozen()
@@ -63,6 +63,13 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     par = parallel.make(cfg.parallelism, abstract)
     step_fn = par.compile_step(lambda axis: step_lib.compile_once(built.make_step(axis)))
     snapshot_fn = jax.jit(built.snapshot, out_shardings=par.replicated)
+    knn = None
+    if cfg.eval.every:  # k-NN on a held-out labelled set every eval.every steps (mimjax/train/knn_eval.py)
+        try:
+            knn = knn_eval.KnnEval(cfg.eval, encoder=enc, par=par, img_size=enc.img_size,
+                                   process_index=jax.process_index(), process_count=jax.process_count())
+        except ValueError as e:
+            raise config_lib.ConfigError(f"config.eval.dataset={cfg.eval.dataset!r}: {e}") from e
 
     # --- Loop (mimjax/train/loop.py: restore or initialise, log, checkpoint, SIGTERM) ----
     # A fixed set of images for the PNGs, the same on every process.
@@ -82,7 +89,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
             raise NonFiniteError(
                 f"non-finite loss or gradients at step {int(jax.device_get(g.first_nonfinite_step)) + 1} "
                 f"(optimizer.nonfinite='halt'); the weights were not updated with them. Last good checkpoint: "
-                f"{os.path.join(ckpt.directory, str(good)) if good is not None else 'none'} (kept). "
+                f"{paths.join(ckpt.directory, str(good)) if good is not None else 'none'} (kept). "
                 f"Lower the learning rate, enable optimizer.grad_clip, or set optimizer.nonfinite='skip'.")
 
     def on_log(step, row, state, ckpt):
@@ -96,8 +103,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         if not is_main:
             return
         grid = snapshot_grid(cfg, enc, snap_images, out)
-        pictures.save_png(os.path.join(workdir, "snapshots", f"step_{step:07d}.png"), grid)
-        writer.write_image(step, "reconstruction", grid)
+        pictures.save_png(paths.join(workdir, "snapshots", f"step_{step:07d}.png"), grid)
+        writer.write_images(step, {"reconstruction": grid})
 
     def after_step(step, state, writer):
         if cfg.snapshot_every and step % cfg.snapshot_every == 0:
@@ -105,11 +112,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 
     def at_end(step, state, writer, preempted):
         write_snapshot(step, state, writer)
-        if is_main and os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-            pictures.plot_curves(os.path.join(workdir, "metrics.jsonl"), os.path.join(workdir, "curves.png"))
+        if is_main and paths.exists(paths.join(workdir, "metrics.jsonl")):
+            pictures.plot_curves(paths.join(workdir, "metrics.jsonl"), paths.join(workdir, "curves.png"))
 
     return loop.run(workdir, cfg, name="pre-training", schedule=schedule, par=par, abstract_state=abstract,
                     init_state=lambda: par.init_state(init_state), step_fn=step_fn,
                     step_args=(frozen_teacher, step_key), iterator=it,
                     log_fields=lambda: {"skipped_images": it.num_skipped}, on_log=on_log,
-                    before_save=check_finite, after_step=after_step, at_end=at_end).last
+                    before_save=check_finite, after_step=after_step, at_end=at_end,
+                    evaluate=knn, eval_every=cfg.eval.every).last

@@ -19,7 +19,7 @@ import optax
 from mimjax import masking
 from mimjax.models import MAE, init_model, model_from_config
 from mimjax.models.mae import LATE_START
-from mimjax.train import optim, pictures
+from mimjax.train import init_from, optim, pictures
 from mimjax.train.schedule import Schedule, lr_schedule
 from mimjax.train.teacher import Teacher
 
@@ -200,9 +200,14 @@ def late_start_head(cfg) -> bool:
     return cfg.model.arch == "mae" and bool(cfg.model.gpa_head and cfg.model.gpa_head_late_start)
 
 
-def build(cfg, num_examples: int) -> Built:
+def build(cfg, num_examples: int, workdir: str | None = None) -> Built:
     """The model, teacher, optimizer, schedule, initial state and step / snapshot functions of
-    a (validated) pre-training config, for a dataset of `num_examples` images an epoch."""
+    a (validated) pre-training config, for a dataset of `num_examples` images an epoch.
+
+    `model.init_from` (mimjax/train/init_from.py) puts existing weights into the initial
+    state. Given the run's `workdir`, it is read and checked here (a ConfigError before
+    anything is written), or ignored with a log line when the workdir has a checkpoint to
+    resume from; without one (bench, visualize), when `init_state` is first traced."""
     model = model_from_config(cfg.model)
     teacher = Teacher.from_config(cfg, model.encoder)
     schedule = Schedule.from_config(cfg, num_examples)
@@ -210,8 +215,17 @@ def build(cfg, num_examples: int) -> Built:
     tx = optim.make_optimizer(cfg.optimizer, lr_fn, mask=functools.partial(
         optim.pretrain_decay_mask, exempt=optim.PRETRAIN_EXEMPT[cfg.model.arch]), own_adam_for_head=late_start_head(cfg))
 
+    start_from = []  # [init_from.Loaded or None], once resolved
+    if workdir is not None:
+        start_from.append(init_from.resolve(cfg, jax.eval_shape(lambda: init_model(model, jax.random.key(0))),
+                                            workdir=workdir))
+
     def init_state(key):
         params = init_model(model, key)
+        if not start_from:
+            start_from.append(init_from.resolve(cfg, params))
+        if start_from[0] is not None:  # the source's weights; the EMA teacher starts from them too
+            params = start_from[0].apply(params)
         return TrainState.create(params, tx, teacher.init_ema(params))
 
     return Built(model, teacher, schedule, lr_fn, tx, init_state,

@@ -14,7 +14,6 @@ is what the trainer, the bench and `mimjax visualize` use.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import jax
@@ -140,7 +139,9 @@ def load_checkpoint_params(path: str, teacher: VisionTransformer):
 
     Shapes are checked against the teacher architecture; mismatches are listed by name.
     """
-    if not os.path.isdir(workdir.checkpoints_dir(path)):
+    from mimjax import paths
+
+    if not paths.isdir(workdir.checkpoints_dir(path)):
         raise ValueError(f"teacher.path={path!r} is not a mimjax workdir (no checkpoints/ inside); "
                          f"expected a pre-training workdir or a directory written by `mimjax import`")
     params = workdir.load_params(path)

@@ -147,12 +147,59 @@ def cli(*args):
     return out.stdout
 
 
-@pytest.mark.slow
-def test_train_export_load_in_timm_then_import_as_teacher(tmp_path):
-    w = tmp_path / "mae"
+@pytest.fixture(scope="module")
+def tiny_mae_run(tmp_path_factory):
+    """A 2-step MAE run of ViT-Ti/16 on 64 px images."""
+    w = tmp_path_factory.mktemp("run") / "mae"
     cli("train", "--config", "configs/mae.py:vit_tiny_patch16,runlocal", "--workdir", str(w),
         "--config.total_steps=2", "--config.model.width=192", "--config.model.num_heads=3",
         "--config.model.depth=12", "--config.model.img_size=64", "--config.model.patch_size=16")
+    return w
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pool", ["token", "avg"])
+def test_export_folder_loads_in_timm_with_no_extra_code(tiny_mae_run, tmp_path, pool):
+    from mimjax import workdir as workdir_lib
+
+    folder = tmp_path / "vit_ti"
+    out = cli("export", "--workdir", str(tiny_mae_run), "--format", "timm", "--out", str(folder), "--pool", pool)
+    assert f"wrote {folder}/model.safetensors" in out
+    assert sorted(os.listdir(folder)) == ["config.json", "model.safetensors"]
+    images = np.asarray(jax.random.normal(jax.random.key(3), (2, 64, 64, 3)))
+    params = workdir_lib.load_params(str(tiny_mae_run))["encoder"]
+    want = np.asarray(vit("vit_tiny_patch16", img_size=64).apply({"params": params}, images, pool=pool))
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    # 1. a local Hugging Face-style folder: architecture, sizes and weights all from DIR (strict load)
+    hf = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    assert hf.pretrained_cfg["input_size"] == (3, 64, 64) and hf.num_classes == 0 and hf.global_pool == pool
+    assert tuple(hf.pretrained_cfg["mean"]) == (0.485, 0.456, 0.406) and hf.pretrained_cfg["interpolation"] == "bicubic"
+    # 2. a named architecture with the weights file as the pretrained source
+    named = timm.create_model("vit_tiny_patch16_224", pretrained=True, num_classes=0, img_size=64, global_pool=pool,
+                              pretrained_cfg_overlay=dict(file=str(folder / "model.safetensors"))).eval()
+    with torch.no_grad():
+        for m in (hf, named):
+            np.testing.assert_allclose(m(x).numpy(), want, atol=1e-4)
+    # the folder imports back (as a teacher) to the same encoder
+    cli("import", "--in", str(folder), "--out", str(tmp_path / "back"), "--name", "vit_tiny_patch16",
+        "--img_size", "64")
+    back = workdir_lib.load_params(str(tmp_path / "back"))["encoder"]
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, back)
+
+
+def test_export_to_a_file_named_like_a_folder_is_refused(tmp_path):
+    from mimjax import interop
+    from mimjax.errors import UsageError
+
+    (tmp_path / "w").mkdir()
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(UsageError, match="is a file: expected a folder"):
+        interop.export_weights(str(tmp_path / "w"), "timm", str(tmp_path / "taken"))
+
+
+@pytest.mark.slow
+def test_train_export_load_in_timm_then_import_as_teacher(tiny_mae_run, tmp_path):
+    w = tiny_mae_run
     cli("export", "--workdir", str(w), "--format", "timm", "--out", str(tmp_path / "vit.safetensors"))
     from safetensors.torch import load_file
     tm = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=64)

@@ -110,7 +110,7 @@ def poison_third_batch(monkeypatch):
                 batch = next(inner)
                 count[0] += 1
                 if count[0] == 3:
-                    batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
+                    batch = {**batch, "image": np.full(batch["image"].shape, np.nan, np.float32)}  # uint8 or not
                 return batch
 
             get_state, set_state = inner.get_state, inner.set_state

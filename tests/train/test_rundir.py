@@ -79,7 +79,8 @@ def test_a_second_run_on_a_live_workdir_refuses_naming_the_first(tmp_path):
                              stderr=subprocess.PIPE, text=True)
     try:
         lock, t0 = wd / "run.lock", time.time()
-        while not (lock.exists() and lock.read_text().strip()):
+        # the lock is written first, config.json right after it: wait for both
+        while not (lock.exists() and lock.read_text().strip() and (wd / "config.json").exists()):
             assert first.poll() is None, first.stderr.read()[-3000:]
             assert time.time() - t0 < 300, "the first run never took the lock"
             time.sleep(0.1)

@@ -1,0 +1,344 @@
+"""Host input pipeline, mimjax against torchvision, side by side (issue #19).
+
+    python -m bench.input                       # 2 rounds, workers = cores, 1000 JPEGs 500x375
+    python -m bench.input --workers 2 --rounds 3 --batch 64 --batches 12
+
+The same JPEGs (ImageNet's typical 500x375, cut from scikit-image's bundled photos, quality
+90, 10 class folders) and the same augmentation (RandomResizedCrop 224, scale (0.2, 1),
+ratio (3/4, 4/3), bicubic; horizontal flip; ImageNet mean/std) through:
+
+- torchvision: `ImageFolder` + `DataLoader(num_workers=W, shuffle=True)`, PIL decode,
+  `RandomResizedCrop`, `RandomHorizontalFlip`, `ToTensor`, `Normalize` (float32 batches);
+- mimjax: `mimjax.data.make_iterator` with W grain reader threads, on the folder and on the
+  same images prepared as ArrayRecord (`mimjax prepare imagenet --folder`); `uint8` is what
+  the trainer gets (DevicePrefetcher normalises on the device), `float32` normalises on
+  the host as torchvision does.
+
+Each run is its own process, in alternating order, and times `--batches` batches after a
+first one (worker start-up excluded). img/s per core = img/s / the cores this process may
+use. A second section measures the pixel difference of mimjax's JPEG crops from
+torchvision's (PIL decode + crop + bicubic resize) for the same boxes. Results:
+bench/results/input_cpu_<n>cores.{json,md}.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+IMPLS = ("torchvision", "mimjax_folder_uint8", "mimjax_arrayrecord_uint8", "mimjax_folder_float32")
+SIZE, SCALE = 224, (0.2, 1.0)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def write_dataset(root: str, n: int, size=(500, 375), classes: int = 10, seed: int = 0):
+    """n JPEGs of `size` in `classes` class folders: random crops of the bundled photos."""
+    from PIL import Image
+
+    from mimjax.data.sources import EMBEDDED_PHOTOS, _skimage_dir, to_rgb_uint8
+
+    photos = []
+    for name in EMBEDDED_PHOTOS:
+        with Image.open(os.path.join(_skimage_dir(), name)) as im:
+            photos.append(to_rgb_uint8(im))
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        p = photos[i % len(photos)]
+        h, w = p.shape[:2]
+        ch, cw = int(h * rng.uniform(0.6, 1)), int(w * rng.uniform(0.6, 1))
+        top, left = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        d = os.path.join(root, f"class_{i % classes:02d}")
+        os.makedirs(d, exist_ok=True)
+        Image.fromarray(p[top:top + ch, left:left + cw]).resize(size, Image.BICUBIC).save(
+            os.path.join(d, f"img_{i:05d}.JPEG"), quality=90)
+
+
+# --- Children: one implementation per process ---------------------------------------------
+def _cpu_seconds(pids) -> float:
+    """User + system CPU seconds of processes (all their threads), from /proc."""
+    ticks, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
+
+
+def _timed(next_batch, pids, batch: int, batches: int) -> dict:
+    """img/s (wall) and CPU ms per image (all the pipeline's processes and threads) over
+    `batches` batches; on a shared machine the CPU cost per image is the robust number."""
+    c, t = _cpu_seconds(pids), time.perf_counter()
+    for _ in range(batches):
+        next_batch()
+    wall, cpu = time.perf_counter() - t, _cpu_seconds(pids) - c
+    n = batch * batches
+    return {"img_per_s": n / wall, "cpu_ms_per_img": 1e3 * cpu / n, "cores_busy": cpu / wall}
+
+
+def run_torchvision(folder: str, workers: int, batch: int, batches: int) -> dict:
+    import torch
+    from torchvision import datasets, transforms
+
+    torch.set_num_threads(1)
+    tf = transforms.Compose([
+        transforms.RandomResizedCrop(SIZE, scale=SCALE, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    loader = torch.utils.data.DataLoader(datasets.ImageFolder(folder, tf), batch_size=batch, shuffle=True,
+                                         num_workers=workers, drop_last=True)
+    it = iter(loader)
+    next(it)
+    pids = [os.getpid()] + [w.pid for w in getattr(it, "_workers", [])]
+    return _timed(lambda: next(it), pids, batch, batches)
+
+
+def run_mimjax(source: str, workers: int, batch: int, batches: int, uint8: bool) -> dict:
+    import ml_collections
+
+    from mimjax import data
+
+    cfg = ml_collections.ConfigDict(dict(source=source[0], folder=source[1], split="train", name="", data_dir="",
+                                         manual_dir="", synthetic_size=1))
+    it = data.make_iterator(cfg, img_size=SIZE, global_batch_size=batch, seed=0, num_threads=workers)
+    it.host_uint8 = uint8
+    b = next(it)
+    assert b["image"].dtype == (np.uint8 if uint8 else np.float32)
+    return _timed(lambda: next(it), [os.getpid()], batch, batches)
+
+
+def child(args) -> dict:
+    impl, d = args.child, args.dir
+    if impl == "torchvision":
+        r = run_torchvision(os.path.join(d, "folder"), args.workers, args.batch, args.batches)
+    else:
+        kind = impl.split("_")[1]
+        source = ("folder", os.path.join(d, "folder")) if kind == "folder" else \
+            (f"arrayrecord:{os.path.join(d, 'arrayrecord')}", "")
+        r = run_mimjax(source, args.workers, args.batch, args.batches, impl.endswith("uint8"))
+    return {"impl": impl, **r}
+
+
+# --- Pixel differences ---------------------------------------------------------------------
+def pixel_difference(d: str, draws: int = 200) -> list[dict]:
+    """mimjax's JPEG crop (`augment.decode_jpeg_crop`) against torchvision's
+    `F.resized_crop(PIL decode)` for the same boxes, on the 500x375 set and on 2000x1500
+    versions of its first images (where crops >= 896 px use libjpeg's DCT scaling)."""
+    from PIL import Image
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
+    from mimjax.data import augment
+
+    folder = os.path.join(d, "folder", "class_00")
+    files = sorted(os.listdir(folder))[:20]
+    rows = []
+    for label, upscale in (("500x375", 1), ("2000x1500", 4)):
+        diffs, scaled, rng = [], 0, np.random.default_rng(0)
+        for i in range(draws):
+            im = Image.open(os.path.join(folder, files[i % len(files)])).convert("RGB")
+            if upscale > 1:
+                buf = io.BytesIO()
+                im.resize((im.width * upscale, im.height * upscale), Image.BICUBIC).save(buf, "JPEG", quality=90)
+                data = buf.getvalue()
+            else:
+                data = open(os.path.join(folder, files[i % len(files)]), "rb").read()
+            pil = Image.open(io.BytesIO(data)).convert("RGB")
+            box = augment.crop_box(rng, pil.height, pil.width, SCALE)
+            ours = augment.decode_jpeg_crop(data, pil.height, pil.width, box, SIZE).astype(np.int16)
+            ref = np.asarray(F.resized_crop(pil, *box, [SIZE, SIZE], InterpolationMode.BICUBIC)).astype(np.int16)
+            f = augment.dct_factor(box[2], box[3], SIZE)
+            scaled += f > 1
+            diffs.append((f, np.abs(ours - ref)))
+        for name, sel in (("all crops", lambda f: True), ("DCT-scaled crops", lambda f: f > 1),
+                          ("full-size decode", lambda f: f == 1)):
+            ds = [x for f, x in diffs if sel(f)]
+            if ds:
+                a = np.stack(ds)
+                rows.append({"images": label, "crops": name, "n": len(ds), "share_dct_scaled": scaled / draws,
+                             "mean_abs_diff": float(a.mean()), "p99_abs_diff": float(np.percentile(a, 99)),
+                             "max_abs_diff": int(a.max()), "equal_pixels": float((a == 0).mean())})
+    return rows
+
+
+def large_image_cost(d: str, n: int = 60) -> list[dict]:
+    """CPU ms per image, one thread, of the training crop of 500x375 and 2000x1500 JPEGs:
+    mimjax (`augment.train_crop_uint8` on the bytes; DCT scaling applies to big crops of
+    the big images) against torchvision's PIL decode + RandomResizedCrop + flip + ToTensor
+    + Normalize."""
+    import torch
+    from PIL import Image
+    from torchvision import transforms
+
+    from mimjax.data import augment, sources
+
+    torch.set_num_threads(1)
+    tf = transforms.Compose([
+        transforms.RandomResizedCrop(SIZE, scale=SCALE, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    folder = os.path.join(d, "folder", "class_00")
+    small = [open(os.path.join(folder, f), "rb").read() for f in sorted(os.listdir(folder))[:4]]
+    big = []
+    for data in small:
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(data)).resize((2000, 1500), Image.BICUBIC).save(buf, "JPEG", quality=90)
+        big.append(buf.getvalue())
+    rows = []
+    for label, datas in (("500x375", small), ("2000x1500", big)):
+        row, rng = {"images": label}, np.random.default_rng(0)
+        for name, fn in (("torchvision", lambda b: tf(Image.open(io.BytesIO(b)).convert("RGB"))),
+                         ("mimjax", lambda b: augment.normalize(
+                             augment.train_crop_uint8(b, SIZE, rng, SCALE, decode=sources.decode)))):
+            best = 1e9
+            for _ in range(3):
+                t = time.process_time()
+                for i in range(n):
+                    fn(datas[i % len(datas)])
+                best = min(best, (time.process_time() - t) / n)
+            row[name] = 1e3 * best
+        rows.append(row)
+    return rows
+
+
+# --- Parent ----------------------------------------------------------------------------------
+def markdown(res: dict) -> str:
+    m = res["meta"]
+    out = [f"# Host input pipeline: mimjax vs torchvision ({m['cores']} cores)",
+           f"{m['date']}; CPU: {m['cpu']} ({m['cores']} cores usable, {m['workers']} workers each); "
+           f"{m['images']} JPEGs {m['image_size']}, batch {m['batch']}, {m['batches']} timed batches after one, "
+           f"{m['rounds']} rounds alternating; torch {m['torch']}, torchvision {m['torchvision']}, "
+           f"grain {m['grain']}, Pillow {m['pillow']}, simplejpeg {m['simplejpeg']}; run took {m['seconds']:.0f} s.",
+           f"Load average at the end: {', '.join(f'{x:.1f}' for x in res['load_average'])}.",
+           "", "| pipeline | CPU ms / img (median) | per round | img/s per busy core | vs torchvision (CPU) | "
+           "img/s wall (median) | per round | vs torchvision (wall) |", "|---|---|---|---|---|---|---|---|"]
+    tv, tv_cpu = res["summary"]["torchvision"]["median"], res["summary"]["torchvision"]["cpu_ms_median"]
+    for impl, s in res["summary"].items():
+        out.append(f"| {impl} | {s['cpu_ms_median']:.2f} | {', '.join(f'{x:.2f}' for x in s['cpu_ms_per_img'])} | "
+                   f"{1e3 / s['cpu_ms_median']:.0f} | {tv_cpu / s['cpu_ms_median']:.2f}x | {s['median']:.1f} | "
+                   f"{', '.join(f'{x:.0f}' for x in s['rounds'])} | {s['median'] / tv:.2f}x |")
+    if res.get("pixels"):
+        out += ["", "Pixel difference of mimjax's JPEG crop from torchvision's (PIL decode, crop, bicubic "
+                "resize; same boxes; uint8 levels):", "",
+                "| images | crops | n | DCT-scaled share | mean abs | p99 abs | max abs | equal pixels |",
+                "|---|---|---|---|---|---|---|---|"]
+        for r in res["pixels"]:
+            out.append(f"| {r['images']} | {r['crops']} | {r['n']} | {r['share_dct_scaled']:.0%} | "
+                       f"{r['mean_abs_diff']:.3f} | {r['p99_abs_diff']:.0f} | {r['max_abs_diff']} | "
+                       f"{r['equal_pixels']:.2%} |")
+    if res.get("per_image"):
+        out += ["", "CPU ms per image, one thread, the training crop alone (decode, crop, resize, flip, normalise; "
+                "best of 3 x 60 images; mimjax normalises on the host here too):", "",
+                "| images | torchvision | mimjax | ratio |", "|---|---|---|---|"]
+        for r in res["per_image"]:
+            out.append(f"| {r['images']} | {r['torchvision']:.2f} | {r['mimjax']:.2f} | "
+                       f"{r['torchvision'] / r['mimjax']:.2f}x |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--batches", type=int, default=12)
+    ap.add_argument("--workers", type=int, default=0, help="0: the usable cores")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    ap.add_argument("--no-pixels", action="store_true")
+    ap.add_argument("--pixels-only", action="store_true", help="redo the pixel section of an existing result")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--child", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--dir", default="", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    args.workers = args.workers or cores()
+    if args.child:
+        print(json.dumps(child(args)))
+        return
+    base = os.path.join(args.out, f"input_cpu_{cores()}cores{'_' + args.tag if args.tag else ''}")
+    if args.pixels_only:
+        with open(base + ".json") as f:
+            res = json.load(f)
+        with tempfile.TemporaryDirectory(prefix="bench_input_") as d:
+            write_dataset(os.path.join(d, "folder"), 40)
+            res["pixels"] = pixel_difference(d)
+            res["per_image"] = large_image_cost(d)
+        with open(base + ".json", "w") as f:
+            json.dump(res, f, indent=1)
+        with open(base + ".md", "w") as f:
+            f.write(markdown(res))
+        print(markdown(res))
+        return
+    start = time.time()
+    with tempfile.TemporaryDirectory(prefix="bench_input_") as d:
+        write_dataset(os.path.join(d, "folder"), args.images)
+        from mimjax.data import imagenet
+
+        imagenet.prepare(os.path.join(d, "arrayrecord"), folder=os.path.join(d, "folder"))
+        rates = {impl: [] for impl in args.impls}
+        cpu = {impl: [] for impl in args.impls}
+        env = {**os.environ, "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")}
+        for r in range(args.rounds):
+            order = args.impls if r % 2 == 0 else list(reversed(args.impls))
+            for impl in order:
+                cmd = [sys.executable, "-m", "bench.input", "--child", impl, "--dir", d, "--workers",
+                       str(args.workers), "--batch", str(args.batch), "--batches", str(args.batches)]
+                p = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                                   cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                if p.returncode:
+                    raise SystemExit(f"{impl} failed:\n{p.stderr[-3000:]}")
+                row = json.loads(p.stdout.strip().splitlines()[-1])
+                rates[impl].append(row["img_per_s"])
+                cpu[impl].append(row["cpu_ms_per_img"])
+                print(f"round {r}: {impl}: {row['img_per_s']:.1f} img/s, {row['cpu_ms_per_img']:.2f} CPU ms/img, "
+                      f"{row['cores_busy']:.2f} cores busy", flush=True)
+        pixels = [] if args.no_pixels else pixel_difference(d)
+        per_image = [] if args.no_pixels else large_image_cost(d)
+    import grain
+    import PIL
+    import simplejpeg
+    import torch
+    import torchvision
+
+    n = cores()
+    res = {"meta": {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "cpu": cpu_model(), "cores": n,
+                    "workers": args.workers, "images": args.images, "image_size": "500x375", "batch": args.batch,
+                    "batches": args.batches, "rounds": args.rounds, "torch": torch.__version__,
+                    "torchvision": torchvision.__version__, "grain": grain.__version__, "pillow": PIL.__version__,
+                    "simplejpeg": simplejpeg.__version__, "seconds": time.time() - start},
+           "load_average": os.getloadavg(),
+           "summary": {impl: {"median": statistics.median(v), "rounds": v, "cpu_ms_per_img": cpu[impl],
+                              "cpu_ms_median": statistics.median(cpu[impl])} for impl, v in rates.items()},
+           "pixels": pixels, "per_image": per_image}
+    os.makedirs(args.out, exist_ok=True)
+    with open(base + ".json", "w") as f:
+        json.dump(res, f, indent=1)
+    with open(base + ".md", "w") as f:
+        f.write(markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,352 @@
+"""Metric writers behind one interface, modelled on `clu.metric_writers`: `write_scalars(step,
+{name: value})`, `write_images(step, {tag: uint8 [H, W, 3]})`, `write_hparams({key: value})`,
+`flush()`, `close()`. `mimjax.train.metrics.MetricWriter` fans every call out to the writers
+a run's `writers` config names (`jsonl`, `tensorboard`, `wandb`); the loop has one call site.
+
+- `JsonlWriter`: `W/metrics.jsonl` (the format: `mimjax.train.metrics`). A local file is
+  appended to and flushed every row. On an object store without append (gs://) rows are
+  buffered and each flush uploads only the new rows as a small object and *composes* it
+  onto the end of metrics.jsonl (`ObjectAppender`): the file stays one readable object and
+  the bytes uploaded over a run are O(its size), not O(size^2) as a rewrite per flush.
+- `TensorBoardWriter`: tensorboardX events in `W/tb/` (no TensorFlow), the config as
+  TensorBoard hparams. On gs:// its event files go through the same compose appender
+  (tensorboardX's own GCS writer re-uploads the whole file at every flush).
+- `WandbWriter`: Weights & Biases (`pip install mimjax[wandb]`); `wandb.mode = offline`
+  writes `W/wandb/offline-run-*` for a later `wandb sync` and sends nothing.
+"""
+from __future__ import annotations
+
+import abc
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("mimjax")
+
+WRITERS = ("jsonl", "tensorboard", "wandb")
+
+
+def parse_writers(spec: str) -> tuple[str, ...]:
+    """"jsonl,tensorboard" -> ("jsonl", "tensorboard"); ValueError naming a bad value."""
+    names = tuple(s.strip() for s in str(spec).split(",") if s.strip())
+    for n in names:
+        if n not in WRITERS:
+            raise ValueError(f"unknown writer {n!r} (not one of {', '.join(WRITERS)})")
+    if len(set(names)) != len(names):
+        raise ValueError(f"a writer is named twice in {spec!r}")
+    return names
+
+
+def is_local(path: str) -> bool:
+    return "://" not in str(path) or str(path).startswith("file://")
+
+
+class Writer(abc.ABC):
+    """clu.metric_writers.MetricWriter's interface. Scalars arrive as int, float or None
+    (non-finite); images as uint8 [H, W, 3]."""
+
+    @abc.abstractmethod
+    def write_scalars(self, step: int, scalars: Mapping[str, int | float | None]) -> None: ...
+
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:  # noqa: B027 (optional)
+        pass
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:  # noqa: B027 (optional)
+        pass
+
+    def flush(self) -> None:  # noqa: B027 (optional)
+        pass
+
+    def close(self) -> None:  # noqa: B027 (optional)
+        pass
+
+
+def flat_hparams(config: Mapping[str, Any], prefix: str = "") -> dict:
+    """A nested config -> {"a.b": value} with bool / int / float / str values (others: str)."""
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, Mapping):
+            out.update(flat_hparams(v, f"{prefix}{k}."))
+        elif isinstance(v, (bool, int, float, str)):
+            out[prefix + k] = v
+        else:
+            out[prefix + k] = str(tuple(v) if isinstance(v, list) else v)
+    return out
+
+
+def _drop_partial_line(path: str):
+    """Cut a last line without its newline (a writer killed mid-line), so that appended
+    rows start on a line of their own."""
+    if not os.path.exists(path):
+        return
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) != b"\n":  # rare: read the whole file once to find the last newline
+            f.seek(0)
+            f.truncate(f.read().rfind(b"\n") + 1)
+
+
+# --- Appending to an object store (gs://) ------------------------------------------------------------
+
+class ObjectAppender:
+    """An append-only object on GCS, kept as ONE object: `write(bytes)` buffers; `flush()`
+    uploads the buffer as `<path>.part-<id>-<n>` and composes [path, part] -> path
+    (server-side concatenation; nothing already written is uploaded again), then deletes the
+    part. Over a run the bytes uploaded add up to the file's size (O(n); a rewrite per flush
+    would be O(n^2)). GCS allows about one update per second per object, so automatic
+    flushes (`maybe_flush`, after each write) come at most every `flush_secs`, a timer
+    thread flushing what a quiet spell would leave behind; `flush()` is immediate.
+
+    Crash repair on open: parts a killed writer left behind are deleted (their rows were
+    never part of the file; the loop flushes before every checkpoint, so the resumed run
+    logs them again), and a last line without its newline (only a foreign writer can leave
+    one: every composed part ends in one) is cut, rewriting the file once.
+    `bytes_uploaded` counts what this appender sent."""
+
+    def __init__(self, path: str, *, flush_secs: float = 5.0, fs=None, line_repair: bool = True):
+        if fs is None:
+            import gcsfs
+
+            fs = gcsfs.GCSFileSystem()
+        self.fs, self.path, self.flush_secs = fs, str(path), flush_secs
+        self._buf, self._last_flush, self.bytes_uploaded = [], time.monotonic(), 0
+        self._lock, self._timer = threading.RLock(), None
+        self._parts = (f"{self.path}.part-{uuid.uuid4().hex[:12]}-{n}" for n in itertools.count())
+        for stale in self.fs.glob(self.path + ".part-*"):
+            self.fs.rm_file(stale)
+        self.fs.invalidate_cache(self.path)
+        self._exists = self.fs.exists(self.path)
+        if line_repair and self._exists:
+            size = self.fs.info(self.path)["size"]
+            if size and self.fs.cat_file(self.path, start=size - 1) != b"\n":
+                data = self.fs.cat_file(self.path)
+                self._put(self.path, data[:data.rfind(b"\n") + 1])
+
+    def _put(self, path, data: bytes):
+        self.fs.pipe_file(path, data)
+        self.bytes_uploaded += len(data)
+
+    def write(self, data: bytes):
+        with self._lock:
+            self._buf.append(bytes(data))
+
+    def maybe_flush(self):
+        with self._lock:
+            wait = self.flush_secs - (time.monotonic() - self._last_flush)
+            if wait <= 0:
+                self.flush()
+            elif self._timer is None:
+                self._timer = threading.Timer(wait, self._timed_flush)
+                self._timer.daemon = True
+                self._timer.start()
+
+    def _timed_flush(self):
+        try:
+            self.flush()
+        except Exception as e:  # noqa: BLE001 - the rows stay buffered; the next flush retries
+            log.warning("could not append to %s (%s): retried at the next flush", self.path, e)
+
+    def flush(self):
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._last_flush = time.monotonic()
+            if not self._buf:
+                return
+            data = b"".join(self._buf)  # emptied only once the rows are in the file (an error keeps them)
+            if not self._exists:
+                self._put(self.path, data)
+                self._buf, self._exists = [], True
+                return
+            part = next(self._parts)
+            self._put(part, data)
+            self.fs.merge(self.path, [self.path, part])
+            self._buf = []
+            self.fs.invalidate_cache(self.path)
+            self.fs.rm_file(part)
+
+    def close(self):
+        self.flush()
+
+
+class _TensorBoardGcsRecordWriter:
+    """tensorboardX's record-writer protocol (write / flush / close) on an ObjectAppender."""
+
+    def __init__(self, path):
+        self._app = ObjectAppender(path, line_repair=False)
+
+    def write(self, data):
+        self._app.write(data)
+
+    def flush(self):
+        self._app.flush()
+
+    def close(self):
+        self._app.close()
+
+
+class _TensorBoardGcsFactory:
+    def open(self, path):
+        return _TensorBoardGcsRecordWriter(path)
+
+    def directory_check(self, path):  # object stores have no directories to make
+        pass
+
+
+# --- The writers ---------------------------------------------------------------------------------------
+
+class JsonlWriter(Writer):
+    """`<workdir>/metrics.jsonl`: one JSON object per write_scalars call (the format:
+    mimjax.train.metrics). Local: appended and flushed every row; a last line cut by a kill
+    is dropped on open. gs://: an ObjectAppender (flushed at most every flush_secs, and on
+    flush() / close())."""
+
+    def __init__(self, workdir: str, *, flush_secs: float = 5.0):
+        self.path = os.path.join(str(workdir), "metrics.jsonl") if is_local(workdir) else f"{str(workdir).rstrip('/')}/metrics.jsonl"
+        if is_local(workdir):
+            os.makedirs(workdir, exist_ok=True)
+            _drop_partial_line(self.path)
+            self._file, self._obj = open(self.path, "a"), None  # noqa: SIM115 (open for the whole run)
+        elif str(workdir).startswith("gs://"):
+            self._file, self._obj = None, ObjectAppender(self.path, flush_secs=flush_secs)
+        else:
+            raise ValueError(f"metrics.jsonl in {workdir!r}: a local directory or gs:// is supported")
+
+    def write_scalars(self, step, scalars):
+        line = json.dumps({"step": int(step), **scalars}, allow_nan=False) + "\n"
+        if self._file is not None:
+            self._file.write(line)
+            self._file.flush()
+        elif self._obj is not None:
+            self._obj.write(line.encode())
+            self._obj.maybe_flush()
+
+    def flush(self):
+        if self._file is not None:
+            self._file.flush()
+        if self._obj is not None:
+            self._obj.flush()
+
+    def close(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._obj is not None:
+            self._obj.close()
+            self._obj = None
+
+
+class TensorBoardWriter(Writer):
+    """tensorboardX events in `logdir`; write_hparams: the config on TensorBoard's HPARAMS
+    tab (in the same event file, so TensorBoard pairs it with the scalars of this run)."""
+
+    def __init__(self, logdir: str, *, metrics=("loss", "knn_top1")):
+        from tensorboardX import SummaryWriter
+
+        if not is_local(logdir) and str(logdir).startswith("gs://"):
+            from tensorboardX import record_writer
+
+            record_writer.register_writer_factory("gs", _TensorBoardGcsFactory())  # keyed by the scheme
+        self._tb, self._metrics = SummaryWriter(logdir=str(logdir)), tuple(metrics)
+
+    def write_scalars(self, step, scalars):
+        for k, v in scalars.items():
+            if v is not None:
+                self._tb.add_scalar(k, v, int(step))
+
+    def write_images(self, step, images):
+        for tag, image in images.items():
+            self._tb.add_image(tag, np.asarray(image), int(step), dataformats="HWC")
+
+    def write_hparams(self, hparams):
+        from tensorboardX.summary import hparams as hparams_summary
+
+        hp = flat_hparams(hparams)
+        for summary in hparams_summary(hp, {m: 0.0 for m in self._metrics}):
+            self._tb.file_writer.add_summary(summary)
+
+    def flush(self):
+        self._tb.flush()
+
+    def close(self):
+        self._tb.close()
+
+
+class WandbWriter(Writer):
+    """A Weights & Biases run (`wandb` from `pip install mimjax[wandb]`). Its id is kept in
+    `<workdir>/wandb_run_id`, so a resumed run continues the same W&B run. The files go to
+    `<workdir>/wandb/` (a local temporary directory for a gs:// workdir). mode: "" (wandb's
+    default / WANDB_MODE), "online", "offline" (nothing leaves the machine; `wandb sync`
+    later) or "disabled". W&B drops rows whose step is below its last one (a run resumed
+    from an older checkpoint): those steps stay in metrics.jsonl and TensorBoard."""
+
+    def __init__(self, workdir: str, *, project: str, name: str = "", entity: str = "", mode: str = "",
+                 hparams: Mapping[str, Any] | None = None):
+        try:
+            import wandb
+        except ImportError as e:
+            raise ImportError("writers includes 'wandb' but wandb is not installed: pip install 'mimjax[wandb]' "
+                              "(or -r requirements-wandb.txt)") from e
+        self._wandb = wandb
+        if is_local(workdir):
+            wdir = str(workdir)
+            os.makedirs(wdir, exist_ok=True)
+            id_path = os.path.join(wdir, "wandb_run_id")
+            run_id = open(id_path).read().strip() if os.path.exists(id_path) else uuid.uuid4().hex[:12]
+            with open(id_path, "w") as f:
+                f.write(run_id + "\n")
+        else:
+            import tempfile
+
+            wdir, run_id = tempfile.mkdtemp(prefix="mimjax-wandb-"), None
+        self.run = wandb.init(project=project or None, name=name or None, entity=entity or None,
+                              mode=mode or None, dir=wdir, id=run_id, resume="allow" if run_id else None,
+                              config=flat_hparams(hparams) if hparams else None, reinit="create_new")
+
+    def write_scalars(self, step, scalars):
+        row = {k: v for k, v in scalars.items() if v is not None}
+        if row:
+            self.run.log(row, step=int(step))
+
+    def write_images(self, step, images):
+        self.run.log({tag: self._wandb.Image(np.asarray(im)) for tag, im in images.items()}, step=int(step))
+
+    def write_hparams(self, hparams):
+        self.run.config.update(flat_hparams(hparams), allow_val_change=True)
+
+    def close(self):
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
+
+
+def make_writers(workdir: str, names, *, wandb_cfg=None, hparams=None) -> list[Writer]:
+    """The writers `names` (parse_writers) for a run in `workdir`; tensorboard without
+    tensorboardX installed is skipped with a warning."""
+    out = []
+    for n in names:
+        if n == "jsonl":
+            out.append(JsonlWriter(workdir))
+        elif n == "tensorboard":
+            try:
+                out.append(TensorBoardWriter(os.path.join(str(workdir), "tb") if is_local(workdir)
+                                             else f"{str(workdir).rstrip('/')}/tb"))
+            except ImportError:
+                log.warning("tensorboardX is not installed: no TensorBoard events (metrics.jsonl is written)")
+        elif n == "wandb":
+            w = wandb_cfg or {}
+            out.append(WandbWriter(workdir, project=w.get("project", "mimjax"), name=w.get("name", ""),
+                                   entity=w.get("entity", ""), mode=w.get("mode", ""), hparams=hparams))
+    return out
