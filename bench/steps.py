@@ -20,6 +20,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from mimjax.models import model_from_config, vit
+from mimjax.models.layers import resolve_dtype
 from mimjax.models.vit import vit_kwargs
 from mimjax.schema import load_config_file
 from mimjax.train import config as config_lib
@@ -112,7 +113,7 @@ def build_encoder_step(size: str, batch: int, img_size: int = 224, dtype: str = 
                        attention: str = "auto"):
     """(jitted fn, args): loss = mean of the encoder's output tokens [B, 1+N, D], and its
     gradient with respect to all encoder parameters (fwd + bwd, no optimizer)."""
-    enc = vit(size, img_size=img_size, dtype=jnp.dtype(dtype), attention=attention)
+    enc = vit(size, img_size=img_size, dtype=resolve_dtype(dtype), attention=attention)
     k_init, k_data = jax.random.split(jax.random.key(seed))
     params = jax.jit(lambda k: enc.init(k, jnp.zeros((1, img_size, img_size, 3)))["params"])(k_init)
     images = jax.random.normal(k_data, (batch, img_size, img_size, 3), jnp.float32)

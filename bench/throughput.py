@@ -118,22 +118,25 @@ def torch_device() -> str:
 
 
 def bench_encoder(args, ctx) -> dict:
-    """mimjax ViT vs timm ViT: forward + backward of mean(encoder output), float32."""
+    """mimjax ViT vs timm ViT: forward + backward of mean(encoder output), in --dtype (bfloat16:
+    mimjax's mixed-precision policy vs timm under torch.autocast; bench/dtype.py pairs both)."""
     a = flops.Arch.from_name(args.encoder_model, img_size=args.img_size)
     gflop = flops.encoder_train_flops(a) / 1e9
-    fn, fargs = steps.build_encoder_step(args.encoder_model, args.encoder_batch, args.img_size)
+    fn, fargs = steps.build_encoder_step(args.encoder_model, args.encoder_batch, args.img_size, args.dtype)
     compiled = fn.lower(*fargs).compile()
     times = time_calls(lambda: jax.block_until_ready(compiled(*fargs)), args.warmup, args.steps)
     row = rates(dict(impl="mimjax", **summary(times, args.encoder_batch)), gflop, ctx)
     x = flops.xla_flops(compiled)
     row["xla_gflop_per_img"] = None if x is None else round(x / args.encoder_batch / 1e9, 2)
-    out = {"model": args.encoder_model, "img_size": args.img_size, "batch": args.encoder_batch, "dtype": "float32",
+    out = {"model": args.encoder_model, "img_size": args.img_size, "batch": args.encoder_batch, "dtype": args.dtype,
            "rows": [row]}
     if ctx["torch"]:
         from bench import torch_ref
         dev = torch_device()
         arch = torch_ref.vit_args(vit_kwargs(args.encoder_model), args.img_size)
-        step = torch_ref.make_encoder_step(arch, args.encoder_batch, dev)
+        import torch
+        step = torch_ref.make_encoder_step(arch, args.encoder_batch, dev,
+                                           torch.bfloat16 if args.dtype == "bfloat16" else None)
         times = time_calls(lambda: (step(), torch_ref.sync(dev)), args.warmup, args.steps)
         out["rows"].append(rates(dict(impl=f"timm ({dev})", **summary(times, args.encoder_batch)), gflop, ctx))
         out["speedup_vs_torch"] = row["img_per_s"] / out["rows"][1]["img_per_s"]

@@ -190,16 +190,18 @@ def make_train_step(arch: dict, method: str, batch: int, device: str = "cpu", dt
     return step
 
 
-def make_encoder_step(arch: dict, batch: int, device: str = "cpu"):
+def make_encoder_step(arch: dict, batch: int, device: str = "cpu", dtype=None):
     """A no-argument callable: timm ViT forward_features (normed tokens [B, 1+N, D]), loss =
-    their mean, backward (float32)."""
+    their mean, backward (float32; with dtype, e.g. torch.bfloat16, the forward runs under
+    `torch.autocast` of that dtype and the backward follows its dtypes, float32 weights)."""
     model = VisionTransformer(img_size=arch["img_size"], patch_size=arch["patch"], embed_dim=arch["dim"],
                               depth=arch["depth"], num_heads=arch["heads"], num_classes=0).to(device)
     imgs = torch.randn(batch, 3, arch["img_size"], arch["img_size"], device=device)
 
     def step():
         model.zero_grad(set_to_none=True)
-        loss = model.forward_features(imgs).mean()
+        with torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype is not None):
+            loss = model.forward_features(imgs).float().mean()
         loss.backward()
         return loss
 

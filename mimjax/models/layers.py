@@ -20,7 +20,143 @@ Dtype = Any
 xavier_uniform = nn.initializers.xavier_uniform()
 # Same bound as xavier on the fused [3D, D] qkv matrix of timm/MAE.
 qkv_init = nn.initializers.variance_scaling(0.5, "fan_avg", "uniform")
+# Always float32 (dtype=None: the type of its float32 input and parameters), whatever the
+# model's compute dtype: statistics, normalisation and output (the mixed-precision policy).
 LayerNorm = functools.partial(nn.LayerNorm, epsilon=1e-6)
+
+
+# --- Mixed precision ---------------------------------------------------------------------
+# The policy of `model.dtype` (`dtype` of every module here), one rule: a half dtype
+# (bfloat16, float16) is the dtype of the *operands of every matrix product* (q/k/v/out
+# projections, q k^T and weights @ v, MLP, patch embedding, decoder, GPA head, teacher),
+# accumulated and returned in float32 (`preferred_element_type`); everything else
+# (parameters, optimizer state, the residual stream, LayerNorm, softmax, GELU, losses, GPA
+# scores) is float32. The backward products are half x half -> float32 too (`mixed_dot_general`
+# has its own VJP), and the only converts are those of the product operands (fused into the
+# op that makes them) and of each float32 weight, once per step. One exception, on the CPU
+# backend only: the per-head T x T attention products stay float32, because XLA:CPU computes
+# batched bf16 products in float32 anyway (it would convert the operands straight back).
+#
+# Why not "activations in bf16" (flax's `dtype=bfloat16`): a bf16 x bf16 -> bf16 product has
+# no native kernel on XLA:CPU (jax 0.10.2 upcasts it to a float32 dot plus converts), JAX's
+# transpose of a product whose output is float32 multiplies the float32 cotangent by the
+# half operand (a mixed, float32 product), and every elementwise op in bf16 runs as
+# convert -> float32 op -> convert on CPU. See README "Performance", bf16.
+
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this host's CPU multiplies bf16 natively (x86 avx512_bf16 or amx_bf16, Arm
+    bf16), from /proc/cpuinfo; False where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set()
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags.update(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def resolve_dtype(name, backend: str | None = None, native_bf16: bool | None = None):
+    """The compute dtype `model.dtype` names: "float32" | "bfloat16" | "float16", or "auto":
+    bfloat16 on accelerators (GPU, TPU) and on CPUs that multiply bf16 natively
+    (`cpu_has_native_bf16`), float32 elsewhere. Accepts a dtype too."""
+    if not isinstance(name, str):
+        return jnp.dtype(name)
+    if name == "auto":
+        backend = jax.default_backend() if backend is None else backend
+        if backend != "cpu":
+            return jnp.dtype(jnp.bfloat16)
+        native_bf16 = cpu_has_native_bf16() if native_bf16 is None else native_bf16
+        return jnp.dtype(jnp.bfloat16 if native_bf16 else jnp.float32)
+    if name not in COMPUTE_DTYPES:
+        raise ValueError(f"compute dtype {name!r}: expected one of {COMPUTE_DTYPES}")
+    return jnp.dtype(name)
+
+
+def _remaining(n, *removed):
+    gone = {int(i) for r in removed for i in r}
+    return [i for i in range(n) if i not in gone]
+
+
+def _cotangent(g, other, this, other_axes, g_this, g_other):
+    """d(dot_general) / d(one operand) applied to the cotangent g, float32, as one product of
+    g and the other operand (JAX's transpose rule, `lax._dot_general_transpose_lhs`, but with a
+    float32 result instead of the operand's dtype). this / other_axes: (batch, kept,
+    contracting) axes of the operand and of the other one; g_this / g_other: the axes of g that
+    are this operand's / the other's kept axes. Of the two operand orders, the one whose result
+    is already in the operand's layout is used (a Dense kernel's gradient needs no transpose):
+    XLA:CPU (jax 0.10.2) folds a trailing transpose into a bf16 product after it has decided
+    which products its kernels take, and that product then fails at run time ("Unsupported
+    element type for DotThunk::Execute: BF16 x BF16 = F32")."""
+    (t_batch, t_kept, t_contract), (o_batch, o_kept, o_contract) = this, other_axes
+    nb = len(t_batch)
+    # The other operand's axes left after the product are its contracting ones, ascending;
+    # they pair with this operand's contracting axes.
+    t_rest = [t_contract[i] for i in np.argsort(o_contract)]
+    g_first = np.argsort(list(t_batch) + list(t_kept) + t_rest)
+    o_first = np.argsort(list(t_batch) + t_rest + list(t_kept))
+    if (o_first == np.arange(len(o_first))).all() and not (g_first == np.arange(len(g_first))).all():
+        out = jax.lax.dot_general(other, g, ((tuple(o_kept), tuple(g_other)), (tuple(o_batch), tuple(range(nb)))),
+                                  preferred_element_type=jnp.float32)
+        return out
+    out = jax.lax.dot_general(g, other, ((tuple(g_other), tuple(o_kept)), (tuple(range(nb)), tuple(o_batch))),
+                              preferred_element_type=jnp.float32)
+    return out if (g_first == np.arange(len(g_first))).all() else jax.lax.transpose(out, tuple(int(a) for a in g_first))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _mixed_dot(x, w, dims, compute_dtype, x_dtype, w_dtype):
+    del x_dtype, w_dtype
+    return jax.lax.dot_general(x.astype(compute_dtype), w.astype(compute_dtype), dims,
+                               preferred_element_type=jnp.float32)
+
+
+def _mixed_dot_fwd(x, w, dims, compute_dtype, x_dtype, w_dtype):
+    xc, wc = x.astype(compute_dtype), w.astype(compute_dtype)
+    return jax.lax.dot_general(xc, wc, dims, preferred_element_type=jnp.float32), (xc, wc)
+
+
+def _mixed_dot_bwd(dims, compute_dtype, x_dtype, w_dtype, res, g):
+    xc, wc = res
+    gc = g.astype(compute_dtype)  # the cotangent is rounded once, as torch.autocast's bf16 grads
+    (xk, wk), (xb, wb) = dims
+    x_axes = (xb, _remaining(xc.ndim, xk, xb), xk)  # (batch, kept, contracting)
+    w_axes = (wb, _remaining(wc.ndim, wk, wb), wk)
+    nb, nx = len(xb), len(x_axes[1])
+    g_x = tuple(range(nb, nb + nx))  # g's axes: batch, x kept, w kept
+    g_w = tuple(range(nb + nx, gc.ndim))
+    dx = _cotangent(gc, wc, x_axes, w_axes, g_x, g_w)
+    dw = _cotangent(gc, xc, w_axes, x_axes, g_w, g_x)
+    return dx.astype(x_dtype), dw.astype(w_dtype)
+
+
+_mixed_dot.defvjp(_mixed_dot_fwd, _mixed_dot_bwd)
+
+
+def mixed_dot_general(compute_dtype):
+    """A `lax.dot_general` for `nn.Dense(dot_general=...)` / `jnp.einsum(_dot_general=...)`
+    under the policy above: float32 (or any) operands are multiplied as `compute_dtype` with
+    float32 accumulation and a float32 result; the backward products are compute_dtype x
+    compute_dtype -> float32 as well, the cotangents returned in the operands' own dtypes.
+    For float32 it is plain `lax.dot_general` (the float32 program is unchanged)."""
+    compute_dtype = jnp.dtype(compute_dtype)
+    if compute_dtype == jnp.float32:
+        return jax.lax.dot_general
+
+    def dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None, **kw):
+        del precision, kw  # the half-precision product is the point; no sharding hints are used here
+        (lc, rc), (lb, rb) = dimension_numbers
+        dims = ((tuple(int(i) for i in lc), tuple(int(i) for i in rc)),
+                (tuple(int(i) for i in lb), tuple(int(i) for i in rb)))
+        out = _mixed_dot(lhs, rhs, dims, compute_dtype, jnp.dtype(lhs.dtype), jnp.dtype(rhs.dtype))
+        return out if preferred_element_type is None else out.astype(preferred_element_type)
+
+    return dot_general
 
 
 def posemb_sincos_2d(grid_h: int, grid_w: int, dim: int, cls_token: bool = True) -> np.ndarray:
@@ -73,8 +209,9 @@ class PatchEmbed(nn.Module):
             1.0, "fan_avg", "uniform", in_axis=(0, 1, 2), out_axis=-1), (p, p, c, self.width))
         bias = self.param("bias", nn.initializers.zeros, (self.width,))
         x = patchify(images, p)  # [B, N, p*p*C]; (p, q, c) order = the kernel's row-major flattening
-        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel.reshape(p * p * c, self.width), bias, dtype=self.dtype)
-        return x @ kernel + bias
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel.reshape(p * p * c, self.width), bias, dtype=jnp.float32)
+        # [B, N, D] float32 (the product in `dtype`, see "Mixed precision")
+        return mixed_dot_general(self.dtype)(x, kernel, (((2,), (0,)), ((), ()))) + bias
 
 
 ATTENTION_IMPLEMENTATIONS = ("auto", "explicit", "xla", "cudnn")
@@ -86,7 +223,7 @@ class Attention(nn.Module):
     Modes (static): plain (no weights kept); `return_logits` (also returns the pre-softmax
     logits of `logits_head`, or of all heads); `qk_only` (computes only q and k and returns
     just the logits: what a GPA teacher needs from its last block). With `qk`, those two
-    modes return the pair (q, k), each [B, T, 1 or H, hd] in `dtype`, of `logits_head` (or
+    modes return the pair (q, k), each [B, T, 1 or H, hd] float32, of `logits_head` (or
     all heads) instead of the logits [B, 1 or H, T, T]: a GPA teacher needs only column sums
     of q k^T, O(T hd) from q and k (`masking.gpa_scores_from_qk`), never the T x T map.
 
@@ -116,16 +253,22 @@ class Attention(nn.Module):
         if dim % self.num_heads:
             raise ValueError(f"width {dim} is not divisible by num_heads={self.num_heads}")
         head_dim = dim // self.num_heads
+        mixed = mixed_dot_general(self.dtype)  # products in `dtype`, float32 results ("Mixed precision")
+        # The per-head T x T products (q k^T, weights @ v): XLA:CPU computes batched bf16 products
+        # in float32 (it converts the operands back; checked with jax 0.10.2 and 0.12.0.1), so on
+        # the CPU backend they stay float32 rather than pay a float32 -> bf16 -> float32 round trip.
+        attn_dot = jax.lax.dot_general if jax.default_backend() == "cpu" else mixed
         dense = functools.partial(
-            nn.DenseGeneral, features=(self.num_heads, head_dim), dtype=self.dtype,
+            nn.DenseGeneral, features=(self.num_heads, head_dim), dtype=jnp.float32, dot_general=mixed,
             kernel_init=qkv_init, bias_init=nn.initializers.zeros)
-        q = dense(name="query")(x)  # [B, T, H, hd]
+        q = dense(name="query")(x)  # [B, T, H, hd] float32
         k = dense(name="key")(x)
         scale = head_dim ** -0.5
 
         def attn_logits(qh, kh):  # [B, T, h, hd] x2 -> [B, h, T, T] float32
             qh, kh = qh.transpose(0, 2, 1, 3), kh.transpose(0, 2, 1, 3)  # head-major [B, h, T, hd]
-            return jnp.einsum("bhqd,bhkd->bhqk", qh, kh, preferred_element_type=jnp.float32) * scale
+            return jnp.einsum("bhqd,bhkd->bhqk", qh, kh, preferred_element_type=jnp.float32,
+                              _dot_general=attn_dot) * scale
 
         one_head = slice(self.logits_head, self.logits_head + 1) if self.logits_head is not None else slice(None)
         if self.qk_only:  # a teacher's last block: only q and k (or q.k) of the wanted head(s)
@@ -140,12 +283,14 @@ class Attention(nn.Module):
         if want_logits or explicit:
             full = attn_logits(q, k)  # [B, H, T, T]
             logits = full[:, one_head] if want_logits else logits
-            weights = jax.nn.softmax(full, axis=-1).astype(v.dtype)
-            out = jnp.einsum("bhqk,bhkd->bhqd", weights, v.transpose(0, 2, 1, 3)).transpose(0, 2, 1, 3)
+            weights = jax.nn.softmax(full, axis=-1)  # float32 softmax
+            out = jnp.einsum("bhqk,bhkd->bhqd", weights, v.transpose(0, 2, 1, 3), preferred_element_type=jnp.float32,
+                             _dot_general=attn_dot).transpose(0, 2, 1, 3)
         else:
             impl = None if self.implementation == "auto" else self.implementation
+            q, k, v = (a.astype(self.dtype) for a in (q, k, v))  # cuDNN flash attention takes bf16 / fp16
             out = jax.nn.dot_product_attention(q, k, v, implementation=impl)  # [B, T, H, hd], fused
-        out = nn.DenseGeneral(dim, axis=(-2, -1), dtype=self.dtype, kernel_init=xavier_uniform,
+        out = nn.DenseGeneral(dim, axis=(-2, -1), dtype=jnp.float32, dot_general=mixed, kernel_init=xavier_uniform,
                               bias_init=nn.initializers.zeros, name="out")(out)
         return out, logits
 
@@ -157,10 +302,10 @@ class Mlp(nn.Module):
     @nn.compact
     def __call__(self, x):  # x [B, T, D] -> [B, T, D]
         dim = x.shape[-1]
-        dense = functools.partial(nn.Dense, dtype=self.dtype, kernel_init=xavier_uniform,
-                                  bias_init=nn.initializers.zeros)
+        dense = functools.partial(nn.Dense, dtype=jnp.float32, dot_general=mixed_dot_general(self.dtype),
+                                  kernel_init=xavier_uniform, bias_init=nn.initializers.zeros)
         x = dense(self.hidden_dim, name="fc1")(x)
-        x = nn.gelu(x, approximate=False)  # exact (erf) GELU, as timm/MAE/PyTorch
+        x = nn.gelu(x, approximate=False)  # exact (erf) GELU, as timm/MAE/PyTorch; float32
         return dense(dim, name="fc2")(x)
 
 
@@ -203,11 +348,11 @@ class Block(nn.Module):
     def __call__(self, x):  # x [B, T, D]
         dim = x.shape[-1]
         y, logits = Attention(self.num_heads, self.dtype, self.return_logits, self.qk_only, self.logits_head,
-                              self.attention, self.qk, name="attn")(LayerNorm(dtype=self.dtype, name="norm1")(x))
+                              self.attention, self.qk, name="attn")(LayerNorm(name="norm1")(x))
         if self.qk_only:
             return None, logits
         x = x + DropPath(self.drop_path)(y, self.deterministic)
-        y = Mlp(int(dim * self.mlp_ratio), self.dtype, name="mlp")(LayerNorm(dtype=self.dtype, name="norm2")(x))
+        y = Mlp(int(dim * self.mlp_ratio), self.dtype, name="mlp")(LayerNorm(name="norm2")(x))
         x = x + DropPath(self.drop_path)(y, self.deterministic)
         return x, logits
 
@@ -220,7 +365,7 @@ class Transformer(nn.Module):
       its attention weights; all others use the fused kernel.
     stop_at_attn: return (None, logits) right after block attn_block's q and k.
     qk: instead of the logits, return that block's (q, k), each [B, T, H, hd] or
-      [B, T, 1, hd] with attn_head, in the model dtype (the logits are q k^T * hd^-0.5):
+      [B, T, 1, hd] with attn_head, float32 (the logits are q k^T * hd^-0.5):
       with stop_at_attn, (None, (q, k)). What a GPA teacher needs: its scores are O(T hd)
       from q and k (`masking.gpa_scores_from_qk`); no [B, H, T, T] is formed.
     remat: rematerialise each block in the backward pass (memory for compute).

@@ -8,12 +8,14 @@ The mask comes from outside (`mimjax.masking`), so any masking strategy plugs in
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mimjax.models.layers import LayerNorm, Transformer, patchify, posemb_sincos_2d, xavier_uniform
+from mimjax.models.layers import (LayerNorm, Transformer, mixed_dot_general, patchify, posemb_sincos_2d, resolve_dtype,
+                                  xavier_uniform)
 from mimjax.models.vit import VisionTransformer, _check_overrides, vit_kwargs
 
 
@@ -79,8 +81,9 @@ class MAE(nn.Module):
         b, n = mask.ids_restore.shape
 
         # Decoder input: visible tokens + mask tokens, back in patch order, + position.
-        x = nn.Dense(self.decoder_width, dtype=dtype, kernel_init=xavier_uniform,
-                     name="decoder_embed")(latent)  # [B, 1+K, Dd]
+        dense = functools.partial(nn.Dense, dtype=jnp.float32, dot_general=mixed_dot_general(dtype),
+                                  kernel_init=xavier_uniform)  # products in `dtype`, float32 out
+        x = dense(self.decoder_width, name="decoder_embed")(latent)  # [B, 1+K, Dd]
         mask_token = self.param("mask_token", nn.initializers.normal(0.02), (1, 1, self.decoder_width))
         k = x.shape[1] - 1
         filler = jnp.broadcast_to(mask_token.astype(x.dtype), (b, n - k, self.decoder_width))
@@ -93,9 +96,9 @@ class MAE(nn.Module):
         def decoder(prefix, out_dim):
             y, _ = Transformer(self.decoder_depth, self.decoder_heads, enc.mlp_ratio, dtype,
                                enc.remat, scan=enc.scan, attention=enc.attention, name=f"{prefix}_blocks")(x)
-            y = LayerNorm(dtype=dtype, name=f"{prefix}_norm")(y)
-            y = nn.Dense(out_dim, dtype=dtype, kernel_init=xavier_uniform, name=f"{prefix}_pred")(y)
-            return y[:, 1:].astype(jnp.float32)  # drop cls
+            y = LayerNorm(name=f"{prefix}_norm")(y)
+            y = dense(out_dim, name=f"{prefix}_pred")(y)
+            return y[:, 1:]  # drop cls; float32
 
         p = enc.patch_size
         pred = decoder("decoder", p * p * images.shape[-1])  # [B, N, p*p*3]
@@ -160,7 +163,7 @@ def mae(name: str, **overrides) -> MAE:
 
 def mae_from_config(mc) -> MAE:
     """The MAE a `model` config section (mimjax/train/config.py) describes."""
-    over = dict(img_size=mc.img_size, dtype=jnp.dtype(mc.dtype), remat=mc.remat, scan=mc.get("scan", False),
+    over = dict(img_size=mc.img_size, dtype=resolve_dtype(mc.dtype), remat=mc.remat, scan=mc.get("scan", False),
                 attention=mc.get("attention", "auto"),
                 norm_pix_loss=mc.norm_pix_loss, gpa_head=mc.gpa_head,
                 gpa_head_late_start=mc.gpa_head_late_start, decoder_width=mc.decoder_width,

@@ -16,11 +16,12 @@ mask is drawn per patch (SimMIM masks 32x32 blocks of 16x16 patches).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mimjax.models.layers import xavier_uniform
+from mimjax.models.layers import mixed_dot_general, resolve_dtype, xavier_uniform
 from mimjax.models.mae import gpa_feature_loss, init_params, pixel_target
 from mimjax.models.vit import VisionTransformer, _check_overrides, vit_kwargs
 
@@ -47,8 +48,9 @@ class SimMIM(nn.Module):
         tokens = latent[:, 1:]  # [B, N, D]: SimMIM drops cls before its decoder
 
         p, c = enc.patch_size, images.shape[-1]
-        pred = nn.Dense(p * p * c, dtype=enc.dtype, kernel_init=xavier_uniform,
-                        name="decoder_pred")(tokens).astype(jnp.float32)  # [B, N, p*p*C]
+        dense = functools.partial(nn.Dense, p * p * c, dtype=jnp.float32, dot_general=mixed_dot_general(enc.dtype),
+                                  kernel_init=xavier_uniform)  # products in enc.dtype, float32 out
+        pred = dense(name="decoder_pred")(tokens)  # [B, N, p*p*C] float32
         target = pixel_target(images, p, self.norm_pix_loss)  # [B, N, p*p*C]
         m = mask.mask.astype(jnp.float32)  # [B, N], 1 = masked
         # SimMIM: sum(|x - x_rec| * mask) / (sum(mask) + 1e-5) / in_chans, with the mask at
@@ -60,8 +62,7 @@ class SimMIM(nn.Module):
         if self.gpa_head:
             # GPA_SPEC 4's output layer (linear to p*p*3, mean over the last axis) on the
             # encoder tokens; SimMIM has no decoder blocks to copy.
-            gpa_pred = nn.Dense(p * p * c, dtype=enc.dtype, kernel_init=xavier_uniform,
-                                name="gpa_pred")(tokens).astype(jnp.float32).mean(-1)  # [B, N]
+            gpa_pred = dense(name="gpa_pred")(tokens).mean(-1)  # [B, N]
             gpa_loss = gpa_feature_loss(gpa_pred, gpa_target)
             out["gpa_pred"] = gpa_pred
         out["gpa_loss"] = gpa_loss
@@ -91,7 +92,7 @@ def simmim(name: str, **overrides) -> SimMIM:
 def simmim_from_config(mc) -> SimMIM:
     """The SimMIM a `model` config section describes (model.arch = "simmim"). model.name keeps
     the schema's "mae_<vit>" form for every arch; decoder_* and gpa_head_late_start are MAE's."""
-    over = {"img_size": mc.img_size, "dtype": jnp.dtype(mc.dtype), "remat": mc.remat, "scan": mc.get("scan", False),
+    over = {"img_size": mc.img_size, "dtype": resolve_dtype(mc.dtype), "remat": mc.remat, "scan": mc.get("scan", False),
             "attention": mc.get("attention", "auto"),
             "norm_pix_loss": mc.norm_pix_loss, "gpa_head": mc.gpa_head}
     over.update({k: mc[k] for k in ("patch_size", "width", "depth", "num_heads") if mc.get(k)})

@@ -35,7 +35,7 @@ class VisionTransformer(nn.Module):
     depth: int = 12
     num_heads: int = 12
     mlp_ratio: float = 4.0
-    dtype: Any = jnp.float32  # compute dtype; parameters stay float32
+    dtype: Any = jnp.float32  # matmul operand dtype; parameters and all else float32 (layers.py "Mixed precision")
     remat: bool = False
     scan: bool = False  # one lax.scan over the blocks (see `Transformer`)
     drop_path: float = 0.0
@@ -98,7 +98,7 @@ class VisionTransformer(nn.Module):
             deterministic=not train)
         if stop_at_attn:
             return logits
-        norm = LayerNorm(dtype=self.dtype, name="norm")
+        norm = LayerNorm(name="norm")
         x = norm(x[:, 1:].mean(axis=1)) if pool == "avg" else norm(x)
         if pool == "token":
             x = x[:, 0]

@@ -26,6 +26,9 @@ def pretraining(variant: str):
     c = base_config()
     c.model.name = "mae_" + variant
     c.model.remat = variant in LARGE
+    # bf16 products (float32 accumulation, parameters, norms, losses) on GPU/TPU and on CPUs
+    # with native bf16; float32 elsewhere. Resolved when the model is built (models/layers.py).
+    c.model.dtype = "auto"
     return c
 
 
@@ -52,4 +55,5 @@ def finish(c, flags: set[str]):
         if c.teacher.source == "checkpoint":
             c.teacher.source = "ema"
         runlocal(c)
+        c.model.dtype = "float32"  # smoke runs keep the float32 reference numerics on any host
     return c
