@@ -23,8 +23,7 @@ def save_state_dict(state_dict: dict, path: str, meta: dict) -> None:
         else:
             save_file(state_dict, path, metadata={"mimjax": json.dumps(meta)})
     elif path.endswith(".pth"):
-        import torch
-
+        torch = _torch(path)
         buf = io.BytesIO() if remote else path
         torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, buf)
         if remote:
@@ -51,8 +50,7 @@ def load_state_dict(path: str) -> dict:
     if path.endswith((".pth", ".pt", ".bin")):
         import pickle
 
-        import torch
-
+        torch = _torch(path)
         try:
             src = io.BytesIO(paths.read_bytes(path)) if remote else path
             obj = torch.load(src, map_location="cpu", weights_only=True)
@@ -69,3 +67,13 @@ def load_state_dict(path: str) -> dict:
                              f"expected a state dict (optionally under 'model')")
         return {k: v.float().numpy() for k, v in inner.items()}
     raise ValueError(f"input {path!r}: expected a .safetensors or .pth file")
+
+
+def _torch(path: str):
+    """torch, or a ValueError naming the file when PyTorch is not installed."""
+    try:
+        import torch
+    except ImportError:
+        raise ValueError(f"{path!r}: .pth files need PyTorch (pip install -r requirements-torch.txt, or the "
+                         f"[torch] extra); .safetensors files do not") from None
+    return torch

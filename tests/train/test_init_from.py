@@ -165,6 +165,7 @@ def test_train_starts_from_it_and_a_resumed_run_ignores_it(source, tmp_path, cap
 
 
 def test_files_without_training(tmp_path):  # fast: no run, state dicts of initialised models
+    pytest.importorskip("torch", reason="writes .pth files (requirements-torch.txt)")
     from mimjax import export
     from mimjax.models import init_model
 
