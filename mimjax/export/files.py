@@ -10,18 +10,23 @@ import os
 from mimjax import paths
 
 
+def write_safetensors(state_dict: dict, path: str, metadata: dict) -> None:
+    """A .safetensors file, local (streamed by safetensors) or remote (an object written whole)."""
+    from safetensors.numpy import save, save_file
+
+    if paths.is_remote(path):
+        paths.write_bytes(path, save(state_dict, metadata=metadata))
+    else:
+        save_file(state_dict, path, metadata=metadata)
+
+
 def save_state_dict(state_dict: dict, path: str, meta: dict) -> None:
     """`.safetensors` (+ `<path>.json` with meta) or `.pth` (torch.save of tensors + meta json)."""
     remote = paths.is_remote(path)
     if not remote:
         os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
     if path.endswith(".safetensors"):
-        from safetensors.numpy import save, save_file
-
-        if remote:
-            paths.write_bytes(path, save(state_dict, metadata={"mimjax": json.dumps(meta)}))
-        else:
-            save_file(state_dict, path, metadata={"mimjax": json.dumps(meta)})
+        write_safetensors(state_dict, path, {"mimjax": json.dumps(meta)})
     elif path.endswith(".pth"):
         torch = _torch(path)
         buf = io.BytesIO() if remote else path

@@ -47,15 +47,11 @@ def timm_config(arch: dict, *, global_pool: str, mean, std, crop_pct: float, ext
 def save_folder(state_dict: dict, folder: str, config: dict) -> list[str]:
     """Writes FOLDER/model.safetensors (no pickle) and FOLDER/config.json (local or gs://);
     returns both paths."""
-    from safetensors.numpy import save, save_file
+    from mimjax.export.files import write_safetensors
 
     paths.makedirs(folder)
     weights, cfg = paths.join(folder, WEIGHTS_NAME), paths.join(folder, CONFIG_NAME)
-    meta = {"format": "pt"}  # what timm and transformers expect
-    if paths.is_remote(weights):  # an object is written whole
-        paths.write_bytes(weights, save(state_dict, metadata=meta))
-    else:
-        save_file(state_dict, weights, metadata=meta)
+    write_safetensors(state_dict, weights, {"format": "pt"})  # "pt": what timm and transformers expect
     paths.write_text(cfg, json.dumps(config, indent=2))
     return [weights, cfg]
 
