@@ -22,7 +22,10 @@ import pytest
 from mimjax import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STEPS = 10
+# Long enough that a notice sent once step 1 is logged lands well before the end: on an idle
+# 2-core EPYC the sync point fell at step 4-7 (steps ~0.15 s); under CI load once at step 10,
+# which with 10 steps was the last one, so nothing was preempted.
+STEPS = 40
 HEARTBEAT_S = 10  # MIMJAX_HEARTBEAT_TIMEOUT for these runs (default 60)
 
 
