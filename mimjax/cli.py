@@ -489,6 +489,17 @@ def _setup_logging():
         pass
 
 
+def _say(text: str) -> int:
+    """Prints help or version text on stdout -> 0. A reader that stops early (`mimjax train
+    --help | head`) is not an error: what is left unprinted goes to /dev/null, so neither
+    this write nor the interpreter's flush at exit prints a BrokenPipeError."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def _fail(prog: str, message: str, status: int = EXIT_USAGE) -> int:
     print(f"{prog}: {message}", file=sys.stderr)
     return status
@@ -562,28 +573,26 @@ def main(argv=None) -> int:
         print(USAGE, file=sys.stderr)
         return EXIT_USAGE
     if args[0] in ("-h", "--help", "-help", "help") and len(args) == 1:
-        print(USAGE)
-        return 0
+        return _say(USAGE)
     if args[0] in ("--version", "-V", "version"):
         import mimjax
 
-        print(f"mimjax {mimjax.__version__}")
-        return 0
+        return _say(f"mimjax {mimjax.__version__}")
     if args[0] == "help":  # mimjax help train
         args = [*args[1:], "--help"]
     cmd, rest, text = _command(args)
     if text is not None:  # `mimjax eval` alone, or `mimjax eval --help`
-        wants_help = any(a in HELP_ARGS for a in args[1:])
-        print(text, file=sys.stdout if wants_help else sys.stderr)
-        return 0 if wants_help else EXIT_USAGE
+        if any(a in HELP_ARGS for a in args[1:]):
+            return _say(text)
+        print(text, file=sys.stderr)
+        return EXIT_USAGE
     if cmd is None:
         name = " ".join(args[:2]) if args[0] in ("eval", "prepare") else args[0]
         close = difflib.get_close_matches(name, list(COMMANDS) + ["eval"], n=1)
         return _fail("mimjax", f"unknown command {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
                      + "; mimjax --help lists the commands")
     if any(a in HELP_ARGS for a in rest):
-        print(help_text(cmd))
-        return 0
+        return _say(help_text(cmd))
     try:
         fv = parse(cmd, rest)
     except UsageError as e:

@@ -85,6 +85,17 @@ def test_version_and_help_in_a_fresh_process_import_no_jax():
     assert status == 0 and stdout == "mimjax 0.1.0\n"
 
 
+@pytest.mark.parametrize("args", [["train", "--help"], ["--help"], ["eval", "--help"], ["--version"]])
+def test_help_into_a_closed_pipe_is_quiet(args):
+    """`mimjax train --help | head -1`: the reader is gone before the help is written."""
+    read, write = os.pipe()
+    os.close(read)
+    p = subprocess.run([sys.executable, "-m", "mimjax.cli", *args], stdout=write, stderr=subprocess.PIPE, text=True,
+                       cwd=REPO)
+    os.close(write)
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+
+
 def test_python_m_mimjax_train_is_the_same_command():
     out = subprocess.run([sys.executable, "-m", "mimjax.train", "--help"], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0 and out.stdout.startswith("usage: mimjax train --config"), out.stderr
