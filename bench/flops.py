@@ -113,7 +113,8 @@ def teacher_fwd(a: Arch, full: bool = False) -> float:
 
 
 def step_flops(a: Arch, method: str, teacher_full: bool = False) -> dict:
-    """FLOPs per image of one train step, by part, for method mae | gpa_teacher | gpa_feature.
+    """FLOPs per image of one train step, by part, for method mae | gpa_teacher | gpa_feature
+    | gpa_feature_late (timed before 75% of training: the late head's blocks do not run).
     Keys: student_encoder, decoder, gpa_head, teacher (fwd+bwd where trained) and total."""
     parts = {"student_encoder": 3 * encoder_fwd(a, 1 + a.num_visible), "decoder": 3 * decoder_fwd(a),
                  "gpa_head": 3 * decoder_fwd(a, embed=False) if method == "gpa_feature" else 0.0,

@@ -29,7 +29,9 @@ from mimjax.train import step as step_lib
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # method -> (recipe file, recipe flags)
 METHODS = {"mae": ("mae.py", ""), "gpa_teacher": ("gpa_mae.py", ""),
-           "gpa_feature": ("gpa_mae.py", ",feature_early")}  # the head runs in every step
+           "gpa_feature": ("gpa_mae.py", ",feature_early"),  # the head runs in every step
+           # the authors' late head, timed at step 0: its blocks are skipped (lax.cond) until 75%
+           "gpa_feature_late": ("gpa_mae.py", ",feature")}
 
 
 def apply_overrides(c, overrides=()):

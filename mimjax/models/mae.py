@@ -109,12 +109,17 @@ class MAE(nn.Module):
 
         gpa_loss = jnp.zeros((), jnp.float32)
         if self.gpa_head:
-            gpa_pred = decoder("gpa", p * p * images.shape[-1]).mean(-1)  # [B, N]
-            if self.gpa_head_late_start:
+            head = lambda mdl, x: decoder("gpa", p * p * images.shape[-1]).mean(-1)  # [B, N]
+            if self.gpa_head_late_start and not self.is_initializing():
                 # Released code: before progress 0.75 the prediction is the channel mean of
-                # the head's input (no blocks), and its loss still trains encoder + mask token.
-                early = x[:, 1:].astype(jnp.float32).mean(-1)
-                gpa_pred = jnp.where(jnp.asarray(progress) > LATE_START, gpa_pred, early)
+                # the head's input, and its loss still trains encoder + mask token. The
+                # head's blocks are skipped then, not computed and discarded (a decoder's
+                # worth of compute in 75% of the steps): a lifted lax.cond. Init runs the
+                # head, so its params exist whatever the progress.
+                early = lambda mdl, x: x[:, 1:].astype(jnp.float32).mean(-1)  # [B, N]
+                gpa_pred = nn.cond(jnp.asarray(progress) > LATE_START, head, early, self, x)
+            else:
+                gpa_pred = head(self, x)
             gpa_loss = gpa_feature_loss(gpa_pred, gpa_target)
             out["gpa_pred"] = gpa_pred
         out["gpa_loss"] = gpa_loss

@@ -50,6 +50,39 @@ def test_gpa_head_loss_and_init_copy():
         model.apply({"params": params}, images, mask)
 
 
+def dots_outside_cond(jaxpr) -> int:
+    """dot_generals a program always runs: all of them, in nested scans and remats too,
+    except those inside a lax.cond branch."""
+    n = 0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "cond":
+            continue
+        n += eqn.primitive.name == "dot_general"
+        for v in eqn.params.values():
+            for sub in v if isinstance(v, (tuple, list)) else [v]:
+                if isinstance(sub, (jax.extend.core.ClosedJaxpr, jax.extend.core.Jaxpr)):
+                    n += dots_outside_cond(getattr(sub, "jaxpr", sub))
+    return n
+
+
+def test_late_start_head_blocks_are_skipped_not_computed_before_they_start():
+    """Before progress 0.75 the head's blocks must not run (they sit in a lax.cond branch):
+    the train step's always-run matmuls are those of the model without the head, forward
+    and backward."""
+    _, params, images, mask = setup(gpa_head=True)
+    g = jax.random.uniform(jax.random.key(3), (3, 16))
+
+    def always_run(model, p):
+        loss = lambda p, t: model.apply({"params": p}, images, mask, gpa_target=g, progress=t)["loss"]
+        return dots_outside_cond(jax.make_jaxpr(jax.grad(loss))(p, 0.5).jaxpr)
+
+    late = mae("mae_vit_tiny_patch16", gpa_head=True, gpa_head_late_start=True, **KW)
+    always = mae("mae_vit_tiny_patch16", gpa_head=True, **KW)
+    plain = mae("mae_vit_tiny_patch16", **KW)
+    no_head = {k: v for k, v in params.items() if not k.startswith("gpa_")}
+    assert always_run(late, params) == always_run(plain, no_head) < always_run(always, params)
+
+
 def test_grads_reach_encoder_and_mask_token_only_through_masked_loss():
     model, params, images, mask = setup()
     grads = jax.grad(lambda p: model.apply({"params": p}, images, mask)["loss"])(params)
