@@ -44,6 +44,33 @@ from mimjax.train.checkpoint import Checkpointer, is_disk_full
 log = logging.getLogger("mimjax")
 
 
+class _ProfileWindow:
+    """`cfg.profile` (start_step, num_steps): a jax.profiler trace of the steps start_step+1 ..
+    start_step+num_steps into `logdir` (TensorBoard's profile plugin reads
+    plugins/profile/<run>/ there); the window's last step is awaited before the trace stops.
+    No `profile`: nothing is traced."""
+
+    def __init__(self, prof, logdir: str):
+        self.first, self.steps = (int(prof.start_step), int(prof.num_steps)) if prof is not None else (0, 0)
+        self.logdir, self.on = logdir, False
+
+    def before_step(self, step: int):
+        if self.steps and step == self.first and not self.on:
+            jax.profiler.start_trace(self.logdir)
+            self.on = True
+
+    def after_step(self, step: int, outputs):
+        if self.on and step >= self.first + self.steps:
+            jax.block_until_ready(outputs)  # the window's last step is complete in the trace
+            self.stop()
+            log.info("profiled steps %d-%d: %s", self.first + 1, step, paths.join(self.logdir, "plugins", "profile"))
+
+    def stop(self):
+        if self.on:
+            jax.profiler.stop_trace()
+            self.on = False
+
+
 class _Preemption:
     """SIGTERM and SIGINT (Ctrl-C) stop the loop between steps: save the current step, then
     `run` returns normally (SIGTERM) or raises `Interrupted` (SIGINT, exit 130). A second
@@ -199,9 +226,7 @@ def _run(workdir: str, cfg, *, name: str, schedule, par, abstract_state, init_st
 
     cfg may also hold `writers` and `wandb` (mimjax.train.writers; default
     "jsonl,tensorboard") and `profile` (start_step, num_steps): a jax.profiler trace of
-    the steps start_step+1 .. start_step+num_steps into workdir/tb (TensorBoard's profile
-    plugin reads tb/plugins/profile/<run>/), the last step's outputs awaited before the
-    trace stops.
+    those steps into workdir/tb (`_ProfileWindow`).
     """
     workdir, is_main = paths.absolute(workdir), jax.process_index() == 0  # `run` has written config.json
 
@@ -231,9 +256,7 @@ def _run(workdir: str, cfg, *, name: str, schedule, par, abstract_state, init_st
     # --- Loop -----------------------------------------------------------------------
     writer = metrics.MetricWriter(workdir, enabled=is_main, writers=cfg.get("writers", "jsonl,tensorboard"),
                                   wandb=cfg.get("wandb"), hparams=cfg.to_dict() if hasattr(cfg, "to_dict") else None)
-    prof = cfg.get("profile")
-    trace_from, trace_steps = (int(prof.start_step), int(prof.num_steps)) if prof is not None else (0, 0)
-    tracing = False
+    profile = _ProfileWindow(cfg.get("profile"), paths.join(workdir, "tb"))
     bar = metrics.ProgressBar(schedule.total_steps, start, enabled=is_main)
     throughput = metrics.Throughput(cfg.batch_size)
     preempt = _Preemption(start)
@@ -249,9 +272,7 @@ def _run(workdir: str, cfg, *, name: str, schedule, par, abstract_state, init_st
         throughput.start(step)
         while step < schedule.total_steps and not preempt.requested:
             batch = next(batches)  # placed by the prefetcher (device_put, or assembled across processes)
-            if trace_steps and step == trace_from and not tracing:
-                jax.profiler.start_trace(paths.join(workdir, "tb"))
-                tracing = True
+            profile.before_step(step)
             with jax.transfer_guard("disallow"):
                 state, m = step_fn(state, batch, *step_args)
             step += 1
@@ -269,11 +290,7 @@ def _run(workdir: str, cfg, *, name: str, schedule, par, abstract_state, init_st
                 pending = []
                 if on_log is not None:
                     on_log(step, last, state, ckpt)
-            if tracing and step >= trace_from + trace_steps:
-                jax.block_until_ready((state, m))  # the window's last step is complete in the trace
-                jax.profiler.stop_trace()
-                tracing = False
-                log.info("profiled steps %d-%d: %s", trace_from + 1, step, paths.join(workdir, "tb", "plugins", "profile"))
+            profile.after_step(step, (state, m))
             if evaluate is not None and eval_every and step % eval_every == 0:
                 writer.write_scalars(step, evaluate(step, state))
             if step % cfg.checkpoint_every == 0 and step < schedule.total_steps and not preempt.requested:
@@ -289,8 +306,7 @@ def _run(workdir: str, cfg, *, name: str, schedule, par, abstract_state, init_st
             raise ckpt.disk_full_error(None, e) from e
         raise
     finally:
-        if tracing:
-            jax.profiler.stop_trace()
+        profile.stop()
         try:
             ckpt.wait()  # raises DiskFullError if the last async save ran out of space
         finally:
