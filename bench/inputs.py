@@ -25,7 +25,7 @@ def bench_masking(args, step_rows: list[dict], time_calls, calls: int = 20) -> l
     step row's median time (mask_us, mask_share are added to the rows)."""
     out = []
     for strategy, method in (("random", "mae"), ("gpa", "gpa_teacher")):
-        if not any(m in args.methods for m in ((method,) if method == "mae" else ("gpa_teacher", "gpa_feature", "gpa_feature_late"))):
+        if not any(steps.METHODS[m][0] == steps.METHODS[method][0] for m in args.methods):  # no step of this recipe
             continue
         c = steps.make_config(method, args.models[0], args.batch, args.img_size, args.dtype)
         fn, fargs = steps.build_masking(c)

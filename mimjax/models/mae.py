@@ -93,7 +93,7 @@ class MAE(nn.Module):
         pos = posemb_sincos_2d(enc.grid_size, enc.grid_size, self.decoder_width)
         x = x + jnp.asarray(pos, x.dtype)
 
-        def decoder(prefix, out_dim):
+        def decoder(x, prefix, out_dim):  # x: [B, 1+N, Dd]
             y, _ = Transformer(self.decoder_depth, self.decoder_heads, enc.mlp_ratio, dtype,
                                enc.remat, scan=enc.scan, attention=enc.attention, name=f"{prefix}_blocks")(x)
             y = LayerNorm(name=f"{prefix}_norm")(y)
@@ -101,7 +101,7 @@ class MAE(nn.Module):
             return y[:, 1:]  # drop cls; float32
 
         p = enc.patch_size
-        pred = decoder("decoder", p * p * images.shape[-1])  # [B, N, p*p*3]
+        pred = decoder(x, "decoder", p * p * images.shape[-1])  # [B, N, p*p*3]
         target = pixel_target(images, p, self.norm_pix_loss)
         m = mask.mask.astype(jnp.float32)  # [B, N], 1 = masked
         pixel_loss = (((pred - target) ** 2).mean(-1) * m).sum() / m.sum()
@@ -109,7 +109,7 @@ class MAE(nn.Module):
 
         gpa_loss = jnp.zeros((), jnp.float32)
         if self.gpa_head:
-            head = lambda mdl, x: decoder("gpa", p * p * images.shape[-1]).mean(-1)  # [B, N]
+            head = lambda mdl, x: decoder(x, "gpa", p * p * images.shape[-1]).mean(-1)  # [B, N]
             if self.gpa_head_late_start and not self.is_initializing():
                 # Released code: before progress 0.75 the prediction is the channel mean of
                 # the head's input, and its loss still trains encoder + mask token. The
