@@ -58,22 +58,33 @@ def mask_from_noise(noise, num_mask: int) -> Mask:
 
 def random_mask(key, batch_size: int, num_patches: int, mask_ratio: float = 0.75) -> Mask:
     """MAE random masking: each image its own uniformly random set of M masked patches."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     m = num_masked(num_patches, mask_ratio)
     noise = jax.random.uniform(key, (batch_size, num_patches))
     return mask_from_noise(noise, m)
 
 
 def check_scores(name: str, scores):
-    if scores.ndim != 2:
-        raise ValueError(f"{name} must be [B, N], got shape {scores.shape}")
+    if getattr(scores, "ndim", None) != 2:
+        raise ValueError(f"{name} must be [B, N], got shape {getattr(scores, 'shape', type(scores).__name__)}")
+
+
+def finite_or(scores, lowest: float):
+    """scores float32 with every NaN / +-inf replaced by `lowest`: a non-finite score counts as
+    the lowest (never masked first, never drawn), inside jit as outside (no error is possible
+    on traced values)."""
+    s = scores.astype(jnp.float32)
+    return jnp.where(jnp.isfinite(s), s, lowest)
 
 
 def high_mask(scores, mask_ratio: float = 0.75) -> Mask:
     """AttMask "high": mask the M patches with the highest score (deterministic; ties go to
-    the lower index). scores [B, N], e.g. from `cls_attention_scores`."""
+    the lower index). scores [B, N], e.g. from `cls_attention_scores`; a non-finite score
+    (NaN, +-inf) counts as the lowest."""
     check_scores("scores", scores)
     m = num_masked(scores.shape[-1], mask_ratio)
-    return mask_from_noise(scores.astype(jnp.float32), m)
+    return mask_from_noise(finite_or(scores, -jnp.inf), m)  # NaN / inf: lowest, masked last
 
 
 def cls_attention_scores(attn, *, num_prefix_tokens: int = 1):
@@ -89,7 +100,13 @@ def check_qk(q, k, num_prefix_tokens: int):
     """q, k [B, T, H, hd] of one block (same shape) -> both as float32; checks the prefix."""
     if q.ndim != 4 or q.shape != k.shape:
         raise ValueError(f"q and k must both be [B, T, H, hd] of the same shape, got {q.shape} and {k.shape}")
-    tokens = q.shape[1]
+    tokens, heads = q.shape[1], q.shape[2]
+    patches = tokens - num_prefix_tokens
+    # [B, H, T, hd] passed by mistake: more "heads" than "tokens", and the "patches" no square grid
+    if heads > tokens and round(max(patches, 0) ** 0.5) ** 2 != patches:
+        raise ValueError(f"q and k must be [B, T, H, hd] (tokens on axis 1), got shape {q.shape}: {heads} heads "
+                         f"> {tokens} tokens and {patches} patches make no square grid, so axes 1 and 2 look "
+                         f"swapped ([B, H, T, hd]? pass q.transpose(0, 2, 1, 3))")
     if not 0 <= num_prefix_tokens < tokens - 1:
         raise ValueError(f"num_prefix_tokens must be in [0, {tokens - 1}), got {num_prefix_tokens}")
     return q.astype(jnp.float32), k.astype(jnp.float32)

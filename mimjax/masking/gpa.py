@@ -1,10 +1,12 @@
 """GPA: scores from a teacher's attention and soft-to-hard masks (GPA_SPEC.md 2 and 3)."""
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 
-from mimjax.masking.core import Mask, check_qk, check_ratio, check_scores, mask_from_noise, num_masked
+from mimjax.masking.core import Mask, check_qk, check_ratio, check_scores, finite_or, mask_from_noise, num_masked
 
 # float32 products like 147 * 0.25 can land a hair under an integer that float64 (the
 # authors' Python) hits exactly; int() must still give that integer.
@@ -37,9 +39,14 @@ def gpa_scores(attn, *, head: int | None = 11, num_prefix_tokens: int = 1):
 
 
 def _min_max(r):
-    """Per image min-max of r [B, N] float32 to [0, 1]; a constant row gives 0, not NaN."""
-    lo, hi = r.min(-1, keepdims=True), r.max(-1, keepdims=True)
-    return (r - lo) / (hi - lo + jnp.finfo(jnp.float32).tiny)
+    """Per image min-max of r [B, N] float32 to [0, 1]; a constant row gives 0, not NaN. A
+    non-finite entry (NaN, +-inf: an overflowing logit) scores 0, the lowest, and the others
+    are scaled among themselves (a row with none finite is all 0)."""
+    finite = jnp.isfinite(r)
+    lo = jnp.min(jnp.where(finite, r, jnp.inf), -1, keepdims=True)
+    hi = jnp.max(jnp.where(finite, r, -jnp.inf), -1, keepdims=True)
+    g = (r - lo) / (hi - lo + jnp.finfo(jnp.float32).tiny)
+    return jnp.where(finite, g, 0.0)
 
 
 def gpa_scores_from_qk(q, k, *, head: int | None = 11, num_prefix_tokens: int = 1):
@@ -77,15 +84,19 @@ def mask_counts(progress, num_patches: int, mask_ratio: float = 0.75,
                 hard=(0.0, 0.5), soft=(0.3, 0.0)):
     """(n_hard, n_soft, n_random), traced int32 scalars, summing to M (GPA_SPEC 3).
 
-    progress t in [0, 1] (clipped; traced is fine); a(t) = a0 + t (aT - a0),
+    progress t in [0, 1] (clipped; traced is fine; a Python NaN / inf is a ValueError, a
+    traced NaN counts as 0); a(t) = a0 + t (aT - a0),
     s(t) = s0 + t (sT - s0), n_h = int(M a), n_s = int(M s), n_s = M - n_h if they overflow.
     """
     m = num_masked(num_patches, mask_ratio)
     _check_share("hard", hard)
     _check_share("soft", soft)
-    t = jnp.clip(jnp.asarray(progress, jnp.float32), 0.0, 1.0)
+    if isinstance(progress, (int, float)) and not math.isfinite(progress):
+        raise ValueError(f"progress must be a finite number in [0, 1], got {progress!r}")
+    t = jnp.asarray(progress, jnp.float32)
     if t.ndim:
         raise ValueError(f"progress must be a scalar, got shape {t.shape}")
+    t = jnp.clip(jnp.where(jnp.isnan(t), 0.0, t), 0.0, 1.0)  # traced NaN: the start (0); no error under jit
     a = hard[0] + t * (hard[1] - hard[0])
     s = soft[0] + t * (soft[1] - soft[0])
     n_hard = jnp.floor(m * a + _FLOOR_SLACK).astype(jnp.int32)
@@ -109,11 +120,13 @@ def gpa_mask(key, scores, progress, *, mask_ratio: float = 0.75,
     proportional to g get noise 2 (Gumbel-top-k on log g; g = 0 is never drawn); the
     n_hard highest-g patches get noise 3 (overriding soft picks); the M largest noises are
     masked. Returns a `Mask` with exactly M = N - int(N (1 - mask_ratio)) masked per image.
+    A score that is NaN, +-inf or negative counts as 0, the lowest: never drawn soft, last for
+    hard (inside jit too; no error is raised on traced values).
     """
     check_scores("scores", scores)
     b, n = scores.shape
     n_hard, n_soft, _ = mask_counts(progress, n, mask_ratio, hard, soft)
-    g = scores.astype(jnp.float32)
+    g = jnp.maximum(finite_or(scores, 0.0), 0.0)  # NaN, inf, negative: 0, the lowest (never drawn)
     k_noise, k_gumbel = jax.random.split(key)
     noise = jax.random.uniform(k_noise, (b, n))
     # Gumbel-top-k: the n_soft largest log(g) + Gumbel are a draw without replacement ~ g.
