@@ -13,6 +13,7 @@ mimjax.paths (etils.epath). On gs:// the run lock is not enforced (see RunLock).
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import ml_collections
@@ -36,11 +37,47 @@ def is_workdir(path: str) -> bool:
     return paths.isfile(config_path(path)) and paths.isdir(checkpoints_dir(path))
 
 
+def run_config(workdir: str) -> tuple[dict | None, str]:
+    """(the run's config as a JSON dict, where it came from), or (None, "") when there is none.
+
+    config.json first. When it is missing, empty or `{}`, the config of the run's latest
+    start is read from the last line of config_history.jsonl (written at every start, next
+    to config.json), so a run whose config.json was deleted still knows what it is. A
+    config.json that is not JSON is a UsageError naming the file (nothing is guessed)."""
+    from mimjax.errors import UsageError
+
+    path = config_path(workdir)
+    if paths.isfile(path):
+        text = paths.read_text(path)
+        if text.strip():
+            try:
+                saved = json.loads(text)
+            except ValueError as e:
+                raise UsageError(f"{path} is not valid JSON ({getattr(e, 'msg', e)} at line "
+                                 f"{getattr(e, 'lineno', '?')}); restore it (the last line of {HISTORY} holds the "
+                                 f"config of the run's latest start) or delete it") from None
+            if not isinstance(saved, dict):
+                raise UsageError(f"{path} holds a {type(saved).__name__}, not a config (a JSON object); restore "
+                                 f"it from the last line of {HISTORY} or delete it")
+            if saved:
+                return saved, CONFIG
+    history = paths.join(workdir, HISTORY)
+    if paths.isfile(history):
+        for line in reversed(paths.read_text(history).splitlines()):
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a kill
+            if isinstance(entry, dict) and isinstance(entry.get("config"), dict) and entry["config"]:
+                return entry["config"], f"{HISTORY} (the last start's config; {CONFIG} is missing or empty)"
+    return None, ""
+
+
 def read_config(workdir: str) -> ml_collections.ConfigDict | None:
-    """The workdir's config.json as a ConfigDict, or None if there is none."""
-    if not paths.isfile(config_path(workdir)):
-        return None
-    return ml_collections.ConfigDict(json.loads(paths.read_text(config_path(workdir))))
+    """The run's config (`run_config`: config.json, else the last start's in
+    config_history.jsonl) as a ConfigDict, or None if there is none."""
+    saved, _ = run_config(workdir)
+    return None if saved is None else ml_collections.ConfigDict(saved)
 
 
 def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
@@ -49,9 +86,9 @@ def write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
 
 
 def model_config(workdir: str) -> ml_collections.ConfigDict | None:
-    """The `model` section of the workdir's config.json, or None if there is none."""
+    """The `model` section of the run's config (`run_config`), or None if there is none."""
     c = read_config(workdir)
-    return None if c is None else c.model
+    return None if c is None or "model" not in c else c.model
 
 
 def load_state(workdir: str) -> dict:
@@ -64,6 +101,49 @@ def load_state(workdir: str) -> dict:
 def load_params(workdir: str):
     """`params` of the latest checkpoint, as saved (no target needed)."""
     return load_state(workdir)["params"]
+
+
+def load_latest_params(workdir: str) -> tuple[int, dict]:
+    """(step, params) of the latest checkpoint, as saved: the step the params are from."""
+    from mimjax.train import checkpoint
+
+    step, state = checkpoint.load_latest(checkpoints_dir(workdir))
+    return step, state["params"]
+
+
+def is_run_dir(path: str) -> bool:
+    """A directory a run (or `mimjax import`) owns: it holds checkpoints/, config_history.jsonl
+    or run.lock (an export folder's config.json alone does not make one)."""
+    return paths.isdir(path) and any(paths.exists(paths.join(path, n)) for n in (CHECKPOINTS, HISTORY, LOCK))
+
+
+def _resolved(p: str) -> str:
+    return paths.normpath(p) if paths.is_remote(p) else os.path.realpath(p)
+
+
+def check_output(out: str, flag: str = "--out", *, own_run: bool = False, not_in: str = "") -> None:
+    """An output path (export, visualize, eval results, prepare) that would damage a run:
+    UsageError naming it when `out` is a run directory (`is_run_dir`; own_run=True: a
+    classifier's --out is its own run, allowed) or `not_in` (the run being read), or lies
+    inside a run directory's checkpoints/ (which Orbax owns). Writes nothing."""
+    from mimjax.errors import UsageError
+
+    if out is None or not str(out).strip():
+        return
+    target = _resolved(str(out))
+    if not_in and target == _resolved(str(not_in)):
+        raise UsageError(f"{flag} {out!r} is the run directory being read ({not_in}); writing there would "
+                         f"overwrite its files: choose another path")
+    if not own_run and is_run_dir(target):
+        raise UsageError(f"{flag} {out!r} is a run directory (it holds {CHECKPOINTS}/, {HISTORY} or {LOCK}); "
+                         f"writing there would overwrite the run's files: choose another path")
+    child, parent = target, paths.dirname(target)
+    while parent and parent != child:
+        if paths.basename(child) == CHECKPOINTS and (paths.isfile(config_path(parent)) or
+                                                     paths.isfile(paths.join(parent, HISTORY))):
+            raise UsageError(f"{flag} {out!r} lies inside the run {parent}'s {CHECKPOINTS}/, which holds only "
+                             f"its checkpoints: choose a path outside it")
+        child, parent = parent, paths.dirname(parent)
 
 
 # --- What a run directory holds: resuming with another config ---------------------------
@@ -91,6 +171,8 @@ SAFE = {
     "data.test_folder": "the test data is read from the new path (it must be the same data)",
     "parallelism.": "checkpoints are stored in one global layout and restored into the new one",
     "model.remat": "compute only (the same parameters)",
+    "optimizer.accum_steps": "compute only (the same gradient up to float rounding: an image's mask depends on its "
+                             "position in the batch, not on the micro-batch)",
     "model.scan": "compute only (the same parameters; dropout draws its randomness differently)",
     "model.attention": "compute only (the same parameters, up to float rounding)",
     "model.dtype": "compute only (parameters stay float32; the numerics change with the compute dtype)",
@@ -155,18 +237,31 @@ def _as_json(config) -> dict:
 
 
 def check_resume(workdir: str, config, flag: str = "--workdir") -> list[str]:
-    """Compares `config` with the run's config.json when `workdir` holds one and a
-    checkpoint. Raises ConfigError naming every key that must match and differs (both
-    values); returns one text per safe change ("config.key=new (was old): effect")."""
+    """Compares `config` with the run's config (`run_config`: config.json, else the last
+    line of config_history.jsonl) when `workdir` holds a checkpoint. Raises ConfigError
+    naming every key that must match and differs (both values) and the file compared with;
+    returns one text per safe change ("config.key=new (was old): effect")."""
+    from mimjax.errors import UsageError
     from mimjax.schema import ConfigError
 
-    saved = read_config(workdir)
-    if saved is None or not has_checkpoint(workdir):
+    if not has_checkpoint(workdir):
         return []
-    bad, safe = config_changes(saved.to_dict(), _as_json(config))
+    try:
+        saved, source = run_config(workdir)
+    except UsageError as e:
+        raise ConfigError(f"cannot resume {workdir}: {e}") from None
+    if saved is None:
+        logging.getLogger("mimjax").warning(
+            "%s has a checkpoint but neither %s nor %s: this start's config cannot be compared with the run's",
+            workdir, CONFIG, HISTORY)
+        return []
+    if source != CONFIG:
+        logging.getLogger("mimjax").warning("%s: comparing with %s", workdir, source)
+    bad, safe = config_changes(saved, _as_json(config))
     if bad:
         listed = ", ".join(f"config.{k}={v!r} (the run has {s!r})" for k, v, s in bad)
-        raise ConfigError(f"cannot resume {workdir}: {listed}; start a new {flag} or use the run's values")
+        where = "" if source == CONFIG else f" (compared with {source.split(' ')[0]})"
+        raise ConfigError(f"cannot resume {workdir}: {listed}{where}; start a new {flag} or use the run's values")
     return [f"config.{k}={v!r} (was {s!r}): {safe_effect(k)}" for k, v, s in safe]
 
 

@@ -112,6 +112,13 @@ class Checkpointer:
                              f"to resume from it.")
 
     def save(self, step: int, state, data_state: dict, *, force: bool = False) -> bool:
+        """Starts saving `step` (async); False when nothing was started. A step already saved
+        or being saved (a signal arrived while its periodic save was starting, and the final
+        save comes to the same step) is not saved again: the call waits for it instead."""
+        if step == self._saving or step in self.manager.all_steps():
+            log.info("checkpoint step %d is already saved or being saved: waiting for it", step)
+            self.wait()
+            return False
         need = _bytes_to_write(state)
         free = need if paths.is_remote(self.directory) else shutil.disk_usage(self.directory).free  # local only
         if free < need:  # refuse before writing anything
@@ -259,6 +266,11 @@ def load_state(directory: str) -> dict:
     arrays: `params`, `opt_state`, `ema_params`, ...); no target needed. Restored onto this
     process's devices whatever devices it was saved from; UsageError naming the directory
     when it holds no complete checkpoint."""
+    return load_latest(directory)[1]
+
+
+def load_latest(directory: str) -> tuple[int, dict]:
+    """(step, train state) of the latest checkpoint in `directory` (`load_state`)."""
     directory = paths.absolute(directory)
     if not complete_steps(directory):
         raise UsageError(f"{directory} holds no complete checkpoint (has the run saved one yet?)")
@@ -272,7 +284,7 @@ def load_state(directory: str) -> dict:
             lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding)
             if getattr(m, "shape", None) is not None and getattr(m, "dtype", None) is not None else m,
             _state_metadata(manager, step))
-        return manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+        return step, manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
     finally:
         manager.close()
 

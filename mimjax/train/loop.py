@@ -1,7 +1,8 @@
 """The run loop every trainer shares (pre-training, linear probe, fine-tuning), read top to
 bottom (big_vision style):
 
-    config.json -> restore or initialise -> input on device -> steps, with a log row every
+    lock + config check -> restore or initialise (the input iterator's position checked)
+    -> config.json (nothing is written before) -> input on device -> steps, with a log row every
     `log_every` steps (the only host sync) and a checkpoint every `checkpoint_every`
     -> final checkpoint -> `at_end` -> shutdown (checkpoints finished, writers closed).
 
@@ -146,14 +147,33 @@ def write_config(workdir: str, cfg, changes: tuple = ()) -> None:
         raise ConfigError(f"workdir {workdir!r} is not writable: {e}") from e
 
 
-def start(workdir: str, cfg, flag: str = "--workdir") -> workdir_lib.RunLock | None:
-    """Before anything is written (process 0 does it, every process learns the outcome):
-    takes the run lock (mimjax.workdir.RunLock), compares `cfg` with the config.json of a
-    run that has a checkpoint (mimjax.workdir.check_resume: a changed key outside
-    `workdir.SAFE` is a ConfigError naming both values; safe ones are logged), then writes
-    config.json and the history. Returns the lock (None on the other processes)."""
-    lock, error = None, None
+def _on_process_0(what: str, fn: Callable[[], Any]):
+    """fn() on process 0; every process learns whether it raised (then raises: process 0
+    its own error, the others a ConfigError pointing at process 0's log)."""
+    out, error = None, None
     if jax.process_index() == 0:
+        try:
+            out = fn()
+        except BaseException as e:  # noqa: BLE001 - the other processes learn it below, then it is re-raised
+            error = e
+    if jax.process_count() > 1:
+        ok = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+        if not ok and error is None:
+            error = ConfigError(f"process 0 could not {what} (its log says why)")
+    if error is not None:
+        raise error
+    return out
+
+
+def start(workdir: str, cfg, flag: str = "--workdir") -> tuple[workdir_lib.RunLock | None, list]:
+    """Before anything is written (process 0 does it, every process learns the outcome):
+    takes the run lock (mimjax.workdir.RunLock) and compares `cfg` with the config of a run
+    that has a checkpoint (mimjax.workdir.check_resume: a changed key outside
+    `workdir.SAFE` is a ConfigError naming both values; safe ones are logged). Returns the
+    lock (None on the other processes) and the safe changes; config.json and the history
+    are written by `_run` once the checkpoint and the input iterator accepted the config."""
+    def check():
+        lock = None
         try:
             try:
                 lock = workdir_lib.RunLock.acquire(workdir)
@@ -162,28 +182,23 @@ def start(workdir: str, cfg, flag: str = "--workdir") -> workdir_lib.RunLock | N
             changes = workdir_lib.check_resume(workdir, cfg, flag)
             if changes:
                 log.warning("resuming %s with a changed config: %s", workdir, "; ".join(changes))
-            write_config(workdir, cfg, changes)
-        except BaseException as e:  # noqa: BLE001 - the other processes learn it below, then it is re-raised
-            error = e
+            return lock, changes
+        except BaseException:
             if lock is not None:
                 lock.release()
-    if jax.process_count() > 1:
-        ok = int(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
-        if not ok and error is None:
-            error = ConfigError(f"process 0 could not start the run in {workdir} (its log says why)")
-    if error is not None:
-        raise error
-    paths.makedirs(workdir)
-    return lock
+            raise
+
+    lock, changes = _on_process_0(f"start the run in {workdir}", check) or (None, [])
+    return lock, changes
 
 
 def run(workdir: str, cfg, **kwargs) -> Outcome:
     """`_run` (below: the loop and its arguments) in `workdir`, holding the run lock from
     `start` until it returns or raises."""
     workdir = paths.absolute(workdir)  # (gs://... unchanged)
-    lock = start(workdir, cfg, "--workdir" if kwargs.get("name") == "pre-training" else "--out")
+    lock, changes = start(workdir, cfg, "--workdir" if kwargs.get("name") == "pre-training" else "--out")
     try:
-        return _run(workdir, cfg, **kwargs)
+        return _run(workdir, cfg, changes=changes, **kwargs)
     finally:
         if lock is not None:
             lock.release()
@@ -198,7 +213,7 @@ class Outcome:
     end: Any  # what `at_end` returned
 
 
-def _run(workdir: str, cfg, *, name: str, schedule, par, abstract_state, init_state: Callable[[], Any],
+def _run(workdir: str, cfg, *, changes: list = (), name: str, schedule, par, abstract_state, init_state: Callable[[], Any],
         step_fn: Callable, step_args: tuple, iterator,
         log_fields: Callable[[], dict] | None = None,
         on_log: Callable[[int, dict, Any, Checkpointer], None] | None = None,
@@ -228,7 +243,7 @@ def _run(workdir: str, cfg, *, name: str, schedule, par, abstract_state, init_st
     "jsonl,tensorboard") and `profile` (start_step, num_steps): a jax.profiler trace of
     those steps into workdir/tb (`_ProfileWindow`).
     """
-    workdir, is_main = paths.absolute(workdir), jax.process_index() == 0  # `run` has written config.json
+    workdir, is_main = paths.absolute(workdir), jax.process_index() == 0  # `run` has checked the config
 
     # --- Restore or initialise ------------------------------------------------------
     ckpt = Checkpointer(workdir_lib.checkpoints_dir(workdir), keep=cfg.keep_checkpoints)
@@ -247,6 +262,11 @@ def _run(workdir: str, cfg, *, name: str, schedule, par, abstract_state, init_st
     else:
         start = 0
         state = init_state()
+    try:  # every check passed (config, checkpoint, input position): only now is the config written
+        _on_process_0(f"write the config of {workdir}", lambda: write_config(workdir, cfg, changes))
+    except BaseException:
+        ckpt.close()
+        raise
     if start >= schedule.total_steps:
         log.info("nothing to do: step %d >= total_steps %d", start, schedule.total_steps)
     batches = data.DevicePrefetcher(iterator, cfg.data.prefetch, put=par.put_batch)  # explicit device_put
@@ -255,7 +275,8 @@ def _run(workdir: str, cfg, *, name: str, schedule, par, abstract_state, init_st
 
     # --- Loop -----------------------------------------------------------------------
     writer = metrics.MetricWriter(workdir, enabled=is_main, writers=cfg.get("writers", "jsonl,tensorboard"),
-                                  wandb=cfg.get("wandb"), hparams=cfg.to_dict() if hasattr(cfg, "to_dict") else None)
+                                  wandb=cfg.get("wandb"), hparams=cfg.to_dict() if hasattr(cfg, "to_dict") else None,
+                                  resume_step=start)  # rows after `start` are replayed: the old ones go
     profile = _ProfileWindow(cfg.get("profile"), paths.join(workdir, "tb"))
     bar = metrics.ProgressBar(schedule.total_steps, start, enabled=is_main)
     throughput = metrics.Throughput(cfg.batch_size)

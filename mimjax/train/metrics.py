@@ -5,8 +5,8 @@ process 0 writes (enabled=False elsewhere).
 
 metrics.jsonl: one JSON object per logged step, `{"step": int, "<name>": number, ...}`;
 integers stay integers, everything else becomes a float, and non-finite values (NaN, inf)
-are written as null, since JSON has no NaN. A resumed run appends to the same file, so a
-step may appear twice after a kill -9 (the later row is the one that counts). Evaluations
+are written as null, since JSON has no NaN. A run resumed from checkpoint step s first
+removes the rows after s (the steps it replays), then appends: one row per step. Evaluations
 during pre-training (`eval.every`) are rows of their own, `{"step": s, "knn_top1": x}`,
 beside the training row of the same step. On gs:// the file is one object grown by GCS
 compose (mimjax.train.writers.ObjectAppender), rows reaching it at least every few seconds
@@ -48,12 +48,18 @@ class MetricWriter:
     enabled=False every method is a no-op and nothing is created."""
 
     def __init__(self, workdir: str, *, enabled: bool = True, writers: str = "jsonl,tensorboard",
-                 wandb=None, hparams=None):
+                 wandb=None, hparams=None, resume_step: int | None = None):
         from mimjax.train import writers as writers_lib
 
         self.enabled, self._writers = enabled, []
         if not enabled:
             return
+        names = writers_lib.parse_writers(writers)
+        if resume_step is not None and "jsonl" in names:  # replayed steps: their new rows replace the old
+            dropped = writers_lib.drop_rows_after(workdir, resume_step)
+            if dropped:
+                log.info("metrics.jsonl: removed %d row(s) after step %d; the resumed run logs them again",
+                         dropped, resume_step)
         self._writers = writers_lib.make_writers(workdir, writers_lib.parse_writers(writers), wandb_cfg=wandb,
                                                  hparams=hparams)
         if hparams is not None:

@@ -97,6 +97,33 @@ def _drop_partial_line(path: str):
             f.truncate(f.read().rfind(b"\n") + 1)
 
 
+def drop_rows_after(workdir: str, step: int) -> int:
+    """Removes the rows of workdir/metrics.jsonl logged after `step` (and a line cut by a
+    kill): a run resumed from checkpoint `step` logs those steps again, and its rows replace
+    them (one row per step and name). Rewrites the file only when something goes; returns
+    how many rows went."""
+    from mimjax import paths
+
+    path = paths.join(str(workdir), "metrics.jsonl")
+    if not paths.isfile(path):
+        return 0
+    text = paths.read_text(path)
+    kept, dropped = [], 0
+    for line in text.splitlines(keepends=True):
+        try:
+            row = json.loads(line)
+            later = line.endswith("\n") and int(row["step"]) > step
+        except (ValueError, TypeError, KeyError):
+            later = not line.endswith("\n")  # a last line cut by a kill goes; other text stays
+        if later:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        paths.write_text(path, "".join(kept))
+    return dropped
+
+
 # --- Appending to an object store (gs://) ------------------------------------------------------------
 
 class ObjectAppender:
