@@ -53,7 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adamw"  # adamw | lars | sgd
     c.optimizer.blr = 5e-4  # lr = blr * batch_size / 256
-    c.optimizer.lr = -1.0  # absolute lr, overrides blr when > 0
+    c.optimizer.lr = -1.0  # absolute lr, overrides blr when > 0; -1 = unset
     c.optimizer.min_lr = 1e-6
     c.optimizer.warmup_epochs = 5
     c.optimizer.warmup_steps = -1  # overrides warmup_epochs when >= 0
@@ -124,6 +124,9 @@ def validate(c, *, num_devices: int = 1, process_count: int = 1) -> None:
     _in_range("augment.label_smoothing", a.label_smoothing, 0.0, 0.999, "a fraction in [0, 1)")
     if o.name not in OPTIMIZERS:
         _fail("optimizer.name", o.name, ", ".join(OPTIMIZERS))
+    from mimjax.train.schedule import check_learning_rates  # lr > 0 and finite, or -1 (unset: from blr)
+
+    check_learning_rates(o)
     if o.lr <= 0 and o.blr <= 0:
         _fail("optimizer.blr", o.blr, "a positive base learning rate (or optimizer.lr > 0)")
     for key in ("min_lr", "weight_decay", "grad_clip"):

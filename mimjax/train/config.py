@@ -88,7 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.blr = 1.5e-4  # lr = blr * batch_size / 256
-    c.optimizer.lr = -1.0  # absolute lr, overrides blr when > 0
+    c.optimizer.lr = -1.0  # absolute lr, overrides blr when > 0; -1 = unset (the only other value allowed)
     c.optimizer.min_lr = 0.0
     c.optimizer.warmup_epochs = 40
     c.optimizer.warmup_steps = -1  # overrides warmup_epochs when >= 0
@@ -217,6 +217,9 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_coun
         _fail("teacher.ema_momentum", c.teacher.ema_momentum, "a value in [0, 1)")
     if c.optimizer.nonfinite not in ("halt", "skip"):
         _fail("optimizer.nonfinite", c.optimizer.nonfinite, "halt or skip")
+    from mimjax.train.schedule import check_learning_rates  # lr > 0 and finite, or -1 (unset: from blr)
+
+    check_learning_rates(c.optimizer)
     if c.optimizer.accum_steps < 1:
         _fail("optimizer.accum_steps", c.optimizer.accum_steps, "an integer >= 1")
     if c.data.source not in ("tfds", "folder", "embedded", "embedded_faces", "synthetic") and not (
