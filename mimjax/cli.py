@@ -183,9 +183,17 @@ def _run_linprobe(fv) -> int:
 def _run_knn(fv) -> int:
     from mimjax.eval import knn
 
-    print(json.dumps(knn.run_knn(fv.workdir, fv.dataset, test_dataset=fv.test_dataset, train_split=fv.train_split,
-                                 test_split=fv.test_split, data_dir=fv.data_dir, pool=fv.pool, k=fv.k,
-                                 temperature=fv.temperature, batch_size=fv.batch_size, random_init=fv.random_init)))
+    result = knn.run_knn(fv.workdir, fv.dataset, test_dataset=fv.test_dataset, train_split=fv.train_split,
+                         test_split=fv.test_split, data_dir=fv.data_dir, pool=fv.pool, k=fv.k,
+                         temperature=fv.temperature, batch_size=fv.batch_size, random_init=fv.random_init,
+                         write=False)
+    print(json.dumps(result), flush=True)  # first: a result that cannot be saved is still shown
+    if not fv.random_init:
+        try:
+            knn.write_result(fv.workdir, result)
+        except OSError as e:
+            return _fail("mimjax eval knn", f"the result above was not saved: cannot write "
+                         f"{knn.result_path(fv.workdir)} ({e.strerror or e})")
     return 0
 
 
@@ -194,11 +202,12 @@ def _run_export(fv) -> int:
 
     from mimjax.export import hub
 
-    n = interop.export_weights(fv.workdir, fv.format, fv.out, pool=fv.pool)
+    n, step = interop.export_weights(fv.workdir, fv.format, fv.out, pool=fv.pool)
     if hub.is_folder_output(fv.out):
-        print(f"wrote {fv.out}/{hub.WEIGHTS_NAME} ({n} tensors) and {fv.out}/{hub.CONFIG_NAME}")
+        print(f"wrote {fv.out}/{hub.WEIGHTS_NAME} ({n} tensors, checkpoint step {step}) and "
+              f"{fv.out}/{hub.CONFIG_NAME}")
     else:
-        print(f"wrote {fv.out} ({n} tensors) and {fv.out}.json")
+        print(f"wrote {fv.out} ({n} tensors, checkpoint step {step}) and {fv.out}.json")
     return 0
 
 

@@ -20,7 +20,9 @@ def export_weights(workdir: str, fmt: str, out: str, pool: str = "token") -> int
     """Writes a run's latest weights as a timm or official-MAE state dict: OUT a folder
     (OUT/model.safetensors + OUT/config.json, the Hugging Face / timm layout of
     `mimjax.export.hub`), or the single file OUT.safetensors / OUT.pth with OUT.json
-    (architecture, normalisation); returns the number of tensors."""
+    (architecture, normalisation, the checkpoint step); returns (number of tensors, step).
+    OUT may not be a run directory or lie in one's checkpoints/, and replaces only an
+    earlier export."""
     from mimjax import export
     from mimjax.data.augment import EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD
     from mimjax.export import hub
@@ -31,10 +33,12 @@ def export_weights(workdir: str, fmt: str, out: str, pool: str = "token") -> int
     paths.check_reachable(out, "--out")
     if hub.is_folder_output(out) and paths.exists(out) and not paths.isdir(out):
         raise UsageError(f"--out {out!r} is a file: expected a folder, or a name ending in .safetensors or .pth")
+    workdir_lib.check_output(out, "--out", not_in=workdir)  # never into a run directory or its checkpoints/
+    _check_not_a_user_file(out)
     mc = workdir_lib.model_config(workdir)
     if mc is None:
         raise UsageError(f"{workdir!r} has no config.json; is it a mimjax workdir?")
-    params = workdir_lib.load_params(workdir)
+    step, params = workdir_lib.load_latest_params(workdir)
     name = mc.name[len("mae_"):]
     if fmt == "timm":
         sd = export.to_timm_state_dict(params, name, img_size=mc.img_size, global_pool=pool)
@@ -43,7 +47,7 @@ def export_weights(workdir: str, fmt: str, out: str, pool: str = "token") -> int
     arch = export.architecture(params, mc.img_size)
     meta = {"format": fmt, "name": name, "global_pool": pool, "architecture": arch,
             "norm_pix_loss": mc.norm_pix_loss, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-            "source_workdir": paths.absolute(workdir)}
+            "source_workdir": paths.absolute(workdir), "step": int(step)}
     if not hub.is_folder_output(out):
         export.save_state_dict(sd, out, meta)
     elif fmt == "timm":
@@ -51,7 +55,38 @@ def export_weights(workdir: str, fmt: str, out: str, pool: str = "token") -> int
                                                  crop_pct=EVAL_CROP_FRACTION, extra=meta))
     else:  # the official MAE layout is no timm model: the folder's config.json is our record
         hub.save_folder(sd, out, {"architecture": f"mae_{name}", **meta})
-    return len(sd)
+    return len(sd), int(step)
+
+
+def _is_export_record(path: str) -> bool:
+    """Whether the JSON file `path` is one an export wrote (its `mimjax` record, or the
+    record itself), i.e. an earlier export that may be replaced."""
+    import json
+
+    try:
+        record = json.loads(paths.read_text(path))
+    except (OSError, ValueError):
+        return False
+    if isinstance(record, dict) and isinstance(record.get("mimjax"), dict):
+        record = record["mimjax"]
+    return isinstance(record, dict) and "format" in record and "source_workdir" in record
+
+
+def _check_not_a_user_file(out: str) -> None:
+    """An export replaces an earlier export, never another kind of file: UsageError when the
+    folder's config.json, or the file's `.json` sidecar, exists and is not an export's, or
+    when a file output is a directory."""
+    from mimjax.export import hub
+
+    if hub.is_folder_output(out):
+        record = paths.join(out, hub.CONFIG_NAME)
+    else:
+        if paths.isdir(out):
+            raise UsageError(f"--out {out!r} is a directory: expected a file name ending in .safetensors or .pth")
+        record = out + ".json"
+    if paths.exists(record) and not _is_export_record(record):
+        raise UsageError(f"--out {out!r}: {record} exists and was not written by `mimjax export`; it is not "
+                         f"overwritten: choose another path")
 
 
 def import_checkpoint(inp: str, out: str, name: str = "vit_base_patch16", img_size: int = 224) -> bool:

@@ -425,6 +425,12 @@ def prepare(out: str, *, train_tar: str = "", val_tar: str = "", val_labels: str
         raise PrepareError("give at most one of --val_tar and --val_folder")
     if examples_per_shard < 1:
         raise PrepareError(f"--examples_per_shard={examples_per_shard}: expected a positive number")
+    from mimjax import workdir as workdir_lib  # never inside a run directory's checkpoints/
+
+    try:
+        workdir_lib.check_output(out, "--out")
+    except ValueError as e:
+        raise PrepareError(str(e)) from None
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise PrepareError(f"--out={out!r} exists and is not an empty directory (an interrupted preparation "
                            f"leaves shards without {METADATA}: delete it and run again)")

@@ -127,6 +127,16 @@ def _images_in(directory: str, recursive: bool) -> list[str]:
     return sorted(found)
 
 
+def _links_inside(path: str, root: str) -> bool:
+    """A symlinked directory that resolves inside `root` (e.g. a link back to the folder or to
+    one of its classes): its images are listed already, so it is skipped, not made a class of
+    duplicates. Links to directories elsewhere are followed as usual."""
+    if not os.path.islink(path):
+        return False
+    target, base = os.path.realpath(path), os.path.realpath(root)
+    return target == base or target.startswith(base + os.sep)
+
+
 class ImageFolder:
     """A folder of images: class-per-folder when any sub-folder holds images (labels are
     the sorted sub-folder index; files directly in root are then ignored), else flat (label
@@ -137,7 +147,8 @@ class ImageFolder:
         if not root or not os.path.isdir(root):
             raise ValueError(f"data.folder={root!r}: expected an existing directory of images")
         self.root = root
-        classes = sorted(d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
+        classes = sorted(d for d in os.listdir(root) if not d.startswith(".") and os.path.isdir(os.path.join(root, d))
+                         and not _links_inside(os.path.join(root, d), root))
         per_class = [_images_in(os.path.join(root, c), recursive=True) for c in classes]
         if any(per_class):
             self.classes = classes

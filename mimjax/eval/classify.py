@@ -25,7 +25,7 @@ import optax
 from mimjax import data, parallel, paths
 from mimjax.eval.config import ConfigError, validate
 from mimjax.train import loop
-from mimjax.train.schedule import Schedule, lr_schedule
+from mimjax.train.schedule import Schedule, describe_learning_rate, lr_schedule
 
 log = logging.getLogger("mimjax")
 # MAE's main_linprobe.py and main_finetune.py crop with timm/torchvision's default area range.
@@ -147,6 +147,9 @@ def fit(c, out: str, build) -> dict:
     {"task", "preempted": True, "steps"}; rerunning resumes it."""
     # --- Config, input, model and optimizer -----------------------------------------
     validate(c, num_devices=jax.device_count(), process_count=jax.process_count())
+    from mimjax import workdir as workdir_lib  # --out: its own run, never the encoder's run or its checkpoints/
+
+    workdir_lib.check_output(out, "--out", own_run=True, not_in=c.init)
     train_src, test_src, num_classes = labelled_data(c)
     schedule = Schedule.from_config(c, len(train_src))
     lr_fn = lr_schedule(c.optimizer, c.batch_size, schedule.total_steps, schedule.warmup_steps)
@@ -164,8 +167,9 @@ def fit(c, out: str, build) -> dict:
     par = parallel.make(c.parallelism, abstract)
     frozen = jax.device_put(task.encoder_params, par.replicated) if task.frozen_encoder else None
     key = jax.random.fold_in(jax.random.key(c.seed), 1)
-    log.info("%s: %d classes, %d train / %d test images, %d steps (%d/epoch), batch %d", task.name, num_classes,
-             len(train_src), len(test_src), schedule.total_steps, schedule.steps_per_epoch, c.batch_size)
+    log.info("%s: %d classes, %d train / %d test images, %d steps (%d/epoch), batch %d; %s", task.name, num_classes,
+             len(train_src), len(test_src), schedule.total_steps, schedule.steps_per_epoch, c.batch_size,
+             describe_learning_rate(c.optimizer, c.batch_size))
 
     def at_end(step, state, writer, preempted):  # the test split, unless stopped early
         return None if preempted else evaluate(task, state, frozen, test_src, c, par)

@@ -48,18 +48,22 @@ def extract_features(encoder, enc_params, images_iter, pool: str = "token"):
 
 def run_knn(workdir: str, dataset: str = "embedded_faces", *, test_dataset: str = "", train_split: str = "train",
             test_split: str = "test", data_dir: str = "", pool: str = "token", k: int = 20,
-            temperature: float = 0.07, batch_size: int = 256, random_init: bool = False) -> dict:
+            temperature: float = 0.07, batch_size: int = 256, random_init: bool = False,
+            write: bool = True) -> dict:
     """`mimjax eval knn`: weighted k-NN accuracy of a run's frozen encoder on a labelled set
     (embedded_faces | tfds:NAME | folder:PATH; `test_dataset` a separate test set). The
     embedded set is split deterministically: every 4th image is a test image. Writes
     WORKDIR/knn.json (unless random_init: a randomly initialised encoder of the same
-    architecture, the baseline) and returns the result."""
+    architecture, the baseline; or write=False: the caller saves it with `write_result`)
+    and returns the result. A gs:// workdir whose bucket cannot be reached is a ConfigError
+    before any work."""
     from mimjax import workdir as workdir_lib
     from mimjax.data import make_iterator
     from mimjax.data.labelled import labelled_sources
     from mimjax.errors import UsageError
     from mimjax.models import init_model, model_from_config
 
+    workdir_lib.require_path(workdir, "--workdir")  # gs://...: one line before any work
     mc = workdir_lib.model_config(workdir)
     if mc is None:
         raise UsageError(f"{workdir!r} has no config.json; is it a mimjax workdir?")
@@ -77,6 +81,19 @@ def run_knn(workdir: str, dataset: str = "embedded_faces", *, test_dataset: str 
     from mimjax import paths
 
     result.update(workdir=paths.absolute(workdir), dataset=dataset, pool=pool, random_init=random_init)
-    if not random_init:
-        paths.write_text(paths.join(workdir, "knn.json"), json.dumps(result, indent=2))
+    if write and not random_init:
+        write_result(workdir, result)
     return result
+
+
+def result_path(workdir: str) -> str:
+    from mimjax import paths
+
+    return paths.join(workdir, "knn.json")
+
+
+def write_result(workdir: str, result: dict) -> None:
+    """WORKDIR/knn.json; OSError when it cannot be written."""
+    from mimjax import paths
+
+    paths.write_text(result_path(workdir), json.dumps(result, indent=2))

@@ -44,6 +44,7 @@ def visualize(workdir: str, out: str, images=(), num_images: int = 4, progress: 
     returns the paths written. Raises UsageError (one line) for input that cannot be used."""
     paths_lib.check_reachable(workdir, "--workdir")  # gs://...: one line before any work
     paths_lib.check_reachable(out, "--out")
+    workdir_lib.check_output(out, "--out", not_in=workdir)  # never into a run directory or its checkpoints/
     saved_cfg = workdir_lib.read_config(workdir)
     if saved_cfg is None:
         raise UsageError(f"{workdir!r} has no config.json; is it a mimjax workdir?")

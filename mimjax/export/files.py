@@ -18,6 +18,7 @@ def write_safetensors(state_dict: dict, path: str, metadata: dict) -> None:
         paths.write_bytes(path, save(state_dict, metadata=metadata))
     else:
         save_file(state_dict, path, metadata=metadata)
+        os.chmod(path, 0o644)  # safetensors creates it 0600; readable like the .json beside it
 
 
 def save_state_dict(state_dict: dict, path: str, meta: dict) -> None:

@@ -23,11 +23,27 @@ from mimjax.train import config as config_lib
 from mimjax.train import knn_eval
 from mimjax.train import loop
 from mimjax.train import pictures
+from mimjax.train import schedule as schedule_lib
+from mimjax.train import teacher as teacher_lib
 from mimjax.train import step as step_lib
 from mimjax.errors import NonFiniteError
 from mimjax.train.step import snapshot_grid
 
 log = logging.getLogger("mimjax")
+
+
+def _check_teacher_dir(cfg) -> None:
+    """A checkpoint teacher's directory must hold a run (or a `mimjax import`): an empty or
+    foreign directory is a ConfigError saying so, not a patch-size or shape mismatch
+    against the architecture teacher.name would guess."""
+    path = cfg.teacher.path
+    if cfg.teacher.source != "checkpoint" or not path or not teacher_lib.uses_teacher(cfg):
+        return
+    paths.check_reachable(path, "config.teacher.path")
+    if paths.isdir(path) and not workdir_lib.has_checkpoint(path):
+        raise config_lib.ConfigError(
+            f"config.teacher.path={path!r}: not a mimjax run directory (no complete checkpoint in its checkpoints/); "
+            f"expected a pre-training run directory or a `mimjax import` directory")
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -36,6 +52,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     workdir_lib.require_path(workdir, "--workdir")  # '' is not the current directory
     cfg = config_lib.fill_missing(cfg)
     devices = jax.devices()
+    _check_teacher_dir(cfg)  # before validate's shape checks, which would guess the architecture
     config_lib.validate(cfg, num_devices=len(devices), process_count=jax.process_count())
     workdir = paths.absolute(workdir)  # local, or gs://... (mimjax.paths)
     is_main = jax.process_index() == 0
@@ -76,9 +93,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     snap_images = next(data.make_iterator(cfg.data, img_size=enc.img_size, global_batch_size=min(4, cfg.batch_size),
                                           seed=cfg.seed + 1))["image"]
     n_params = sum(x.size for x in jax.tree.leaves(abstract.params))
-    log.info("model %s: %.1fM params, %d patches; %d steps (%d/epoch), batch %d on %d device(s)",
+    log.info("model %s: %.1fM params, %d patches; %d steps (%d/epoch), batch %d on %d device(s); %s",
              cfg.model.name, n_params / 1e6, enc.num_patches, schedule.total_steps,
-             schedule.steps_per_epoch, cfg.batch_size, len(devices))
+             schedule.steps_per_epoch, cfg.batch_size, len(devices),
+             schedule_lib.describe_learning_rate(cfg.optimizer, cfg.batch_size))
 
     def check_finite(state, ckpt):  # one scalar sync, at checkpoints (and log rows that saw one)
         if cfg.optimizer.nonfinite != "halt":
