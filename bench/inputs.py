@@ -86,7 +86,7 @@ def bench_pipeline(img_size: int, batch: int, batches: int) -> list[dict]:
 def notes(meta: dict, args) -> list[str]:
     """What a reader of the tables must know to compare them."""
     n = ["img/s and step ms: median over the timed steps after warm-up; compilation excluded.",
-         ("GFLOP/img: analytic model FLOPs (bench/flops.py; train = 3x fwd, frozen teacher 1x fwd); "
+         ("GFLOP/img: analytic model FLOPs (mimjax/flops.py; train = 3x fwd, frozen teacher 1x fwd); "
           "XLA/analytic: XLA's cost analysis (counts elementwise ops too) over that."),
          "Teacher for smaller ViTs: block 9, head min(11, heads-1) (head 11 exists only from ViT-B)."]
     if meta["backend"] == "cpu":

@@ -32,7 +32,8 @@ if __name__ == "__main__":  # restart before the heavy imports below, or they wo
 import jax
 import jax.numpy as jnp
 
-from bench import flops, inputs, report, steps
+from bench import inputs, report, steps
+from mimjax import flops
 from mimjax.models.layers import ATTENTION_IMPLEMENTATIONS
 from mimjax.models.vit import vit_kwargs
 

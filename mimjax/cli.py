@@ -8,7 +8,7 @@ texts, the dispatch and the mapping of errors to one line on stderr and an exit 
 
     0  done
     2  bad command line or config: one line `mimjax <command>: ...`, no traceback
-    3  the loss or gradients became non-finite (train)
+    3  the loss or gradients became non-finite (train); the step does not fit the target (plan)
     4  the disk filled up while saving a checkpoint; the previous one is intact
 
 Nothing heavy (JAX, Flax, Orbax) is imported before the flags are parsed, so `--help` and
@@ -35,9 +35,11 @@ from mimjax.errors import DiskFullError, Interrupted, NonFiniteError, UsageError
 from mimjax.schema import ConfigError, did_you_mean, load_config_file
 
 EXIT_USAGE, EXIT_NONFINITE, EXIT_DISK_FULL = 2, 3, 4
+EXIT_DOES_NOT_FIT = 3  # mimjax plan: the step does not fit the target
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
-METAVARS = {"workdir": "DIR", "out": "PATH", "in": "PATH", "coordinator_address": "HOST:PORT", "dataset": "SOURCE",
+METAVARS = {"target": "TARGET", "workdir": "DIR", "out": "PATH", "in": "PATH", "coordinator_address": "HOST:PORT",
+            "dataset": "SOURCE",
             "test_dataset": "SOURCE", "data_dir": "DIR", "images": "FILE", "name": "ARCH", "train_split": "SPLIT",
             "test_split": "SPLIT", "train_tar": "FILE", "val_tar": "FILE", "val_labels": "FILE", "folder": "DIR",
             "val_folder": "DIR"}
@@ -75,6 +77,14 @@ def _define_train(fv, argv):
                          flag_values=fv)
     flags.DEFINE_integer("process_id", None, "This process's index (with --coordinator_address).",
                          flag_values=fv)
+
+
+def _define_plan(fv, argv):
+    _define_config(fv, argv, "configs/gpa_mae.py:vit_base_patch16,feature")
+    flags.DEFINE_string("target", None, "What to compile for: a TPU slice (v4-32, v5e-16, v5e-256, v5p-128, "
+                        "v6e-64; 2xv5e-256 for two slices) or a GPU host (h100x8, h200x8, a100x8; 4xh100x8 for four "
+                        "hosts).", flag_values=fv)
+    flags.DEFINE_bool("json", False, "Print the report as one JSON object.", flag_values=fv)
 
 
 def _define_classifier(example: str, out_help: str):
@@ -166,6 +176,34 @@ def _run_train(fv) -> int:
     return 0
 
 
+def _run_plan(fv) -> int:
+    from mimjax.parallel import targets
+
+    try:
+        target = targets.parse(fv.target)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    env = targets.compile_only_env(target, os.environ)
+    os.environ.update(env)  # before JAX starts a backend (the config file has imported jax already)
+    if "JAX_PLATFORMS" in env:
+        import jax
+
+        jax.config.update("jax_platforms", env["JAX_PLATFORMS"])
+    from mimjax.train import config as config_lib, plan
+
+    cfg = config_lib.fill_missing(fv.config)
+    config_lib.validate(cfg, num_devices=target.num_devices, preflight=False)
+    try:
+        report = plan.plan(cfg, target, config_name=_config_arg(sys.argv) or "")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    print(json.dumps(report) if fv.json else plan.format_report(report))
+    if not report["fits"]:
+        print(f"mimjax plan: {plan.shortfall_line(report)}", file=sys.stderr)
+        return EXIT_DOES_NOT_FIT
+    return 0
+
+
 def _run_finetune(fv) -> int:
     from mimjax.eval import finetune
 
@@ -244,6 +282,11 @@ COMMANDS = {c.name: c for c in [
             ("mimjax train --config configs/demo.py --workdir workdirs/demo",
              "mimjax train --config configs/gpa_mae.py:vit_base_patch16 --workdir W --config.batch_size=256"),
             _define_train, _run_train, required=("config", "workdir"), config_keys="mimjax/train/config.py"),
+    Command("plan", "Compile the train step for a TPU slice or a GPU host (no accelerator needed): memory, "
+            "FLOPs, step time; exit 3 when it does not fit.",
+            ("mimjax plan --config configs/gpa_mae.py:vit_base_patch16,feature --target h100x8",
+             "mimjax plan --config configs/mae.py:vit_large_patch16 --target v5e-256 --json"),
+            _define_plan, _run_plan, required=("config", "target"), config_keys="mimjax/train/config.py"),
     Command("finetune", "Fine-tune a pre-trained encoder (MAE recipe: layer decay, mixup/cutmix); prints the "
             "result as JSON.",
             ("mimjax finetune --config configs/finetune.py:vit_base_patch16 --workdir PRETRAIN_W --out FT_W",),

@@ -13,7 +13,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, for `bench`
 
-from bench import flops, report, steps
+from bench import report, steps
+from mimjax import flops
 from mimjax.models import vit
 
 # XLA also counts elementwise work (norms, softmax, GELU, AdamW), which the analytic

@@ -7,6 +7,8 @@ sqrt(6 / (D + 3D)) each of them uses variance_scaling(0.5, fan_avg) (fan_avg = D
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 from typing import Any
 
@@ -45,6 +47,28 @@ LayerNorm = functools.partial(nn.LayerNorm, epsilon=1e-6)
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16", "auto")
 
+# The platform the model is built and traced for: the running backend, or, inside
+# `target_backend`, the accelerator `mimjax plan` compiles for from a CPU machine, so that the
+# dtype policy and the kernels chosen below are the target's, not the planning host's.
+_TARGET_BACKEND = contextvars.ContextVar("mimjax_target_backend", default=None)
+
+
+def current_platform() -> str:
+    """"cpu" | "gpu" | "tpu": `target_backend`'s platform if one is set, else JAX's default."""
+    return _TARGET_BACKEND.get() or jax.default_backend()
+
+
+@contextlib.contextmanager
+def target_backend(platform: str):
+    """Build and trace models for `platform` ("cpu" | "gpu" | "tpu") within this block."""
+    if platform not in ("cpu", "gpu", "tpu"):
+        raise ValueError(f"target platform {platform!r}: expected cpu, gpu or tpu")
+    token = _TARGET_BACKEND.set(platform)
+    try:
+        yield
+    finally:
+        _TARGET_BACKEND.reset(token)
+
 
 def cpu_has_native_bf16() -> bool:
     """Whether this host's CPU multiplies bf16 natively (x86 avx512_bf16 or amx_bf16, Arm
@@ -68,7 +92,7 @@ def resolve_dtype(name, backend: str | None = None, native_bf16: bool | None = N
     if not isinstance(name, str):
         return jnp.dtype(name)
     if name == "auto":
-        backend = jax.default_backend() if backend is None else backend
+        backend = current_platform() if backend is None else backend
         if backend != "cpu":
             return jnp.dtype(jnp.bfloat16)
         native_bf16 = cpu_has_native_bf16() if native_bf16 is None else native_bf16
@@ -257,7 +281,7 @@ class Attention(nn.Module):
         # The per-head T x T products (q k^T, weights @ v): XLA:CPU computes batched bf16 products
         # in float32 (it converts the operands back; checked with jax 0.10.2 and 0.12.0.1), so on
         # the CPU backend they stay float32 rather than pay a float32 -> bf16 -> float32 round trip.
-        attn_dot = jax.lax.dot_general if jax.default_backend() == "cpu" else mixed
+        attn_dot = jax.lax.dot_general if current_platform() == "cpu" else mixed
         dense = functools.partial(
             nn.DenseGeneral, features=(self.num_heads, head_dim), dtype=jnp.float32, dot_general=mixed,
             kernel_init=qkv_init, bias_init=nn.initializers.zeros)
@@ -279,7 +303,7 @@ class Attention(nn.Module):
         logits = (q[:, :, one_head], k[:, :, one_head]) if self.return_logits and self.qk else None
         want_logits = self.return_logits and not self.qk
         explicit = self.implementation == "explicit" or (self.implementation == "auto" and
-                                                         jax.default_backend() == "cpu")
+                                                         current_platform() == "cpu")
         if want_logits or explicit:
             full = attn_logits(q, k)  # [B, H, T, T]
             logits = full[:, one_head] if want_logits else logits

@@ -24,8 +24,8 @@ AXIS = "batch"  # the pmap axis name
 
 
 class JitParallel:
-    def __init__(self, pcfg, abstract_state):
-        self.mesh = sharding.make_mesh(pcfg)
+    def __init__(self, pcfg, abstract_state, devices=None):
+        self.mesh = sharding.make_mesh(pcfg, devices)  # this run's devices, or a target's (mimjax plan)
         self.replicated = NamedSharding(self.mesh, P())
         self.state_sharding = sharding.state_shardings(abstract_state, self.mesh)
         self.batch_sharding = sharding.batch_sharding(self.mesh)

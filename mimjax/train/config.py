@@ -55,7 +55,7 @@ def base_config() -> ml_collections.ConfigDict:
     # LayerNorm, softmax, losses and GPA scores are float32 whatever it is. "auto": bfloat16 on
     # GPU/TPU and on CPUs with native bf16 (avx512_bf16 / amx_bf16), else float32.
     c.model.dtype = "float32"  # float32 | bfloat16 | float16 | auto
-    c.model.remat = False
+    c.model.remat = False  # activation checkpointing per block; recipes may hold "auto" (train/plan.py)
     c.model.scan = False  # lax.scan over the blocks: one compiled block (ViT-L/H compile time)
     c.model.attention = "auto"  # auto | explicit | xla | cudnn (cuDNN flash attention, GPU); see models/layers.py
     c.model.init_from = ""  # start from: a run dir, an MAE / timm .pth / .safetensors (train/init_from.py)
@@ -96,7 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.b2 = 0.95
     c.optimizer.weight_decay = 0.05
     c.optimizer.grad_clip = 0.0  # global-norm clipping; 0 = off
-    c.optimizer.accum_steps = 1  # gradient accumulation: micro-batches per step
+    c.optimizer.accum_steps = 1  # gradient accumulation: micro-batches per step; recipes may hold "auto" (train/plan.py)
     c.optimizer.nonfinite = "halt"  # non-finite loss/grads: halt (stop, keep last good checkpoint) | skip
 
     # Monitoring (mimjax.train.writers, knn_eval; none of it changes the training trajectory).
@@ -130,14 +130,45 @@ def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
     return schema.fill_missing(config, base_config())
 
 
+def _setting(value, key: str, kind):
+    """A remat / accum_steps value as written (bool / int, or a string from the command line)
+    -> the bool or int, or "auto"; anything else is a ValueError naming the key."""
+    if isinstance(value, str):
+        v = value.strip().lower()
+        if v == "auto":
+            return "auto"
+        if kind is bool and v in ("true", "false", "1", "0"):
+            return v in ("true", "1")
+        if kind is int and v.lstrip("-").isdigit():
+            value = int(v)
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is int and isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    expected = "True, False or 'auto'" if kind is bool else "an integer >= 1 or 'auto'"
+    raise ValueError(f"config.{key}={value!r}: expected {expected}")
+
+
+def settings(cfg) -> tuple:
+    """(remat, accum_steps) of a config: each a bool / int, or "auto"."""
+    return (_setting(cfg.model.remat, "model.remat", bool),
+            _setting(cfg.optimizer.accum_steps, "optimizer.accum_steps", int))
+
+
 def _ratio_pair(key, pair):
     if len(pair) != 2 or not all(0.0 <= float(v) <= 1.0 for v in pair):
         _fail(key, tuple(pair), "a (start, end) pair of fractions in [0, 1]")
 
 
-def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_count: int = 1) -> None:
-    """Raises ConfigError for anything that cannot run; starts nothing."""
+def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_count: int = 1,
+             preflight: bool = True) -> None:
+    """Raises ConfigError for anything that cannot run; starts nothing. With preflight False
+    (`mimjax plan`), the paths the run would read (teacher, data folder) are not checked."""
     schema.check_keys(c, base_config(), "mimjax/train/config.py")
+    try:
+        remat, accum = settings(c)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if (c.total_steps > 0) == (c.total_epochs > 0):
         _fail("total_steps", c.total_steps, f"exactly one of total_steps / total_epochs > 0 "
               f"(total_epochs={c.total_epochs})")
@@ -153,10 +184,10 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_coun
     except ValueError as e:
         raise ConfigError(f"config.parallelism: {e}") from None
     batch_devices = data * fsdp if pc.mode == "jit" else num_devices
-    step_split = batch_devices * c.optimizer.accum_steps
+    step_split = batch_devices * (1 if accum == "auto" else accum)
     if c.batch_size <= 0 or c.batch_size % step_split or c.batch_size % process_count:
         _fail("batch_size", c.batch_size, f"a positive multiple of the {batch_devices} devices the batch is split over"
-              f" x {c.optimizer.accum_steps} accumulation steps, and of the {process_count} processes")
+              f" x {accum} accumulation steps, and of the {process_count} processes")
     for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
         if c[key] <= 0:
             _fail(key, c[key], "a positive integer")
@@ -193,7 +224,7 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_coun
     if c.teacher.path and c.teacher.source != "checkpoint":
         _fail("teacher.path", c.teacher.path, f"empty unless teacher.source='checkpoint' (teacher.source="
               f"{c.teacher.source!r} would ignore it); set --config.teacher.source=checkpoint or drop teacher.path")
-    if c.teacher.source == "checkpoint":
+    if c.teacher.source == "checkpoint" and preflight:
         if not c.teacher.path:
             _fail("teacher.path", c.teacher.path, "the path of a teacher checkpoint (teacher.source='checkpoint')")
         from mimjax import paths
@@ -201,8 +232,8 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_coun
         paths.check_reachable(c.teacher.path, "config.teacher.path")
         if not paths.exists(c.teacher.path):
             _fail("teacher.path", c.teacher.path, "an existing path (it does not exist)")
-        if c.teacher.name not in VIT_VARIANTS:
-            _fail("teacher.name", c.teacher.name, f"one of {sorted(VIT_VARIANTS)}")
+    if c.teacher.source == "checkpoint" and c.teacher.name not in VIT_VARIANTS:
+        _fail("teacher.name", c.teacher.name, f"one of {sorted(VIT_VARIANTS)}")
     if needs_teacher:
         arch, depth, heads, teacher_patch = teacher.describe(c)
         if teacher_patch != patch:
@@ -220,13 +251,11 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_coun
     from mimjax.train.schedule import check_learning_rates  # lr > 0 and finite, or -1 (unset: from blr)
 
     check_learning_rates(c.optimizer)
-    if c.optimizer.accum_steps < 1:
-        _fail("optimizer.accum_steps", c.optimizer.accum_steps, "an integer >= 1")
     if c.data.source not in ("tfds", "folder", "embedded", "embedded_faces", "synthetic") and not (
             c.data.source.startswith("arrayrecord:") and len(c.data.source) > len("arrayrecord:")):
         _fail("data.source", c.data.source, "tfds, folder, embedded, embedded_faces, synthetic or "
               "arrayrecord:PATH (`mimjax prepare imagenet`)")
-    if c.data.source == "folder" and not os.path.isdir(c.data.folder):
+    if c.data.source == "folder" and preflight and not os.path.isdir(c.data.folder):
         _fail("data.folder", c.data.folder, "an existing directory of images")
     _validate_monitoring(c, batch_devices, process_count)
 

@@ -23,6 +23,7 @@ from mimjax.train import config as config_lib
 from mimjax.train import knn_eval
 from mimjax.train import loop
 from mimjax.train import pictures
+from mimjax.train import plan
 from mimjax.train import schedule as schedule_lib
 from mimjax.train import teacher as teacher_lib
 from mimjax.train import step as step_lib
@@ -54,6 +55,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     devices = jax.devices()
     _check_teacher_dir(cfg)  # before validate's shape checks, which would guess the architecture
     config_lib.validate(cfg, num_devices=len(devices), process_count=jax.process_count())
+    try:  # "auto" remat / accumulation: the cheapest setting that fits these devices, compiled here
+        cfg = plan.resolve_auto(cfg)
+    except plan.DoesNotFit as e:
+        raise config_lib.ConfigError(str(e)) from e
     workdir = paths.absolute(workdir)  # local, or gs://... (mimjax.paths)
     is_main = jax.process_index() == 0
     # --- Input --------------------------------------------------------------------

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from mimjax.train.config import base_config, runlocal
 
-LARGE = ("vit_large_patch16", "vit_huge_patch14")  # remat on by default
 TEACHER_SOURCES = ("ema", "self")  # flags that replace the frozen checkpoint teacher
 
 
@@ -22,10 +21,11 @@ def parse(arg: str | None, known: tuple[str, ...], default: str = "vit_base_patc
 
 
 def pretraining(variant: str):
-    """The schema's defaults with the encoder `variant` (remat for ViT-L/H)."""
+    """The schema's defaults with the encoder `variant`; remat and accumulation "auto": the
+    cheapest setting whose step fits the device (mimjax/train/plan.py), chosen at start-up."""
     c = base_config()
     c.model.name = "mae_" + variant
-    c.model.remat = variant in LARGE
+    set_fields(c, remat="auto", accum_steps="auto")
     # bf16 products (float32 accumulation, parameters, norms, losses) on GPU/TPU and on CPUs
     # with native bf16; float32 elsewhere. Resolved when the model is built (models/layers.py).
     c.model.dtype = "auto"
@@ -48,12 +48,21 @@ def gpa_teacher(c, flags: set[str]):
     return c
 
 
+def set_fields(c, remat, accum_steps):
+    """model.remat / optimizer.accum_steps set to these values, "auto" or not: the fields take
+    the type of the value (a bool field cannot hold "auto" otherwise)."""
+    with c.unlocked():
+        del c.model["remat"], c.optimizer["accum_steps"]
+        c.model.remat, c.optimizer.accum_steps = remat, accum_steps
+    return c
+
+
 def finish(c, flags: set[str]):
     """"runlocal": the recipe shrunk to a smoke run on the embedded photos, with an EMA
     teacher in place of a checkpoint (none ships offline)."""
     if "runlocal" in flags:
         if c.teacher.source == "checkpoint":
             c.teacher.source = "ema"
-        runlocal(c)
+        runlocal(set_fields(c, False, 1))
         c.model.dtype = "float32"  # smoke runs keep the float32 reference numerics on any host
     return c

@@ -70,16 +70,22 @@ def make_train_step(cfg, model: MAE, teacher: Teacher, tx, lr_fn, schedule: Sche
         progress = schedule.progress(state.step, cfg.masking.progress)
         images = batch["image"]  # [B, H, W, 3] (this device's [B / devices, ...] under pmap)
         b = images.shape[0] // accum
-        micro = images.reshape(accum, b, *images.shape[1:])
+        # Micro-batch i is images[i::accum], sliced from the [b, accum] view inside the loop. The
+        # batch is split over the devices along its first axis, so each device holds whole rows
+        # of that view and every micro-batch is spread over all devices, 1 / accum of each one's
+        # share. (images.reshape(accum, b) would put the accum axis on the devices instead: a
+        # device would then hold every micro-batch's activations at once, no memory saved on
+        # GPU / TPU.) The view is a reshape, not a copy.
+        rows = images.reshape(b, accum, *images.shape[1:])  # [b, accum, H, W, 3]
         offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * images.shape[0]
         if axis_name is not None:
             k_drop = jax.random.fold_in(k_drop, jax.lax.axis_index(axis_name))
         tparams = teacher.params(state.params, state.ema_params, frozen_teacher)
 
-        def micro_step(grad_sum, xs):
-            imgs, i = xs  # [b, H, W, 3], micro-batch index
+        def micro_step(grad_sum, i):
+            imgs = jax.lax.dynamic_index_in_dim(rows, i, axis=1, keepdims=False)  # [b, H, W, 3]
             g = teacher.scores(tparams, imgs)  # [b, N] or None
-            mask = make_mask(cfg, k_mask, g, n, offset + i * b + jnp.arange(b), progress)
+            mask = make_mask(cfg, k_mask, g, n, offset + jnp.arange(b) * accum + i, progress)  # global positions
 
             def loss_fn(params):
                 out = model.apply({"params": params}, imgs, mask, gpa_target=g if model.gpa_head else None,
@@ -91,7 +97,7 @@ def make_train_step(cfg, model: MAE, teacher: Teacher, tx, lr_fn, schedule: Sche
             return jax.tree.map(jnp.add, grad_sum, grads), m
 
         zeros = jax.tree.map(jnp.zeros_like, state.params)
-        grads, ms = jax.lax.scan(micro_step, zeros, (micro, jnp.arange(accum)))
+        grads, ms = jax.lax.scan(micro_step, zeros, jnp.arange(accum))
         grads = jax.tree.map(lambda g: g / accum, grads)
         metrics_ = {k: v.mean() for k, v in ms.items()}
         if axis_name is not None:

@@ -12,7 +12,7 @@ Counting rules (matmuls only; norms, softmax, GELU and the optimizer are not cou
 (so it is a few percent higher) and counts a `lax.scan` body once per XLA version
 (model.scan=true then reads low).
 
-    python -c "from bench.flops import *; print(step_flops(Arch.from_name('vit_base_patch16'), 'gpa_feature'))"
+    python -c "from mimjax.flops import *; print(step_flops(Arch.from_name('vit_base_patch16'), 'gpa_feature'))"
 """
 from __future__ import annotations
 
@@ -112,10 +112,27 @@ def teacher_fwd(a: Arch, full: bool = False) -> float:
     return patch_embed(a) + a.teacher_block * block(t, a.width, a.mlp_ratio) + qk
 
 
+def method_of(cfg) -> str:
+    """The `step_flops` method of a pre-training config: mae | gpa_teacher | gpa_feature |
+    gpa_feature_late | simmim | simmim_gpa | simmim_feature."""
+    if cfg.model.arch == "simmim":
+        return "simmim_feature" if cfg.model.gpa_head else "simmim_gpa" if cfg.masking.strategy != "random" else "simmim"
+    if cfg.model.gpa_head:
+        return "gpa_feature_late" if cfg.model.gpa_head_late_start else "gpa_feature"
+    return "mae" if cfg.masking.strategy == "random" else "gpa_teacher"
+
+
 def step_flops(a: Arch, method: str, teacher_full: bool = False) -> dict:
     """FLOPs per image of one train step, by part, for method mae | gpa_teacher | gpa_feature
-    | gpa_feature_late (timed before 75% of training: the late head's blocks do not run).
+    | gpa_feature_late (timed before 75% of training: the late head's blocks do not run) |
+    simmim | simmim_gpa | simmim_feature (`method_of`).
     Keys: student_encoder, decoder, gpa_head, teacher (fwd+bwd where trained) and total."""
+    if method.startswith("simmim"):  # the encoder sees all 1 + N tokens; linear pixel (and GPA) heads
+        heads = dense(a.num_patches, a.width, a.patch * a.patch * 3 + (1 if method == "simmim_feature" else 0))
+        parts = {"student_encoder": 3 * encoder_fwd(a), "decoder": 3 * heads, "gpa_head": 0.0,
+                 "teacher": teacher_fwd(a, teacher_full) if method != "simmim" else 0.0}
+        parts["total"] = sum(parts.values())
+        return parts
     parts = {"student_encoder": 3 * encoder_fwd(a, 1 + a.num_visible), "decoder": 3 * decoder_fwd(a),
                  "gpa_head": 3 * decoder_fwd(a, embed=False) if method == "gpa_feature" else 0.0,
                  "teacher": teacher_fwd(a, teacher_full) if method != "mae" else 0.0}

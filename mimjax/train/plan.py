@@ -1,0 +1,305 @@
+"""Pre-flight: a config's train step compiled for an accelerator, and the settings that fit.
+
+`mimjax plan --config RECIPE --target v5e-256` builds the step exactly as `mimjax train` does
+(`step.build`, the mesh and sharding rules of mimjax/parallel, the donated state, the dtype
+policy and attention kernel resolved for the target's platform) from abstract shapes only,
+compiles it for the target's devices (libtpu or the CUDA plugin compile for hardware that is
+not there: mimjax/parallel/targets.py) and reads XLA's memory and cost analyses.
+
+`model.remat` and `optimizer.accum_steps` may be "auto": the cheapest setting whose step fits
+the device's memory with a 10% margin is taken (no remat -> remat -> remat and accumulation
+2, 4, ...), the same way by `mimjax plan` and at the start of `mimjax train` (`resolve_auto`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mimjax import flops as flops_lib
+from mimjax import parallel
+from mimjax.parallel.mesh import mesh_shape
+from mimjax.models import layers
+from mimjax.train import step as step_lib
+from mimjax.train.config import settings
+from mimjax.train.recipes import set_fields
+
+log = logging.getLogger("mimjax")
+MARGIN = 0.10  # a setting fits when its step needs at most (1 - MARGIN) of the device's memory
+IMAGENET_TRAIN = 1_281_167  # images an epoch when the config does not say (data.num_examples)
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
+                "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+_SHAPE = re.compile(r"\b(pred|[suf]\d+|bf16|c64|c128)\[([\d,]*)\]")
+_COLLECTIVE = re.compile(r"=\s*(\([^=]*?\)|\S+)\s+(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
+
+
+class DoesNotFit(ValueError):
+    """No setting the config allows fits the device's memory (`mimjax plan` exits 3)."""
+
+
+# --- The "auto" settings ------------------------------------------------------------------
+def with_settings(cfg, remat, accum) -> ml_collections.ConfigDict:
+    """A copy of `cfg` with these remat / accum_steps (bool / int or "auto"), whatever types its fields held."""
+    return set_fields(ml_collections.ConfigDict(cfg.to_dict()), remat, accum)
+
+
+def candidates(cfg, batch_devices: int) -> list[tuple[bool, int]]:
+    """The settings "auto" may take, cheapest first: no remat, remat, then remat with
+    accumulation 2, 4, ... while each micro-batch still has an image a device."""
+    remat, accum = settings(cfg)
+    per_device = cfg.batch_size // batch_devices
+    accums = [a for a in (1, 2, 4, 8, 16, 32, 64) if per_device % a == 0] if accum == "auto" else [accum]
+    remats = [False, True] if remat == "auto" else [remat]
+    out = [(r, a) for a in accums for r in remats]
+    if remat == "auto" and accum == "auto":  # accumulation without remat is never cheaper than remat
+        out = [(False, 1)] + [(True, a) for a in accums]
+    return out
+
+
+# --- Compiling the step ---------------------------------------------------------------------
+@dataclasses.dataclass
+class Compiled:
+    memory: dict  # bytes per device: arguments, temporaries, outputs, aliased, code, total
+    flops_xla: float | None  # XLA's count per device, where the backend gives one
+    collectives: dict  # kind -> {"count", "bytes"} in the program text (a loop body counts once)
+    compile_s: float
+    mesh: dict  # axis -> size
+    per_device_batch: int
+    executable: object = None  # jax's Compiled (input_shardings, as_text, ...)
+
+
+def abstract_frozen_teacher(built, img_size: int):
+    """The frozen checkpoint teacher's params as shapes (None without one): what
+    `Teacher.load_frozen` would read, without reading it."""
+    t = built.teacher
+    if not (t.in_use and t.source == "checkpoint"):
+        return None
+    return jax.eval_shape(lambda: t.model.init(jax.random.key(0), jnp.zeros((1, img_size, img_size, 3))))["params"]
+
+
+def compile_step(cfg, devices, platform: str) -> Compiled:
+    """The train step of a concrete config (no "auto"), compiled for `devices` of `platform`."""
+    num_examples = cfg.data.num_examples if cfg.data.num_examples > 0 else IMAGENET_TRAIN
+    with layers.target_backend(platform):
+        plain = ml_collections.ConfigDict(cfg.to_dict())
+        plain.model.init_from = ""  # the start weights do not change the program
+        built = step_lib.build(plain, num_examples)
+        abstract = jax.eval_shape(functools.partial(built.init_state, jax.random.key(0)))
+        par = parallel.JitParallel(cfg.parallelism, abstract, devices=devices)
+        step = par.compile_step(lambda axis: step_lib.compile_once(built.make_step(axis)))
+        img = cfg.model.img_size
+        shaped = lambda tree, shard: jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shard)
+        state = shaped(abstract, par.state_sharding)
+        batch = {"image": jax.ShapeDtypeStruct((cfg.batch_size, img, img, 3), jnp.float32, sharding=par.batch_sharding),
+                 "label": jax.ShapeDtypeStruct((cfg.batch_size,), jnp.int32, sharding=par.batch_sharding)}
+        frozen = abstract_frozen_teacher(built, img)
+        frozen = None if frozen is None else jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=par.replicated), frozen)
+        key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=par.replicated)
+        t0 = time.perf_counter()
+        compiled = step.lower(state, batch, frozen, key).compile()
+        seconds = time.perf_counter() - t0
+    m = compiled.memory_analysis()
+    memory = dict(arguments=m.argument_size_in_bytes, temporaries=m.temp_size_in_bytes,
+                  outputs=m.output_size_in_bytes, aliased=m.alias_size_in_bytes,
+                  code=m.generated_code_size_in_bytes)
+    # The donated state's outputs reuse its argument buffers (aliased), so they count once.
+    memory["total"] = memory["arguments"] + memory["temporaries"] + memory["outputs"] - memory["aliased"] + memory["code"]
+    batch_devices = par.mesh.shape["data"] * par.mesh.shape["fsdp"]
+    return Compiled(memory, flops_lib.xla_flops(compiled), collectives(compiled.as_text()), seconds,
+                    dict(par.mesh.shape), cfg.batch_size // batch_devices, compiled)
+
+
+def collectives(hlo: str) -> dict:
+    """kind -> {"count", "bytes"} of the collectives in an optimized HLO module's text."""
+    out = {}
+    for shape, kind in _COLLECTIVE.findall(hlo):
+        nbytes = 0
+        for dtype, dims in _SHAPE.findall(shape):
+            n = 1
+            for d in filter(None, dims.split(",")):
+                n *= int(d)
+            nbytes += n * _DTYPE_BYTES.get(dtype, 4)
+        entry = out.setdefault(kind, {"count": 0, "bytes": 0})
+        entry["count"] += 1
+        entry["bytes"] += nbytes
+    return out
+
+
+def fits(memory: dict, capacity: int) -> bool:
+    return memory["total"] <= (1 - MARGIN) * capacity
+
+
+def choose(cfg, measure, capacity: int, batch_devices: int):
+    """(config, Compiled, tried) of the cheapest allowed setting that fits, `measure` compiling
+    each concrete config; when none fits, the config is None and Compiled the smallest's."""
+    tried = []
+    for remat, accum in candidates(cfg, batch_devices):
+        c = with_settings(cfg, remat, accum)
+        result = measure(c)
+        tried.append(((remat, accum), result))
+        log.info("plan: model.remat=%s optimizer.accum_steps=%d needs %.2f GiB a device of %.2f GiB (%s)",
+                 remat, accum, result.memory["total"] / 2 ** 30, capacity / 2 ** 30,
+                 "fits" if fits(result.memory, capacity) else "does not fit")
+        if fits(result.memory, capacity):
+            return c, result, tried
+    return None, min((r for _, r in tried), key=lambda r: r.memory["total"]), tried
+
+
+def resolve_auto(cfg, devices=None) -> ml_collections.ConfigDict:
+    """`cfg` with "auto" remat / accum_steps replaced by the cheapest setting that fits these
+    devices (those of this run by default), each compiled here; `cfg` itself when nothing is
+    "auto". The choice is logged; a config where nothing fits raises DoesNotFit."""
+    if "auto" not in settings(cfg):
+        return cfg
+    devices = jax.devices() if devices is None else devices
+    capacity = device_capacity(devices[0])
+    probe = cfg
+    if cfg.parallelism.mode != "jit":  # pmap runs the per-device program of jit's data parallelism
+        probe = ml_collections.ConfigDict(cfg.to_dict())
+        probe.parallelism.mode, probe.parallelism.data, probe.parallelism.fsdp, probe.parallelism.model = "jit", -1, 1, 1
+    data, fsdp, _ = mesh_shape(probe.parallelism, len(devices))
+    chosen, result, tried = choose(probe, lambda c: compile_step(c, devices, jax.default_backend()), capacity,
+                                   data * fsdp)
+    if chosen is None:
+        (remat, accum), = [s for s, r in tried if r is result]
+        raise DoesNotFit(f"model.remat / optimizer.accum_steps = 'auto': no setting fits this device; the smallest "
+                         f"step (model.remat={remat}, optimizer.accum_steps={accum}) needs "
+                         f"{result.memory['total'] / 2 ** 30:.2f} GiB a device, over {1 - MARGIN:.0%} of "
+                         f"{capacity / 2 ** 30:.2f} GiB; raise parallelism.fsdp or lower batch_size")
+    remat, accum = chosen.model.remat, chosen.optimizer.accum_steps
+    log.info("auto: model.remat=%s, optimizer.accum_steps=%d (the step needs %.2f GiB a device of %.2f GiB)",
+             remat, accum, result.memory["total"] / 2 ** 30, capacity / 2 ** 30)
+    return with_settings(cfg, remat, accum)
+
+
+def device_capacity(device) -> int:
+    """Bytes a program may use on `device`: the allocator's limit on GPU / TPU, this host's
+    memory on the CPU backend."""
+    try:
+        stats = device.memory_stats()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+# --- `mimjax plan` ----------------------------------------------------------------------------
+def plan(cfg, target, config_name: str = "") -> dict:
+    """The pre-flight report of `cfg` on `target` (mimjax.parallel.targets.Target) as one dict;
+    `fits` False when no allowed setting fits (then `suggestion` names the cheapest that does,
+    or None). Raises ValueError for a target that cannot be compiled for here."""
+    from mimjax.models.layers import resolve_dtype
+
+    devices = target.devices()
+    if len(devices) != target.num_devices:
+        raise ValueError(f"--target {target.name}: the compiler gave {len(devices)} devices, expected {target.num_devices}")
+    note = ""
+    probe = cfg
+    if cfg.parallelism.mode != "jit":
+        note = "parallelism.mode='pmap' planned as jit with pure data parallelism (the same per-device program)"
+        probe = ml_collections.ConfigDict(cfg.to_dict())
+        probe.parallelism.mode, probe.parallelism.data, probe.parallelism.fsdp, probe.parallelism.model = "jit", -1, 1, 1
+    data, fsdp, _ = mesh_shape(probe.parallelism, len(devices))
+    capacity = target.capacity_bytes
+    compiled = {}  # (remat, accum) -> Compiled: each setting is compiled once
+
+    def measure(c):
+        key = (c.model.remat, c.optimizer.accum_steps)
+        if key not in compiled:
+            compiled[key] = compile_step(c, devices, target.platform)
+        return compiled[key]
+
+    t0 = time.perf_counter()
+    chosen, result, tried = choose(probe, measure, capacity, data * fsdp)
+    ok, suggestion = chosen is not None, None
+    if not ok:  # report the requested (smallest) setting, and find the cheapest one that fits
+        (remat, accum), = [s for s, r in tried if r is result]
+        chosen = with_settings(probe, remat, accum)
+        found, _, _ = choose(with_settings(probe, "auto", "auto"), measure, capacity, data * fsdp)
+        suggestion = None if found is None else {"remat": found.model.remat,
+                                                 "accum_steps": found.optimizer.accum_steps}
+    arch = flops_lib.Arch.from_config(chosen)
+    method = flops_lib.method_of(chosen)
+    per_image = flops_lib.step_flops(arch, method)["total"]
+    if method == "gpa_feature_late":  # the head's blocks run in the last 25% of training only
+        per_image = 0.75 * per_image + 0.25 * flops_lib.step_flops(arch, "gpa_feature")["total"]
+    analytic = per_image * result.per_device_batch
+    loops = chosen.optimizer.accum_steps > 1 or chosen.model.scan or method == "gpa_feature_late"
+    use_xla = result.flops_xla is not None and not loops
+    step_flops = result.flops_xla if use_xla else analytic
+    peak = target.chip.peak_bf16
+    step_s = {f"{p}%": step_flops / (peak * p / 100) for p in (100, 50)}
+    return dict(
+        config=config_name, target=target.name, platform=target.platform, device_kind=target.chip.kind,
+        devices=len(devices), mesh=result.mesh, batch_size=chosen.batch_size, per_device_batch=result.per_device_batch,
+        memory_bytes=result.memory, capacity_bytes=capacity, fits=ok,
+        margin=MARGIN, flops_per_step=step_flops,
+        flops_source="xla" if use_xla else ("analytic (mimjax/flops.py: XLA counts a loop body once)" if
+                                             result.flops_xla is not None else
+                                             "analytic (mimjax/flops.py: this backend gives no cost analysis)"),
+        flops_xla=result.flops_xla, flops_analytic=analytic, peak_flops=peak, step_time_s=step_s,
+        img_per_s={k: chosen.batch_size / v for k, v in step_s.items()},
+        collectives=result.collectives, compile_s=sum(r.compile_s for r in compiled.values()),
+        wall_s=time.perf_counter() - t0,
+        settings=dict(remat=chosen.model.remat, accum_steps=chosen.optimizer.accum_steps, fsdp=fsdp,
+                      dtype=str(resolve_dtype(chosen.model.dtype, backend=target.platform)),
+                      attention=chosen.model.attention),
+        requested=dict(zip(("remat", "accum_steps"), settings(cfg))),
+        tried=[dict(remat=r, accum_steps=a, total_bytes=m.memory["total"]) for (r, a), m in compiled.items()],
+        suggestion=suggestion, note=note)
+
+
+def _gib(n) -> str:
+    return f"{n / 2 ** 30:.2f} GiB" if abs(n) >= 2 ** 30 else f"{n / 2 ** 20:.1f} MiB"
+
+
+def format_report(r: dict) -> str:
+    """The report as the lines `mimjax plan` prints."""
+    m, mesh = r["memory_bytes"], r["mesh"]
+    s, req = r["settings"], r["requested"]
+    mark = lambda k: " (auto)" if req[k] == "auto" else ""  # noqa: E731
+    verdict = (f"fits ({1 - m['total'] / r['capacity_bytes']:.0%} free)" if r["fits"] else
+               f"DOES NOT FIT (needs {_gib(m['total'])}, {1 - r['margin']:.0%} of the device is {_gib((1 - r['margin']) * r['capacity_bytes'])})")
+    coll = ", ".join(f"{k} {v['count']} ({v['bytes'] / 2 ** 20:.1f} MiB)" for k, v in sorted(r["collectives"].items()))
+    lines = [
+        f"{r['config'] or 'config'} on {r['target']}: {r['devices']} x {r['device_kind']} ({r['platform']})",
+        f"  mesh          data {mesh['data']} x fsdp {mesh['fsdp']} x model {mesh['model']}; batch {r['batch_size']}"
+        f" = {r['per_device_batch']} a device",
+        f"  settings      model.remat={s['remat']}{mark('remat')}, optimizer.accum_steps={s['accum_steps']}"
+        f"{mark('accum_steps')}, dtype {s['dtype']}, attention {s['attention']}",
+        f"  memory        arguments {_gib(m['arguments'])}, temporaries {_gib(m['temporaries'])}, outputs "
+        f"{_gib(m['outputs'])} (aliased {_gib(m['aliased'])}), total {_gib(m['total'])} of {_gib(r['capacity_bytes'])}"
+        f" a device: {verdict}",
+        f"  FLOPs/step    {r['flops_per_step'] / 1e12:.3g} TFLOP a device ({r['flops_source']})",
+        f"  at 100% MFU   {r['step_time_s']['100%'] * 1e3:.3g} ms a step, {r['img_per_s']['100%']:,.0f} img/s; at 50%: "
+        f"{r['step_time_s']['50%'] * 1e3:.3g} ms, {r['img_per_s']['50%']:,.0f} img/s",
+        f"  collectives   {coll or 'none'}",
+        f"  compiled in   {r['compile_s']:.1f} s ({len(r['tried']) or 1} setting(s))",
+    ]
+    if r["note"]:
+        lines.append(f"  note          {r['note']}")
+    return "\n".join(lines)
+
+
+def shortfall_line(r: dict) -> str:
+    """The one line of `mimjax plan`'s exit 3."""
+    need, allowed = r["memory_bytes"]["total"], (1 - r["margin"]) * r["capacity_bytes"]
+    s = r["suggestion"]
+    fix = (f"the cheapest setting that fits: --config.model.remat={s['remat']} --config.optimizer.accum_steps="
+           f"{s['accum_steps']} (or 'auto' for both)" if s else
+           "no remat / accumulation setting fits: raise parallelism.fsdp, lower batch_size or use a larger target")
+    return (f"does not fit {r['target']}: the step needs {_gib(need)} a device with model.remat={r['settings']['remat']}"
+            f", optimizer.accum_steps={r['settings']['accum_steps']}, {_gib(need - allowed)} over the {_gib(allowed)} "
+            f"allowed ({1 - r['margin']:.0%} of {_gib(r['capacity_bytes'])}); {fix}")

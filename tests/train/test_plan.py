@@ -1,0 +1,184 @@
+"""`mimjax plan` and the "auto" settings: the train step compiled for a TPU slice through libtpu
+on this CPU machine (tiny ViTs: seconds to a minute each), the accumulation that saves memory
+there, the settings `auto` picks, and the target names."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mimjax.parallel import mesh as mesh_lib
+from mimjax.parallel import targets
+from mimjax.train import config as config_lib
+from mimjax.train import plan, recipes
+from mimjax.train import step as step_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+needs_libtpu = pytest.mark.skipif(
+    __import__("importlib").util.find_spec("libtpu") is None, reason="libtpu (requirements-dev.txt) not installed")
+
+
+def tiny_mae(batch=16, img=32, remat=False, accum=1, **model):
+    """The MAE recipe shrunk: ViT width 64, 2 blocks, one decoder block, synthetic data."""
+    c = config_lib.runlocal(config_lib.base_config())
+    c.batch_size, c.model.img_size = batch, img
+    c.data.source = "synthetic"
+    for k, v in model.items():
+        c.model[k] = v
+    return recipes.set_fields(c, remat, accum)
+
+
+@pytest.fixture(scope="module")
+def v5e4():
+    os.environ.update(targets.compile_only_env(targets.parse("v5e-4"), os.environ) | {"JAX_PLATFORMS": "cpu"})
+    return targets.parse("v5e-4").devices()
+
+
+# --- target names (no compiler) --------------------------------------------------------------
+@pytest.mark.parametrize("name,chips,groups,topology", [
+    ("v4-32", 16, 1, "v4:2x2x4"), ("v5e-16", 16, 1, "v5e:4x4"), ("v5e-256", 256, 1, "v5e:16x16"),
+    ("v5p-128", 64, 1, "v5p:4x4x4"), ("v6e-64", 64, 1, "v6e:8x8"), ("v5e-8", 8, 1, "v5e:2x4"),
+    ("2xv5e-256", 256, 2, "v5e:16x16"), ("h100x8", 8, 1, "1x1x8"), ("4xh200x8", 8, 4, "1x4x8")])
+def test_target_names_give_chips_and_topology(name, chips, groups, topology):
+    t = targets.parse(name)
+    assert (t.chips, t.groups, t.topology(), t.num_devices) == (chips, groups, topology, chips * groups)
+
+
+@pytest.mark.parametrize("name,says", [("v5e-12", "power of two"), ("v4-4", "at least 8"), ("h100x16", "1 to 8"),
+                                       ("tpu", "e.g. v4-32"), ("v7-8", "e.g. v4-32")])
+def test_bad_target_names_say_what_is_expected(name, says):
+    with pytest.raises(ValueError, match=says):
+        targets.parse(name)
+
+
+def test_gpu_capacity_is_the_allocator_share(monkeypatch):
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.5")
+    assert targets.parse("h100x8").capacity_bytes == targets.CHIPS["h100"].memory_bytes // 2
+    assert targets.parse("v5e-4").capacity_bytes == 16 * 2 ** 30
+
+
+# --- the "auto" settings (no compiler) -------------------------------------------------------
+def test_auto_takes_the_cheapest_setting_that_fits():
+    need = {(False, 1): 100, (True, 1): 60, (True, 2): 40, (True, 4): 30}  # bytes a setting needs
+    measure = lambda c: plan.Compiled({"total": need[(c.model.remat, c.optimizer.accum_steps)]}, None, {}, 0.0,
+                                      {}, 1)  # noqa: E731
+    cfg = tiny_mae(batch=16, remat="auto", accum="auto")
+    for capacity, want in ((200, (False, 1)), (80, (True, 1)), (50, (True, 2)), (34, (True, 4))):
+        chosen, _, _ = plan.choose(cfg, measure, capacity, batch_devices=4)
+        assert (chosen.model.remat, chosen.optimizer.accum_steps) == want, capacity
+    chosen, smallest, tried = plan.choose(cfg, measure, 20, batch_devices=4)  # nothing fits
+    assert chosen is None and smallest.memory["total"] == 30 and len(tried) == 4  # 16 / 4 devices: accum <= 4
+    fixed = recipes.set_fields(tiny_mae(), False, "auto")  # remat stays as asked
+    assert plan.candidates(fixed, 4) == [(False, 1), (False, 2), (False, 4)]
+
+
+@pytest.mark.parametrize("remat,accum,ok", [("auto", "auto", True), (True, 2, True), ("True", "4", True),
+                                            ("sometimes", 1, False), (False, "many", False), (False, 0, False)])
+def test_validate_reads_auto_and_refuses_other_words(remat, accum, ok):
+    c = recipes.set_fields(tiny_mae(), remat, accum)
+    if ok:
+        config_lib.validate(c)
+    else:
+        with pytest.raises(config_lib.ConfigError, match="remat|accum_steps"):
+            config_lib.validate(c)
+
+
+def test_imagenet_recipes_ship_auto_and_runlocal_is_concrete():
+    from mimjax.configs import gpa_mae, mae, simmim
+
+    for recipe in (mae.get_config(), gpa_mae.get_config("vit_base_patch16,feature"), simmim.get_config()):
+        assert (recipe.model.remat, recipe.optimizer.accum_steps) == ("auto", "auto")
+    smoke = gpa_mae.get_config("vit_base_patch16,feature,runlocal")
+    assert (smoke.model.remat, smoke.optimizer.accum_steps) == (False, 1)
+
+
+@pytest.mark.slow
+def test_resolve_auto_on_this_cpu_picks_the_plain_step():
+    cfg = tiny_mae(batch=8, remat="auto", accum="auto")
+    out = plan.resolve_auto(cfg)  # compiles the tiny step here: host memory holds it easily
+    assert (out.model.remat, out.optimizer.accum_steps) == (False, 1)
+    assert plan.resolve_auto(out) is out  # nothing "auto": no compile, the same config
+
+
+@pytest.mark.slow
+def test_accumulation_gives_the_full_batch_update():
+    """accum 4 of 2 images = one step of 8 (the same masks: an image's mask follows its
+    position in the batch), against the plain step; float32 on CPU. The weights after one
+    AdamW step agree to 2% of the learning rate: Adam's first update is lr * g / (|g| + eps),
+    so a gradient entry near zero turns float rounding into up to ~lr."""
+    results = []
+    for accum in (1, 4):
+        c = tiny_mae(batch=8, accum=accum)
+        c.optimizer.lr, c.optimizer.warmup_steps = 1e-3, 0
+        built = step_lib.build(c, 100)
+        state = jax.jit(built.init_state)(jax.random.key(0))
+        images = {"image": jax.random.normal(jax.random.key(1), (8, 32, 32, 3))}
+        new, m = jax.jit(built.make_step(None))(state, images, None, jax.random.key(2))
+        results.append((m["loss"], m["grad_norm"], new.params))
+    (l1, g1, p1), (l4, g4, p4) = results
+    np.testing.assert_allclose(l4, l1, rtol=1e-5)
+    np.testing.assert_allclose(g4, g1, rtol=1e-4)
+    for a, b in zip(jax.tree.leaves(p4), jax.tree.leaves(p1)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=0.02 * 1e-3)
+
+
+# --- compiled for a TPU slice (libtpu) ------------------------------------------------------
+@needs_libtpu
+@pytest.mark.slow
+def test_accumulation_and_remat_lower_tpu_memory(v5e4):
+    """What "auto" relies on, on the TPU compiler: the micro-batches are spread over the
+    devices (each holds 1 / accum of its share at a time), so with accumulation 4 the step's
+    temporaries are at most 0.4x the plain step's; remat lowers them too."""
+    temp = {(r, a): plan.compile_step(tiny_mae(batch=512, img=64, patch_size=8, remat=r, accum=a), v5e4,
+                                      "tpu").memory["temporaries"] for r, a in ((False, 1), (False, 4), (True, 1))}
+    assert temp[False, 4] <= 0.4 * temp[False, 1], temp
+    assert temp[True, 1] < temp[False, 1], temp
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_fsdp_over_4_chips_splits_the_state_and_follows_the_mesh_rules(v5e4):
+    plain = plan.compile_step(tiny_mae(batch=8), v5e4, "tpu")
+    cfg = tiny_mae(batch=8)
+    cfg.parallelism.data, cfg.parallelism.fsdp = 1, 4
+    sharded = plan.compile_step(cfg, v5e4, "tpu")
+    assert sharded.mesh == {"data": 1, "fsdp": 4, "model": 1}
+    assert sharded.memory["arguments"] <= plain.memory["arguments"] / 3  # ~4x less (small leaves stay whole)
+    # Every state leaf arrives with the PartitionSpec mesh.py's rules give its path and shape.
+    state_in = sharded.executable.input_shardings[0][0]
+    abstract = jax.eval_shape(step_lib.build(cfg, 100).init_state, jax.random.key(0))
+    want = mesh_lib.state_shardings(abstract, jax.tree.leaves(state_in)[0].mesh)
+    got_specs = [s.spec for s in jax.tree.leaves(state_in)]
+    want_specs = [s.spec for s in jax.tree.leaves(want)]
+    assert got_specs == want_specs
+    assert any("fsdp" in str(s) for s in got_specs)
+
+
+@needs_libtpu
+@pytest.mark.slow
+def test_plan_command_reports_json_and_exits_3_with_the_cheapest_fix():
+    env = {**os.environ, "JAX_PLATFORMS": ""}
+    base = [sys.executable, "-m", "mimjax.cli", "plan", "--config", "configs/mae.py:vit_tiny_patch16,runlocal",
+            "--target", "v5e-4", "--json", "--config.batch_size=16"]
+    ok = subprocess.run(base, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    r = json.loads(ok.stdout)
+    for key in ("target", "devices", "mesh", "per_device_batch", "memory_bytes", "capacity_bytes", "fits",
+                "flops_per_step", "flops_source", "settings", "collectives", "compile_s"):
+        assert key in r, key
+    assert (r["devices"], r["per_device_batch"], r["fits"], r["flops_source"]) == (4, 4, True, "xla")
+    assert set(r["memory_bytes"]) >= {"arguments", "temporaries", "outputs", "total"}
+    assert r["settings"]["dtype"] == "float32" and "all-reduce" in r["collectives"]  # runlocal keeps float32
+    # A 1.6 B parameter encoder (width 8192): its weights and AdamW moments alone pass a
+    # v5e's 16 GiB, so no remat / accumulation setting fits either.
+    big = [*base, "--config.model.width=8192", "--config.model.num_heads=64", "--config.batch_size=4"]
+    no = subprocess.run(big, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    assert no.returncode == 3, no.stderr[-2000:]
+    line = no.stderr.strip().splitlines()[-1]
+    assert line.startswith("mimjax plan: does not fit v5e-4: the step needs") and "no remat / accumulation" in line
+    r = json.loads(no.stdout)
+    assert not r["fits"] and r["suggestion"] is None and r["memory_bytes"]["arguments"] > 16 * 2 ** 30
