@@ -18,16 +18,18 @@ FAST = procenv.CPU_FAST_MATH_FLAGS
 
 def test_entry_point_env_adds_both_and_keeps_the_users_choice():
     env = procenv.entry_point_env
-    assert env({"A": "1"}, glibc=True) == {"A": "1", "GLIBC_TUNABLES": procenv.TUNABLE, "XLA_FLAGS": FAST}
-    assert env({"A": "1"}, glibc=False) == {"A": "1", "XLA_FLAGS": FAST}  # no tunables off glibc
+    gpu = {"XLA_PYTHON_CLIENT_MEM_FRACTION": procenv.GPU_MEM_FRACTION}
+    assert env({"A": "1"}, glibc=True) == {"A": "1", "GLIBC_TUNABLES": procenv.TUNABLE, "XLA_FLAGS": FAST, **gpu}
+    assert env({"A": "1"}, glibc=False) == {"A": "1", "XLA_FLAGS": FAST, **gpu}  # no tunables off glibc
     got = env({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
               glibc=True)
     assert got["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
     assert got["XLA_FLAGS"] == "--xla_force_host_platform_device_count=2 " + FAST
-    mine = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0", "XLA_FLAGS": "--xla_cpu_enable_fast_math=false"}
+    mine = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0", "XLA_FLAGS": "--xla_cpu_enable_fast_math=false",
+            "XLA_PYTHON_CLIENT_MEM_FRACTION": ".5"}
     assert env(mine, glibc=True) == mine
     off = {"MIMJAX_HUGEPAGES": "0", "MIMJAX_CPU_FAST_MATH": "0"}
-    assert env(off, glibc=True) == off
+    assert env(off, glibc=True) == {**off, **gpu}
 
 
 THIRD_PARTY = ["jax", "flax.linen", "optax", "orbax.checkpoint", "grain", "ml_collections", "absl.flags",

@@ -13,9 +13,12 @@ numbers per chip (memory, dense bf16 peak, HBM bandwidth) are the vendors' nomin
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 import re
+
+from mimjax import procenv
 
 GiB = 2 ** 30
 
@@ -45,8 +48,8 @@ CHIPS = {
                  gpu=dict(sm=108, clock_ghz=1.41, l2=40 * 2 ** 20, cc=(8, 0), smem_core=167936, smem_optin=166912)),
 }
 # The share of a GPU's memory JAX's allocator takes (XLA_PYTHON_CLIENT_MEM_FRACTION): the
-# `mimjax` command sets this unless the user chose one (mimjax/procenv.py); JAX's own default is 0.75.
-GPU_MEM_FRACTION = 0.9
+# `mimjax` command sets it unless the user chose one (mimjax/procenv.py); JAX's own default is 0.75.
+GPU_MEM_FRACTION = float(procenv.GPU_MEM_FRACTION)
 
 _TPU = re.compile(r"^(?:(\d+)x)?(v4|v5e|v5p|v6e)-(\d+)$")
 _GPU = re.compile(r"^(?:(\d+)x)?(h100|h200|a100)x(\d+)$")
@@ -96,24 +99,18 @@ class Target:
         from jax.experimental import topologies
 
         if self.platform == "tpu":
-            try:
-                import libtpu  # noqa: F401 - only to say what is missing
-            except ImportError:
+            if importlib.util.find_spec("libtpu") is None:
                 raise ValueError(f"--target {self.name}: compiling for a TPU needs libtpu: "
-                                 f"pip install 'mimjax[tpu]' -c requirements.txt") from None
+                                 f"pip install 'mimjax[tpu]' -c requirements.txt")
             kw = {"chip_config_name": "megacore"} if self.chip.cores_per_chip == 2 else {}
             if self.groups > 1:
                 kw["num_slices"] = self.groups
             return list(topologies.get_topology_desc(topology_name=self.topology(), platform="tpu", **kw).devices)
-        try:
-            return list(topologies.get_topology_desc(platform="cuda", topology=self.topology(),
-                                                     target_config=_gpu_target_config(self.chip)).devices)
-        except Exception as e:  # noqa: BLE001 - jax raises several kinds when no CUDA plugin is there
-            if "cuda" in str(e).lower() and ("unknown" in str(e).lower() or "not found" in str(e).lower()
-                                            or "plugin" in str(e).lower() or "backend" in str(e).lower()):
-                raise ValueError(f"--target {self.name}: compiling for an NVIDIA GPU needs JAX's CUDA plugin: "
-                                 f"pip install 'mimjax[gpu]' -c requirements.txt ({e})") from None
-            raise
+        if not any(importlib.util.find_spec(m) for m in ("jax_cuda12_plugin", "jax_cuda13_plugin")):
+            raise ValueError(f"--target {self.name}: compiling for an NVIDIA GPU needs JAX's CUDA plugin: "
+                             f"pip install 'mimjax[gpu]' -c requirements.txt (~5.5 GB)")
+        return list(topologies.get_topology_desc(platform="cuda", topology=self.topology(),
+                                                 target_config=_gpu_target_config(self.chip)).devices)
 
 
 def compile_only_env(target: Target, env) -> dict:
@@ -134,7 +131,7 @@ def compile_only_env(target: Target, env) -> dict:
             # head's matmuls ("Couldn't find output tile sizes"); with cuBLAS GEMMs the step
             # compiles (the buffers, hence the memory plan, are the same).
             out["XLA_FLAGS"] = f"{flags} --xla_gpu_enable_triton_gemm=false".strip()
-    return {k: v for k, v in out.items() if k not in env or k == "XLA_FLAGS"}
+    return {k: v for k, v in out.items() if not env.get(k) or k == "XLA_FLAGS"}
 
 
 def gpu_mem_fraction() -> float:

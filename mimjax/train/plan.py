@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import re
 import time
 
@@ -37,7 +38,7 @@ COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "coll
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
                 "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
 _SHAPE = re.compile(r"\b(pred|[suf]\d+|bf16|c64|c128)\[([\d,]*)\]")
-_COLLECTIVE = re.compile(r"=\s*(\([^=]*?\)|\S+)\s+(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")
+_COLLECTIVE = re.compile(r"=\s*(\(.*?\)|\S+)\s+(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")  # one HLO line
 
 
 class DoesNotFit(ValueError):
@@ -154,6 +155,16 @@ def choose(cfg, measure, capacity: int, batch_devices: int):
     return None, min((r for _, r in tried), key=lambda r: r.memory["total"]), tried
 
 
+def as_jit(cfg) -> ml_collections.ConfigDict:
+    """`cfg`, or for parallelism.mode "pmap" a copy in jit mode with pure data parallelism:
+    the same per-device program, which is what is compiled to measure it."""
+    if cfg.parallelism.mode == "jit":
+        return cfg
+    c = ml_collections.ConfigDict(cfg.to_dict())
+    c.parallelism.mode, c.parallelism.data, c.parallelism.fsdp, c.parallelism.model = "jit", -1, 1, 1
+    return c
+
+
 def resolve_auto(cfg, devices=None) -> ml_collections.ConfigDict:
     """`cfg` with "auto" remat / accum_steps replaced by the cheapest setting that fits these
     devices (those of this run by default), each compiled here; `cfg` itself when nothing is
@@ -162,10 +173,7 @@ def resolve_auto(cfg, devices=None) -> ml_collections.ConfigDict:
         return cfg
     devices = jax.devices() if devices is None else devices
     capacity = device_capacity(devices[0])
-    probe = cfg
-    if cfg.parallelism.mode != "jit":  # pmap runs the per-device program of jit's data parallelism
-        probe = ml_collections.ConfigDict(cfg.to_dict())
-        probe.parallelism.mode, probe.parallelism.data, probe.parallelism.fsdp, probe.parallelism.model = "jit", -1, 1, 1
+    probe = as_jit(cfg)
     data, fsdp, _ = mesh_shape(probe.parallelism, len(devices))
     chosen, result, tried = choose(probe, lambda c: compile_step(c, devices, jax.default_backend()), capacity,
                                    data * fsdp)
@@ -190,8 +198,6 @@ def device_capacity(device) -> int:
         stats = None
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"])
-    import os
-
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
@@ -205,12 +211,9 @@ def plan(cfg, target, config_name: str = "") -> dict:
     devices = target.devices()
     if len(devices) != target.num_devices:
         raise ValueError(f"--target {target.name}: the compiler gave {len(devices)} devices, expected {target.num_devices}")
-    note = ""
-    probe = cfg
-    if cfg.parallelism.mode != "jit":
-        note = "parallelism.mode='pmap' planned as jit with pure data parallelism (the same per-device program)"
-        probe = ml_collections.ConfigDict(cfg.to_dict())
-        probe.parallelism.mode, probe.parallelism.data, probe.parallelism.fsdp, probe.parallelism.model = "jit", -1, 1, 1
+    note = "" if cfg.parallelism.mode == "jit" else (
+        "parallelism.mode='pmap' planned as jit with pure data parallelism (the same per-device program)")
+    probe = as_jit(cfg)
     data, fsdp, _ = mesh_shape(probe.parallelism, len(devices))
     capacity = target.capacity_bytes
     compiled = {}  # (remat, accum) -> Compiled: each setting is compiled once

@@ -61,6 +61,19 @@ def test_gpu_capacity_is_the_allocator_share(monkeypatch):
     assert targets.parse("v5e-4").capacity_bytes == 16 * 2 ** 30
 
 
+def test_collectives_are_counted_with_their_bytes():
+    hlo = """
+  %all-reduce.1 = f32[]{:T(128)} all-reduce(%x), channel_id=2, to_apply=%add
+  %all-reduce.78 = (f32[4,8]{1,0:T(4,128)S(1)}, bf16[2], /*index=2*/f32[128,32]{0,1:T(8,128)}) all-reduce(%a, %b, %c)
+  %ag = bf16[64,1024]{1,0} all-gather-start(%p), dimensions={0}
+  %rs = f32[16]{0} reduce-scatter(%q), dimensions={0}
+  %not = f32[8] add(%all-reduce.1, %y)
+"""
+    assert plan.collectives(hlo) == {"all-reduce": {"count": 2, "bytes": 4 + 4 * 32 + 2 * 2 + 4 * 128 * 32},
+                                     "all-gather": {"count": 1, "bytes": 2 * 64 * 1024},
+                                     "reduce-scatter": {"count": 1, "bytes": 64}}
+
+
 # --- the "auto" settings (no compiler) -------------------------------------------------------
 def test_auto_takes_the_cheapest_setting_that_fits():
     need = {(False, 1): 100, (True, 1): 60, (True, 2): 40, (True, 4): 30}  # bytes a setting needs
@@ -129,14 +142,14 @@ def test_accumulation_gives_the_full_batch_update():
 # --- compiled for a TPU slice (libtpu) ------------------------------------------------------
 @needs_libtpu
 @pytest.mark.slow
-def test_accumulation_and_remat_lower_tpu_memory(v5e4):
-    """What "auto" relies on, on the TPU compiler: the micro-batches are spread over the
-    devices (each holds 1 / accum of its share at a time), so with accumulation 4 the step's
-    temporaries are at most 0.4x the plain step's; remat lowers them too."""
-    temp = {(r, a): plan.compile_step(tiny_mae(batch=512, img=64, patch_size=8, remat=r, accum=a), v5e4,
-                                      "tpu").memory["temporaries"] for r, a in ((False, 1), (False, 4), (True, 1))}
-    assert temp[False, 4] <= 0.4 * temp[False, 1], temp
-    assert temp[True, 1] < temp[False, 1], temp
+def test_accumulation_lowers_tpu_memory(v5e4):
+    """The micro-batches are spread over the devices (each holds 1 / accum of its share at a
+    time): on the TPU compiler, accumulation 4 needs at most 0.4x the plain step's temporaries
+    (measured: 0.11x at 512 images a chip; before, when a device held all four micro-batches,
+    1.11x for a ViT-T at 128 px, 256 images a chip)."""
+    temp = {a: plan.compile_step(tiny_mae(batch=2048, img=64, accum=a), v5e4, "tpu").memory["temporaries"]
+            for a in (1, 4)}
+    assert temp[4] <= 0.4 * temp[1], temp
 
 
 @needs_libtpu
@@ -161,7 +174,7 @@ def test_fsdp_over_4_chips_splits_the_state_and_follows_the_mesh_rules(v5e4):
 @needs_libtpu
 @pytest.mark.slow
 def test_plan_command_reports_json_and_exits_3_with_the_cheapest_fix():
-    env = {**os.environ, "JAX_PLATFORMS": ""}
+    env = dict(os.environ)
     base = [sys.executable, "-m", "mimjax.cli", "plan", "--config", "configs/mae.py:vit_tiny_patch16,runlocal",
             "--target", "v5e-4", "--json", "--config.batch_size=16"]
     ok = subprocess.run(base, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
@@ -182,3 +195,29 @@ def test_plan_command_reports_json_and_exits_3_with_the_cheapest_fix():
     assert line.startswith("mimjax plan: does not fit v5e-4: the step needs") and "no remat / accumulation" in line
     r = json.loads(no.stdout)
     assert not r["fits"] and r["suggestion"] is None and r["memory_bytes"]["arguments"] > 16 * 2 ** 30
+
+
+# --- compiled for a GPU host (the CUDA plugin, ~5.5 GB: not in CI, run where installed) -------
+HAS_CUDA_PLUGIN = __import__("importlib").util.find_spec("jax_cuda12_plugin") is not None
+
+
+@pytest.mark.skipif(HAS_CUDA_PLUGIN, reason="the CUDA plugin is installed here")
+def test_gpu_target_without_the_cuda_plugin_is_one_line():
+    p = subprocess.run([sys.executable, "-m", "mimjax.cli", "plan", "--config", "configs/demo.py", "--target",
+                        "h100x8"], capture_output=True, text=True, cwd=ROOT, env=dict(os.environ), timeout=300)
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        "mimjax plan: --target h100x8: compiling for an NVIDIA GPU needs JAX's CUDA plugin: pip install "
+        "'mimjax[gpu]' -c requirements.txt (~5.5 GB)"]
+
+
+@pytest.mark.skipif(not HAS_CUDA_PLUGIN, reason="JAX's CUDA plugin (mimjax[gpu]) not installed")
+@pytest.mark.slow
+def test_plan_on_an_8_gpu_host():
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1"}
+    p = subprocess.run([sys.executable, "-m", "mimjax.cli", "plan", "--config", "configs/mae.py:vit_tiny_patch16,runlocal",
+                        "--target", "h100x8", "--json"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(p.stdout)
+    assert (r["platform"], r["devices"], r["per_device_batch"], r["fits"]) == ("gpu", 8, 1, True)
+    assert r["capacity_bytes"] == int(targets.CHIPS["h100"].memory_bytes * targets.gpu_mem_fraction())
+    assert r["flops_source"].startswith("analytic") and r["flops_per_step"] > 0  # the GPU backend gives no count
