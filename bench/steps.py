@@ -58,6 +58,7 @@ def make_config(method: str, size: str, batch: int, img_size: int, dtype: str, o
     c.optimizer.warmup_steps = 100
     c.model.img_size, c.model.dtype = img_size, dtype
     c.data.source = "synthetic"
+    config_lib.set_fields(c, False, 1)  # the recipes' "auto" is chosen per device at start-up; override to change
     if method != "mae":
         # An empty directory is no workdir, so the teacher is `vit(teacher.name)` (as for an
         # imported checkpoint); its weights are random (`build_train_step`).

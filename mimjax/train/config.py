@@ -155,6 +155,28 @@ def settings(cfg) -> tuple:
             _setting(cfg.optimizer.accum_steps, "optimizer.accum_steps", int))
 
 
+def set_fields(c, remat, accum_steps):
+    """model.remat / optimizer.accum_steps set to these values, "auto" or not: the fields take
+    the type of the value (a bool field cannot hold "auto" otherwise)."""
+    with c.unlocked():
+        del c.model["remat"], c.optimizer["accum_steps"]
+        c.model.remat, c.optimizer.accum_steps = remat, accum_steps
+    return c
+
+
+def concrete(cfg) -> ml_collections.ConfigDict:
+    """`cfg` with model.remat a bool and optimizer.accum_steps an int (a copy when a field held
+    a string, e.g. "False" from the command line); "auto" is a ValueError: a step is built
+    only once the setting is chosen (`mimjax.train.plan.resolve_auto`)."""
+    remat, accum = settings(cfg)
+    if "auto" in (remat, accum):
+        raise ValueError("model.remat / optimizer.accum_steps = 'auto' is chosen when the step is compiled for its "
+                         "devices (mimjax.train.plan.resolve_auto, as `mimjax train` does); set them to build a step")
+    if type(cfg.model.remat) is bool and type(cfg.optimizer.accum_steps) is int:
+        return cfg
+    return set_fields(ml_collections.ConfigDict(cfg.to_dict()), remat, accum)
+
+
 def _ratio_pair(key, pair):
     if len(pair) != 2 or not all(0.0 <= float(v) <= 1.0 for v in pair):
         _fail(key, tuple(pair), "a (start, end) pair of fractions in [0, 1]")

@@ -28,8 +28,7 @@ from mimjax import parallel
 from mimjax.parallel.mesh import mesh_shape
 from mimjax.models import layers
 from mimjax.train import step as step_lib
-from mimjax.train.config import settings
-from mimjax.train.recipes import set_fields
+from mimjax.train.config import concrete, set_fields, settings
 
 log = logging.getLogger("mimjax")
 MARGIN = 0.10  # a setting fits when its step needs at most (1 - MARGIN) of the device's memory
@@ -170,7 +169,7 @@ def resolve_auto(cfg, devices=None) -> ml_collections.ConfigDict:
     devices (those of this run by default), each compiled here; `cfg` itself when nothing is
     "auto". The choice is logged; a config where nothing fits raises DoesNotFit."""
     if "auto" not in settings(cfg):
-        return cfg
+        return concrete(cfg)
     devices = jax.devices() if devices is None else devices
     capacity = device_capacity(devices[0])
     probe = as_jit(cfg)

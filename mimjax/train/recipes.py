@@ -5,7 +5,7 @@ It lives in the package, not in configs/: ml_collections loads a config file by 
 so a sibling configs/common.py could only be imported by editing sys.path."""
 from __future__ import annotations
 
-from mimjax.train.config import base_config, runlocal
+from mimjax.train.config import base_config, runlocal, set_fields
 
 TEACHER_SOURCES = ("ema", "self")  # flags that replace the frozen checkpoint teacher
 
@@ -45,15 +45,6 @@ def gpa_teacher(c, flags: set[str]):
     for source in TEACHER_SOURCES:
         if source in flags:
             c.teacher.source = source
-    return c
-
-
-def set_fields(c, remat, accum_steps):
-    """model.remat / optimizer.accum_steps set to these values, "auto" or not: the fields take
-    the type of the value (a bool field cannot hold "auto" otherwise)."""
-    with c.unlocked():
-        del c.model["remat"], c.optimizer["accum_steps"]
-        c.model.remat, c.optimizer.accum_steps = remat, accum_steps
     return c
 
 

@@ -20,6 +20,7 @@ from mimjax import masking
 from mimjax.models import MAE, init_model, model_from_config
 from mimjax.models.mae import LATE_START
 from mimjax.train import init_from, optim, pictures
+from mimjax.train.config import concrete
 from mimjax.train.schedule import Schedule, lr_schedule
 from mimjax.train.teacher import Teacher
 
@@ -214,6 +215,7 @@ def build(cfg, num_examples: int, workdir: str | None = None) -> Built:
     state. Given the run's `workdir`, it is read and checked here (a ConfigError before
     anything is written), or ignored with a log line when the workdir has a checkpoint to
     resume from; without one (bench, visualize), when `init_state` is first traced."""
+    cfg = concrete(cfg)  # remat a bool, accum_steps an int (never "auto" here)
     model = model_from_config(cfg.model)
     teacher = Teacher.from_config(cfg, model.encoder)
     schedule = Schedule.from_config(cfg, num_examples)

@@ -14,7 +14,7 @@ import pytest
 from mimjax.parallel import mesh as mesh_lib
 from mimjax.parallel import targets
 from mimjax.train import config as config_lib
-from mimjax.train import plan, recipes
+from mimjax.train import plan
 from mimjax.train import step as step_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -29,7 +29,7 @@ def tiny_mae(batch=16, img=32, remat=False, accum=1, **model):
     c.data.source = "synthetic"
     for k, v in model.items():
         c.model[k] = v
-    return recipes.set_fields(c, remat, accum)
+    return config_lib.set_fields(c, remat, accum)
 
 
 @pytest.fixture(scope="module")
@@ -85,19 +85,26 @@ def test_auto_takes_the_cheapest_setting_that_fits():
         assert (chosen.model.remat, chosen.optimizer.accum_steps) == want, capacity
     chosen, smallest, tried = plan.choose(cfg, measure, 20, batch_devices=4)  # nothing fits
     assert chosen is None and smallest.memory["total"] == 30 and len(tried) == 4  # 16 / 4 devices: accum <= 4
-    fixed = recipes.set_fields(tiny_mae(), False, "auto")  # remat stays as asked
+    fixed = config_lib.set_fields(tiny_mae(), False, "auto")  # remat stays as asked
     assert plan.candidates(fixed, 4) == [(False, 1), (False, 2), (False, 4)]
 
 
 @pytest.mark.parametrize("remat,accum,ok", [("auto", "auto", True), (True, 2, True), ("True", "4", True),
                                             ("sometimes", 1, False), (False, "many", False), (False, 0, False)])
 def test_validate_reads_auto_and_refuses_other_words(remat, accum, ok):
-    c = recipes.set_fields(tiny_mae(), remat, accum)
+    c = config_lib.set_fields(tiny_mae(), remat, accum)
     if ok:
         config_lib.validate(c)
     else:
         with pytest.raises(config_lib.ConfigError, match="remat|accum_steps"):
             config_lib.validate(c)
+
+
+def test_a_step_is_built_only_from_concrete_settings():
+    with pytest.raises(ValueError, match="resolve_auto"):
+        step_lib.build(config_lib.set_fields(tiny_mae(), "auto", 1), 100)
+    words = config_lib.concrete(config_lib.set_fields(tiny_mae(), "False", "2"))  # as typed on a command line
+    assert (words.model.remat, words.optimizer.accum_steps) == (False, 2)
 
 
 def test_imagenet_recipes_ship_auto_and_runlocal_is_concrete():
