@@ -36,6 +36,8 @@ IMAGENET_TRAIN = 1_281_167  # images an epoch when the config does not say (data
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
                 "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
+# libtpu: "Ran out of memory on HBM, the total memory required for HLO temporaries (24.53G) exceeds ..."
+_COMPILER_OOM = re.compile(r"Ran out of memory[^(]*\(([\d.]+)G\)[^\n]*")
 _SHAPE = re.compile(r"\b(pred|[suf]\d+|bf16|c64|c128)\[([\d,]*)\]")
 _COLLECTIVE = re.compile(r"=\s*(\(.*?\)|\S+)\s+(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")  # one HLO line
 
@@ -73,6 +75,7 @@ class Compiled:
     mesh: dict  # axis -> size
     per_device_batch: int
     executable: object = None  # jax's Compiled (input_shardings, as_text, ...)
+    compiler_error: str = ""  # the TPU compiler refused the program as too big (memory: its numbers)
 
 
 def abstract_frozen_teacher(built, img_size: int):
@@ -105,17 +108,38 @@ def compile_step(cfg, devices, platform: str) -> Compiled:
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=par.replicated), frozen)
         key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=par.replicated)
         t0 = time.perf_counter()
-        compiled = step.lower(state, batch, frozen, key).compile()
+        lowered = step.lower(state, batch, frozen, key)
+        try:
+            compiled = lowered.compile()
+        except Exception as e:  # noqa: BLE001 - the TPU compiler itself refuses a program that cannot fit
+            too_big = _COMPILER_OOM.search(str(e))
+            if too_big is None:
+                raise
+            compiled = None
         seconds = time.perf_counter() - t0
+    batch_devices = par.mesh.shape["data"] * par.mesh.shape["fsdp"]
+    if compiled is None:  # arguments as sharded (no padding), temporaries as the compiler reported them
+        args = sum(_shard_bytes(x) for x in jax.tree.leaves((state, batch, frozen)))
+        temp = int(float(too_big[1]) * 2 ** 30)
+        memory = dict(arguments=args, temporaries=temp, outputs=0, aliased=0, code=0, total=args + temp)
+        return Compiled(memory, None, {}, seconds, dict(par.mesh.shape), cfg.batch_size // batch_devices, None,
+                        compiler_error=too_big[0])
     m = compiled.memory_analysis()
     memory = dict(arguments=m.argument_size_in_bytes, temporaries=m.temp_size_in_bytes,
                   outputs=m.output_size_in_bytes, aliased=m.alias_size_in_bytes,
                   code=m.generated_code_size_in_bytes)
     # The donated state's outputs reuse its argument buffers (aliased), so they count once.
     memory["total"] = memory["arguments"] + memory["temporaries"] + memory["outputs"] - memory["aliased"] + memory["code"]
-    batch_devices = par.mesh.shape["data"] * par.mesh.shape["fsdp"]
     return Compiled(memory, flops_lib.xla_flops(compiled), collectives(compiled.as_text()), seconds,
                     dict(par.mesh.shape), cfg.batch_size // batch_devices, compiled)
+
+
+def _shard_bytes(x) -> int:
+    """Bytes of one device's shard of a ShapeDtypeStruct with a sharding."""
+    n = 1
+    for d in x.sharding.shard_shape(x.shape):
+        n *= d
+    return n * x.dtype.itemsize
 
 
 def collectives(hlo: str) -> dict:
@@ -260,7 +284,8 @@ def plan(cfg, target, config_name: str = "") -> dict:
                       attention=chosen.model.attention),
         requested=dict(zip(("remat", "accum_steps"), settings(cfg))),
         tried=[dict(remat=r, accum_steps=a, total_bytes=m.memory["total"]) for (r, a), m in compiled.items()],
-        suggestion=suggestion, note=note)
+        suggestion=suggestion, note="; ".join(filter(None, [note, result.compiler_error and
+                                                             f"the compiler refused the step: {result.compiler_error}"])))
 
 
 def _gib(n) -> str:

@@ -162,20 +162,26 @@ def test_accumulation_lowers_tpu_memory(v5e4):
 @needs_libtpu
 @pytest.mark.slow
 def test_fsdp_over_4_chips_splits_the_state_and_follows_the_mesh_rules(v5e4):
-    plain = plan.compile_step(tiny_mae(batch=8), v5e4, "tpu")
-    cfg = tiny_mae(batch=8)
+    wide = dict(width=256, num_heads=4, decoder_width=128)  # most leaves large enough to shard (mesh.MIN_FSDP_SIZE)
+    plain = plan.compile_step(tiny_mae(batch=8, **wide), v5e4, "tpu")
+    cfg = tiny_mae(batch=8, **wide)
     cfg.parallelism.data, cfg.parallelism.fsdp = 1, 4
     sharded = plan.compile_step(cfg, v5e4, "tpu")
     assert sharded.mesh == {"data": 1, "fsdp": 4, "model": 1}
-    assert sharded.memory["arguments"] <= plain.memory["arguments"] / 3  # ~4x less (small leaves stay whole)
+    # The state's leaves are split 4 ways (below); the TPU's (8, 128) tiles pad the smaller
+    # shards (a [192, 64] patch-embedding shard takes [192, 128]), so not quite 1/4 here.
+    assert sharded.memory["arguments"] <= 0.4 * plain.memory["arguments"]
     # Every state leaf arrives with the PartitionSpec mesh.py's rules give its path and shape.
     state_in = sharded.executable.input_shardings[0][0]
     abstract = jax.eval_shape(step_lib.build(cfg, 100).init_state, jax.random.key(0))
     want = mesh_lib.state_shardings(abstract, jax.tree.leaves(state_in)[0].mesh)
-    got_specs = [s.spec for s in jax.tree.leaves(state_in)]
-    want_specs = [s.spec for s in jax.tree.leaves(want)]
-    assert got_specs == want_specs
-    assert any("fsdp" in str(s) for s in got_specs)
+    leaves = jax.tree.leaves(abstract)
+    got, rules = jax.tree.leaves(state_in), jax.tree.leaves(want)
+    assert len(got) == len(rules) == len(leaves)
+    for g, w, a in zip(got, rules, leaves):  # P() and P(None, None) are the same layout
+        assert g.is_equivalent_to(w, a.ndim), (a.shape, g.spec, w.spec)
+    sharded = sum(a.size for w, a in zip(rules, leaves) if "fsdp" in str(w.spec))
+    assert sharded >= 0.95 * sum(a.size for a in leaves)  # all but the small leaves (biases, norms)
 
 
 @needs_libtpu
