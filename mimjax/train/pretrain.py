@@ -55,10 +55,6 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     devices = jax.devices()
     _check_teacher_dir(cfg)  # before validate's shape checks, which would guess the architecture
     config_lib.validate(cfg, num_devices=len(devices), process_count=jax.process_count())
-    try:  # "auto" remat / accumulation: the cheapest setting that fits these devices, compiled here
-        cfg = plan.resolve_auto(cfg)
-    except plan.DoesNotFit as e:
-        raise config_lib.ConfigError(str(e)) from e
     workdir = paths.absolute(workdir)  # local, or gs://... (mimjax.paths)
     is_main = jax.process_index() == 0
     # --- Input --------------------------------------------------------------------
@@ -72,6 +68,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     num_examples = cfg.data.num_examples if cfg.data.num_examples > 0 else it.num_records
 
     # --- Model, teacher, optimizer, step ----------------------------------------------
+    try:  # "auto" remat / accumulation: the cheapest setting that fits these devices, compiled here
+        cfg = plan.resolve_auto(cfg)
+    except plan.DoesNotFit as e:
+        raise config_lib.ConfigError(str(e)) from e
     built = step_lib.build(cfg, num_examples, workdir=workdir)  # reads model.init_from on a fresh start
     enc, schedule = built.encoder, built.schedule
     try:  # uncommitted arrays (or None): replicated by jit and broadcast by pmap

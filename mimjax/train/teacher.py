@@ -35,11 +35,17 @@ def encoder_dims(mc) -> tuple[int, int, int]:
     return mc.get("depth") or depth, mc.get("num_heads") or heads, mc.get("patch_size") or patch
 
 
+def teacher_run_model(cfg):
+    """The `model` section of a checkpoint teacher's run directory, or None: an imported
+    checkpoint, or no path yet (`mimjax plan` builds the named ViT, `teacher.name`)."""
+    return workdir.model_config(cfg.teacher.path) if cfg.teacher.path else None
+
+
 def describe(cfg) -> tuple[str, int, int, int]:
     """(description, depth, heads, patch) of the teacher, without building it: a checkpoint
     workdir's own encoder, the named ViT for an imported checkpoint, else the student's."""
     if cfg.teacher.source == "checkpoint":
-        mc = workdir.model_config(cfg.teacher.path)
+        mc = teacher_run_model(cfg)
         if mc is not None:
             return f"workdir {cfg.teacher.path!r}", *encoder_dims(mc)
         patch, _, depth, heads = VIT_VARIANTS[cfg.teacher.name]
@@ -99,7 +105,7 @@ def teacher_model(cfg, student: VisionTransformer) -> VisionTransformer:
     the student's image size and dtype (the fixed sin-cos position embedding fits any grid)."""
     if cfg.teacher.source != "checkpoint":
         return student
-    mc = workdir.model_config(cfg.teacher.path)
+    mc = teacher_run_model(cfg)
     if mc is None:
         return vit(cfg.teacher.name, img_size=student.img_size, dtype=student.dtype, attention=student.attention)
     return model_from_config(mc).encoder.clone(img_size=student.img_size, dtype=student.dtype,

@@ -107,6 +107,15 @@ def test_a_step_is_built_only_from_concrete_settings():
     assert (words.model.remat, words.optimizer.accum_steps) == (False, 2)
 
 
+def test_a_teacher_without_a_path_is_the_named_vit_whatever_the_current_directory_holds(tmp_path, monkeypatch):
+    from mimjax.configs import gpa_mae
+    from mimjax.train import teacher
+
+    (tmp_path / "config.json").write_text('{"model": {"name": "mae_vit_small_patch16"}}')  # e.g. inside a run
+    monkeypatch.chdir(tmp_path)
+    assert teacher.describe(gpa_mae.get_config("vit_base_patch16,feature")) == ("vit_base_patch16", 12, 12, 16)
+
+
 def test_imagenet_recipes_ship_auto_and_runlocal_is_concrete():
     from mimjax.configs import gpa_mae, mae, simmim
 
