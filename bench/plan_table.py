@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
+
+from bench.teacher import cpu_model
 
 RECIPES = ("gpa_mae.py:vit_base_patch16,feature", "gpa_mae.py:vit_base_patch16", "mae.py:vit_base_patch16",
            "simmim.py:vit_base_patch16", "mae.py:vit_large_patch16", "gpa_mae.py:vit_large_patch16,feature",
@@ -26,14 +27,6 @@ TARGETS = ("h100x8", "v5e-256", "h200x8", "v4-32", "v5p-128")
 EPOCHS = 200  # the GPA paper's pre-training length
 IMAGENET = 1_281_167
 OUT = os.path.join(os.path.dirname(__file__), "results", "plan.jsonl")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
 
 
 def done() -> set:
