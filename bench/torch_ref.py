@@ -5,9 +5,9 @@ timm, `pip install -r requirements-torch.txt`).
   embeddings, random masking by argsort of noise, encoder on the visible tokens, decoder
   512 x 8, norm-pix MSE on the masked patches) with timm `Block`s.
 - `GPATeacher`: a frozen timm `VisionTransformer` of the same size, run to block 9, q and k
-  of that block, head 11's pre-softmax logits -> column sums -> per-image min-max (GPA_SPEC
-  2); `gpa_noise` turns them into MAE noise the way the authors do (soft picks by
-  `torch.multinomial` without replacement get 2, the top-scored get 3; GPA_SPEC 3).
+  of that block, head 11's pre-softmax logits -> column sums -> per-image min-max (docs/method.md
+  §2); `gpa_noise` turns them into MAE noise the way the authors do (soft picks by
+  `torch.multinomial` without replacement get 2, the top-scored get 3; docs/method.md §3).
 - `make_train_step`: teacher (if any) + MAE loss + backward + AdamW (MAE's recipe, no
   decay on 1-D parameters and tokens), one call per step.
 - `make_encoder_step`: timm `VisionTransformer` forward + backward, loss = mean output.
@@ -139,7 +139,7 @@ class GPATeacher(nn.Module):
 
 def gpa_noise(g, n_hard: int, n_soft: int):
     """MAE noise [B, N] for the GPA mask: U[0, 1), n_soft patches ~ g without replacement
-    -> 2, the n_hard highest g -> 3 (GPA_SPEC 3)."""
+    -> 2, the n_hard highest g -> 3 (docs/method.md §3)."""
     noise = torch.rand_like(g)
     if n_soft:
         noise.scatter_(1, torch.multinomial(g, n_soft, replacement=False), 2.0)

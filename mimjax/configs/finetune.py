@@ -14,7 +14,7 @@ cutmix 1.0, label smoothing 0.1, random erasing 0.25, global average pooling + f
 Reference top-1: 83.6 (B), 85.9 (L), 86.9 (H).
 
 ",gpa" (`finetune.py:vit_base_patch16,gpa`): the GPA authors' fine-tuning of their ViT-B
-(GPA_SPEC.md 5), which is MAE's ViT-B recipe with layer decay 0.8 instead of 0.65.
+(docs/method.md §5), which is MAE's ViT-B recipe with layer decay 0.8 instead of 0.65.
 
 ",runlocal" (`finetune.py:runlocal` or `finetune.py:vit_base_patch16,runlocal`): the same
 recipe on the embedded labelled faces (25x25, 150 train / 50 test), seconds on a CPU.

@@ -1,4 +1,4 @@
-"""GPA-MAE (GPA_SPEC.md 5): ViT-B/16, 200 epochs, 20 warm-up, blr 1.5e-4, batch 4096,
+"""GPA-MAE (docs/method.md §5): ViT-B/16, 200 epochs, 20 warm-up, blr 1.5e-4, batch 4096,
 norm_pix_loss, ratio 0.75, hard share 0.0 -> 0.5, frozen MAE-pretrained ViT-B/16 teacher,
 GPA from block 9, head 11.
 

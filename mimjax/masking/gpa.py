@@ -1,4 +1,4 @@
-"""GPA: scores from a teacher's attention and soft-to-hard masks (GPA_SPEC.md 2 and 3)."""
+"""GPA: scores from a teacher's attention and soft-to-hard masks (docs/method.md §2 and §3)."""
 from __future__ import annotations
 
 import math
@@ -82,7 +82,7 @@ def _check_share(name, pair):
 
 def mask_counts(progress, num_patches: int, mask_ratio: float = 0.75,
                 hard=(0.0, 0.5), soft=(0.3, 0.0)):
-    """(n_hard, n_soft, n_random), traced int32 scalars, summing to M (GPA_SPEC 3).
+    """(n_hard, n_soft, n_random), traced int32 scalars, summing to M (docs/method.md §3).
 
     progress t in [0, 1] (clipped; traced is fine; a Python NaN / inf is a ValueError, a
     traced NaN counts as 0); a(t) = a0 + t (aT - a0),
@@ -113,7 +113,7 @@ def _ranks_descending(values):
 
 def gpa_mask(key, scores, progress, *, mask_ratio: float = 0.75,
              hard=(0.0, 0.5), soft=(0.3, 0.0)) -> Mask:
-    """Soft-to-hard GPA masking ("SP+RAND", GPA_SPEC 3).
+    """Soft-to-hard GPA masking ("SP+RAND", docs/method.md §3).
 
     key: PRNG key; scores: GPA scores g [B, N] in [0, 1]; progress: scalar in [0, 1].
     Per image: noise ~ U[0, 1); n_soft patches drawn without replacement with probability

@@ -1,4 +1,4 @@
-"""Masked autoencoder (MAE) with the optional GPA head (GPA_SPEC.md sections 1 and 4).
+"""Masked autoencoder (MAE) with the optional GPA head (docs/method.md §1 and §4).
 
 Reads as the method: patchify -> encode the visible patches -> embed, append mask tokens,
 unshuffle -> pixel decoder -> MSE on masked patches; with `gpa_head`, a second decoder on
@@ -45,14 +45,14 @@ def zscore(g):
 
 
 def gpa_feature_loss(gpa_pred, gpa_target):
-    """GPA_SPEC 4 loss: MSE over all N patches between the head's prediction [B, N] and the
+    """docs/method.md §4 loss: MSE over all N patches between the head's prediction [B, N] and the
     teacher's z-scored GPA map g [B, N] (stop-gradient on the target)."""
     if gpa_target is None:
         raise ValueError("gpa_head=True needs gpa_target (the teacher's GPA scores [B, N])")
     return ((gpa_pred - jax.lax.stop_gradient(zscore(gpa_target))) ** 2).mean()
 
 
-LATE_START = 0.75  # gpa_head_late_start: the head's blocks run only when progress > this (GPA_SPEC 4)
+LATE_START = 0.75  # gpa_head_late_start: the head's blocks run only when progress > this (docs/method.md §4)
 
 
 class MAE(nn.Module):
@@ -62,7 +62,7 @@ class MAE(nn.Module):
     decoder_heads: int = 16
     norm_pix_loss: bool = True
     gpa_head: bool = False
-    # GPA_SPEC 4 quirk of the released code: the head's blocks only run when progress > 0.75.
+    # docs/method.md §4 quirk of the released code: the head's blocks only run when progress > 0.75.
     gpa_head_late_start: bool = False
 
     @nn.compact
@@ -142,7 +142,7 @@ def init_params(model, key, batch_size: int = 1):
 
 def init_mae(model: MAE, key, batch_size: int = 1):
     """Initialise MAE params; the GPA head's blocks start as copies of the pixel decoder's
-    (GPA_SPEC 4). Returns the `params` collection."""
+    (docs/method.md §4). Returns the `params` collection."""
     params = init_params(model, key, batch_size)
     if model.gpa_head:
         params = {**params, "gpa_blocks": params["decoder_blocks"]}

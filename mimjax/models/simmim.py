@@ -6,7 +6,7 @@ mask token before the position embedding (SimMIM's `VisionTransformerForSimMIM`)
 linear pixel head on each patch token (SimMIM's 1x1 conv to p*p*3 + PixelShuffle, i.e. a
 Dense per token) -> L1 on the masked pixels. With `gpa_head`, a linear head on the same
 encoder tokens predicts the teacher's z-scored GPA map, with the GPA-MAE loss
-(`gpa_feature_loss`, GPA_SPEC 4). Same inputs (a `mimjax.masking.Mask`) and outputs as
+(`gpa_feature_loss`, docs/method.md §4). Same inputs (a `mimjax.masking.Mask`) and outputs as
 `MAE.__call__`, so the trainer, the teacher and the snapshot PNGs work unchanged.
 
 Differences from the released SimMIM ViT (ours): fixed 2-D sin-cos position embedding (as
@@ -60,7 +60,7 @@ class SimMIM(nn.Module):
 
         gpa_loss = jnp.zeros((), jnp.float32)
         if self.gpa_head:
-            # GPA_SPEC 4's output layer (linear to p*p*3, mean over the last axis) on the
+            # docs/method.md §4's output layer (linear to p*p*3, mean over the last axis) on the
             # encoder tokens; SimMIM has no decoder blocks to copy.
             gpa_pred = dense(name="gpa_pred")(tokens).mean(-1)  # [B, N]
             gpa_loss = gpa_feature_loss(gpa_pred, gpa_target)

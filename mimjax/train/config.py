@@ -48,7 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.decoder_depth = 8
     c.model.decoder_heads = 16
     c.model.norm_pix_loss = True
-    c.model.gpa_head = False  # "teacher + feature": predict the GPA map (GPA_SPEC 4)
+    c.model.gpa_head = False  # "teacher + feature": predict the GPA map (docs/method.md §4)
     c.model.gpa_head_late_start = False  # released-code quirk: head blocks only after t > 0.75
     # The mixed-precision policy, one key (models/layers.py "Mixed precision"): the dtype of the
     # operands of every matrix product, accumulated in float32; parameters, optimizer state,

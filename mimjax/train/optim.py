@@ -72,7 +72,7 @@ def make_optimizer(o, lr_fn, scales=None, mask=decay_mask, own_adam_for_head: bo
     return tx
 
 
-# --- The GPA head's late start (model.gpa_head_late_start, GPA_SPEC 4) -----------------
+# --- The GPA head's late start (model.gpa_head_late_start, docs/method.md §4) -----------------
 # While progress <= 0.75 the released code does not run the head's blocks, so in PyTorch
 # they get no gradient at all and AdamW skips them: no weight decay, no moment update, no
 # step count. optax would still decay them (by epoch 151 of the 200-epoch recipe a head

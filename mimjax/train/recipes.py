@@ -1,5 +1,5 @@
 """What the pre-training recipes in configs/ share: the recipe argument, the encoder size and
-the GPA teacher block (GPA_SPEC.md 5). A recipe is `get_config("vit_base_patch16,flag,...")`.
+the GPA teacher block (docs/method.md §5). A recipe is `get_config("vit_base_patch16,flag,...")`.
 
 It lives in the package, not in configs/: ml_collections loads a config file by its path,
 so a sibling configs/common.py could only be imported by editing sys.path."""

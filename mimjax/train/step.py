@@ -203,7 +203,7 @@ class Built:
 
 
 def late_start_head(cfg) -> bool:
-    """The GPA head starts late (GPA_SPEC 4): its blocks run only when progress > 0.75."""
+    """The GPA head starts late (docs/method.md §4): its blocks run only when progress > 0.75."""
     return cfg.model.arch == "mae" and bool(cfg.model.gpa_head and cfg.model.gpa_head_late_start)
 
 

@@ -1,4 +1,4 @@
-"""The GPA teacher (GPA_SPEC.md 2), all of it: whether a run has one, which network it is,
+"""The GPA teacher (docs/method.md §2), all of it: whether a run has one, which network it is,
 where its weights come from, the per-patch scores it hands to the masking and the GPA
 head, and the EMA update.
 

@@ -27,7 +27,7 @@ def test_gpa_scores_constant_attention_gives_zeros_not_nan():
 
 
 def python_counts(t, n, ratio, hard, soft):
-    """GPA_SPEC 3 in float64 Python, as the authors' code computes it."""
+    """docs/method.md §3 in float64 Python, as the authors' code computes it."""
     m = n - int(n * (1 - ratio))
     a = hard[0] + t * (hard[1] - hard[0])
     s = soft[0] + t * (soft[1] - soft[0])

@@ -144,7 +144,7 @@ def test_shipped_configs_validate(spec, tmp_path):
 
 
 def test_gpa_recipes_are_the_authors_runs():
-    """GPA_SPEC 4-5: "teacher" = soft 0.3 -> 0, no head; "teacher + feature" = the head with
+    """docs/method.md §4-§5: "teacher" = soft 0.3 -> 0, no head; "teacher + feature" = the head with
     its late start and a constant soft share of 0.3; ",feature_early" is ours; the GPA
     authors fine-tune with layer decay 0.8 (MAE's ViT-B recipe: 0.65)."""
     import importlib.util

@@ -65,7 +65,7 @@ def test_build_gives_the_teacher_the_config_names(strategy, teacher, gpa_head, i
 
 
 def test_late_start_head_and_its_adam_state_stay_unchanged_until_it_runs():
-    """GPA_SPEC 4: with gpa_head_late_start the head's blocks run only when t > 0.75; until
+    """docs/method.md §4: with gpa_head_late_start the head's blocks run only when t > 0.75; until
     then PyTorch's AdamW skips its parameters (no gradient): no weight decay, no moments,
     no step count. With t = step / 8, steps 0..6 have t <= 0.75 and step 7 has t = 0.875."""
     c = tiny(strategy="gpa", teacher="ema", gpa_head=True, steps=8)
