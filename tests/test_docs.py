@@ -1,0 +1,265 @@
+"""The documentation stays true to the repository: every relative link in README.md, docs/
+and bench/README.md resolves (to a file, and to a heading when it names one); every
+`mimjax <command> --flag` written there is a flag of that command (by its own `--help`);
+every citation `docs/method.md §N` in the code names a section of docs/method.md.
+Each checker is also run on a small broken example, so that it is seen to fail."""
+from __future__ import annotations
+
+import functools
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+METHOD = ROOT / "docs" / "method.md"
+CITING_DIRS = ("mimjax", "tests", "bench", "configs", "scripts", "launch", "docs")
+OLD_SPEC = "GPA" + "_SPEC"  # the method's former name outside the repository (spelled so this file does not cite it)
+
+
+def doc_files() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md"]
+
+
+# --- Markdown: code, headings, links ---------------------------------------------------------
+
+FENCE = re.compile(r"^\s*(```|~~~)")
+
+
+def split_code(text: str) -> tuple[list[str], str]:
+    """(the fenced code blocks, each one string; the text outside them)."""
+    blocks, prose, current = [], [], None
+    for line in text.split("\n"):
+        if FENCE.match(line):
+            if current is None:
+                current = []
+            else:
+                blocks.append("\n".join(current))
+                current = None
+        elif current is not None:
+            current.append(line)
+        else:
+            prose.append(line)
+    return blocks, "\n".join(prose)
+
+
+INLINE_CODE = re.compile(r"`([^`]+)`")
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a heading: link text kept, formatting and punctuation dropped,
+    lower case, spaces to hyphens."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(text: str) -> set[str]:
+    """The anchors of a Markdown file's headings (a repeated heading gets -1, -2, ...)."""
+    _, prose = split_code(text)
+    seen: dict[str, int] = {}
+    out = set()
+    for m in re.finditer(r"^#{1,6}\s+(.+?)\s*#*\s*$", prose, re.M):
+        s = slug(m.group(1))
+        out.add(s if s not in seen else f"{s}-{seen[s]}")
+        seen[s] = seen.get(s, 0) + 1
+    return out
+
+
+LINK = re.compile(r"\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+
+
+def broken_links(path: Path, text: str) -> list[str]:
+    """Relative links of `text` (the file at `path`) whose file or heading does not exist."""
+    _, prose = split_code(text)
+    prose = INLINE_CODE.sub("", prose)
+    problems = []
+    for target in LINK.findall(prose):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # https:, mailto: ...
+            continue
+        file_part, _, anchor = target.partition("#")
+        dest = (path.parent / file_part).resolve() if file_part else path
+        if not dest.exists():
+            problems.append(f"{path.name}: link {target!r}: no file {dest}")
+            continue
+        if anchor:
+            if dest.suffix != ".md" or dest.is_dir():
+                problems.append(f"{path.name}: link {target!r}: an anchor into a file that is not Markdown")
+            elif anchor not in anchors(dest.read_text(encoding="utf-8")):
+                problems.append(f"{path.name}: link {target!r}: no heading #{anchor} in {dest.name}")
+    return problems
+
+
+# --- mimjax <command> --flag -----------------------------------------------------------------
+
+def _cli_help(*command: str) -> str:
+    r = subprocess.run([sys.executable, "-m", "mimjax.cli", *command, "--help"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert r.returncode == 0, f"mimjax {' '.join(command)} --help exited {r.returncode}: {r.stderr[-2000:]}"
+    return r.stdout
+
+
+@functools.lru_cache(maxsize=None)
+def commands() -> frozenset[str]:
+    """The commands `mimjax --help` lists ("train", "eval knn", ...)."""
+    out = _cli_help()
+    names = re.findall(r"^  ([a-z]+(?: [a-z]+)?)\s{2,}\S", out, re.M)
+    assert "train" in names, out
+    return frozenset(names)
+
+
+@functools.lru_cache(maxsize=None)
+def command_flags(command: str) -> frozenset[str]:
+    """The flags `mimjax <command> --help` lists, without dashes; `--[no]x` gives x and nox;
+    `--config.KEY=VALUE` gives config.KEY."""
+    out = _cli_help(*command.split())
+    flags = {"help"}
+    for no, name in re.findall(r"^ {2}--(\[no\])?([A-Za-z][\w.]*)", out, re.M):
+        flags.add(name)
+        if no:
+            flags.add("no" + name)
+    assert len(flags) > 1, out
+    return frozenset(flags)
+
+
+def command_lines(text: str) -> list[str]:
+    """Every piece of code in a Markdown text, one logical line each: fenced lines (a
+    trailing backslash joins the next line) and inline code spans (whitespace collapsed)."""
+    blocks, prose = split_code(text)
+    lines = []
+    for block in blocks:
+        lines += block.replace("\\\n", " ").split("\n")
+    lines += [" ".join(span.split()) for span in INLINE_CODE.findall(prose)]
+    return lines
+
+
+INVOCATION = re.compile(r"(?<![\w./-])mimjax\s+([a-z][\w-]*)(?:\s+([a-z][\w-]*))?(.*)")
+
+
+def bad_flags(text: str) -> list[str]:
+    """`mimjax <command> [<sub>] --flag` in `text` where the command or the flag does not exist."""
+    problems = []
+    for line in command_lines(text):
+        line = re.sub(r"\s#.*", "", line)  # a shell comment
+        for m in INVOCATION.finditer(line):
+            first, second, rest = m.group(1), m.group(2), m.group(3)
+            if second and f"{first} {second}" in commands():
+                command = f"{first} {second}"
+            elif first in commands():
+                command, rest = first, f" {second or ''}{rest}"
+            else:
+                if re.search(r"(?<![\w-])--[A-Za-z]", f"{second or ''}{rest}"):
+                    problems.append(f"unknown command 'mimjax {first}' in {line.strip()!r}")
+                continue
+            rest = re.split(r"\s(?:\||;|&&)\s", rest)[0]  # up to a pipe or the next command
+            for flag in re.findall(r"(?<![\w-])--([A-Za-z][\w.-]*)", rest):
+                name = "config.KEY" if flag.startswith("config.") else flag.rstrip(".")
+                if name not in command_flags(command):
+                    problems.append(f"'mimjax {command}' has no flag --{flag} (its --help lists "
+                                    f"{sorted(command_flags(command))}), in {line.strip()!r}")
+    return problems
+
+
+# --- docs/method.md §N -----------------------------------------------------------------------
+
+CITATION = re.compile(r"docs/method\.md[\s#]*§\s*(\d+)((?:\s*(?:-|,|and|or)\s*§\s*\d+)*)")
+
+
+def method_sections(text: str) -> set[int]:
+    return {int(n) for n in re.findall(r"^## (\d+)\. ", text, re.M)}
+
+
+def bad_citations(text: str, sections: set[int]) -> list[str]:
+    """Citations `docs/method.md §N` (also `§N-§M`, `§N and §M`) naming no section, and any
+    citation of the method's former file."""
+    problems = []
+    for m in CITATION.finditer(text):
+        for n in [int(m.group(1)), *map(int, re.findall(r"§\s*(\d+)", m.group(2)))]:
+            if n not in sections:
+                problems.append(f"cites docs/method.md §{n}, which has no section '## {n}.'")
+    if OLD_SPEC in text:
+        problems.append(f"cites {OLD_SPEC}, which is not in the repository (cite docs/method.md §N)")
+    return problems
+
+
+def citing_files() -> list[Path]:
+    files = [ROOT / "README.md"]
+    for top in CITING_DIRS:
+        for dirpath, _, names in os.walk(ROOT / top):
+            if "__pycache__" in dirpath or "/results" in dirpath:
+                continue
+            files += [Path(dirpath) / n for n in names if n.endswith((".py", ".md", ".sh", ".sbatch", ".txt"))]
+    return files
+
+
+# --- the tests -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", doc_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_resolve(path):
+    assert path.exists()
+    assert broken_links(path, path.read_text(encoding="utf-8")) == []
+
+
+def test_link_checker_fails_on_broken_links():
+    readme = ROOT / "README.md"
+    good = "[method](docs/method.md#1-the-base-method-mae) [up](#quick-start) [web](https://example.org/x)"
+    assert broken_links(readme, good) == []
+    bad = "[a](docs/no_such_file.md) [b](docs/method.md#no-such-heading) [c](#nowhere)"
+    assert len(broken_links(readme, bad)) == 3
+    assert broken_links(readme, "```\n[a](docs/no_such_file.md)\n```\n`[b](nope.md)`") == []  # code is not a link
+
+
+def test_slug_follows_github():
+    assert slug("Pre-flight: will it fit, and how fast can it go? (`mimjax plan`)") == \
+        "pre-flight-will-it-fit-and-how-fast-can-it-go-mimjax-plan"
+    assert slug("4. GPA as a feature (the GPA head)") == "4-gpa-as-a-feature-the-gpa-head"
+    assert slug("metrics.jsonl") == "metricsjsonl"
+    assert anchors("# A\n## A\n```\n# not a heading\n```\n") == {"a", "a-1"}
+
+
+@pytest.mark.parametrize("path", doc_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_written_commands_have_their_flags(path):
+    assert bad_flags(path.read_text(encoding="utf-8")) == []
+
+
+def test_flag_checker_fails_on_a_missing_flag():
+    good = ("```bash\nmimjax train --config configs/demo.py --workdir W \\\n    --config.batch_size=8  # --not_a_flag\n```\n"
+            "and `mimjax eval knn --workdir W --dataset embedded_faces | head`, `mimjax plan --json --nojson`")
+    assert bad_flags(good) == []
+    bad = ("```bash\nmimjax train --config c.py \\\n    --no_such_flag=1\n```\n"
+           "`mimjax eval knn --workdir W --epochs 3` and `mimjax evaluate --workdir W`")
+    problems = bad_flags(bad)
+    assert len(problems) == 3, problems
+    assert "--no_such_flag" in problems[0] and "--epochs" in problems[1] and "mimjax evaluate" in problems[2]
+
+
+def test_method_has_its_six_sections_and_the_citations():
+    text = METHOD.read_text(encoding="utf-8")
+    assert {1, 2, 3, 4, 5, 6} <= method_sections(text)
+    assert "ACM MM 2024" in text or "Multimedia" in text
+    assert "Masked Autoencoders Are Scalable Vision Learners" in text
+
+
+def test_spec_citations_name_existing_sections():
+    sections = method_sections(METHOD.read_text(encoding="utf-8"))
+    problems, cited = [], 0
+    for f in citing_files():
+        if f == Path(__file__).resolve():
+            continue
+        text = f.read_text(encoding="utf-8", errors="replace")
+        cited += len(CITATION.findall(text))
+        problems += [f"{f.relative_to(ROOT)}: {p}" for p in bad_citations(text, sections)]
+    assert problems == []
+    assert cited >= 10  # the code does cite the method
+
+
+def test_citation_checker_fails_on_a_missing_section():
+    sections = {1, 2, 3, 4, 5, 6}
+    good = "(docs/method.md §4) docs/method.md\n  §2, docs/method.md §4-§5, docs/method.md §1 and §4"
+    assert bad_citations(good, sections) == []
+    assert len(bad_citations("see docs/method.md §9", sections)) == 1
+    assert len(bad_citations("docs/method.md\n    # §4-§12", sections)) == 1
+    assert len(bad_citations(f"see {OLD_SPEC}.md section 4", sections)) == 1
