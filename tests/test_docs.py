@@ -163,6 +163,28 @@ def bad_flags(text: str) -> list[str]:
     return problems
 
 
+# --- files and names the docs point at ---------------------------------------------------------
+
+REPO_PATH = re.compile(r"^(?:mimjax|configs|bench|tests|scripts|launch|docs|\.ci)/[\w/.-]*$")
+DEFINED_IN = re.compile(r"`((?:mimjax|configs|bench)/[\w/]+\.py): ([\w.]+)")
+
+
+def missing_code(text: str) -> list[str]:
+    """Repository paths written in code spans (`mimjax/train/loop.py`) that do not exist, and
+    `path.py: name` whose file defines no such function, class or constant."""
+    problems = []
+    for span in INLINE_CODE.findall(split_code(text)[1]):
+        path = span.split(":")[0].rstrip(",.")
+        if REPO_PATH.match(path) and "*" not in path and not (ROOT / path).exists():
+            problems.append(f"no file {path}")
+    for path, name in DEFINED_IN.findall(" ".join(text.split())):
+        last = name.split(".")[-1]
+        src = (ROOT / path).read_text(encoding="utf-8") if (ROOT / path).exists() else ""
+        if not re.search(rf"^\s*(?:def|class) {re.escape(last)}\b|^{re.escape(last)}\b.*=", src, re.M):
+            problems.append(f"{path} defines no {last}")
+    return problems
+
+
 # --- docs/method.md §N -----------------------------------------------------------------------
 
 CITATION = re.compile(r"docs/method\.md[\s#]*§\s*(\d+)((?:\s*(?:-|,|and|or)\s*§\s*\d+)*)")
@@ -263,3 +285,14 @@ def test_citation_checker_fails_on_a_missing_section():
     assert len(bad_citations("see docs/method.md §9", sections)) == 1
     assert len(bad_citations("docs/method.md\n    # §4-§12", sections)) == 1
     assert len(bad_citations(f"see {OLD_SPEC}.md section 4", sections)) == 1
+
+
+@pytest.mark.parametrize("path", doc_files(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_code_the_docs_name_exists(path):
+    assert missing_code(path.read_text(encoding="utf-8")) == []
+
+
+def test_code_checker_fails_on_missing_code():
+    assert missing_code("`mimjax/train/loop.py`, `mimjax/masking/gpa.py: gpa_mask`, `configs/demo.py:runlocal`") == []
+    bad = "`mimjax/no_such_module.py` and `mimjax/masking/gpa.py: no_such_function`"
+    assert len(missing_code(bad)) == 2
