@@ -8,7 +8,7 @@ scikit-image (no download). No pre-trained teacher is available offline, so the 
 an EMA copy of the student (`teacher.source = "ema"`); the GPA masks and heatmaps are
 computed exactly as with a frozen MAE teacher. Variants: `demo.py:mae` (random masking),
 `demo.py:teacher` (GPA masking without the GPA head), default = "teacher + feature".
-Not the authors' settings (README "Our own GPA variants"): the EMA teacher, GPA from the
+Not the authors' settings (docs/recipes.md "Our own GPA variants"): the EMA teacher, GPA from the
 mean of the heads (teacher.head = -1), the GPA head from step 0 with the soft share 0.3 -> 0
 and per-step progress.
 """

@@ -4,7 +4,7 @@
 folders the file's bytes, decoded by the pipeline so an unreadable file is skipped and
 counted there instead of failing inside a source. Sources:
 - tfds: any TFDS image dataset by name through `tfds.data_source` (ArrayRecord, random
-  access, no TensorFlow needed). `imagenet2012` must have been prepared once (README).
+  access, no TensorFlow needed). `imagenet2012` must have been prepared once (docs/recipes.md).
 - folder: a user's images, class-per-folder (`root/<class>/**.jpg`, labels = sorted class
   index) or flat (`root/*.jpg`, label 0). Hidden files and folders are ignored.
 - embedded: the default demo data, the real photographs bundled in scikit-image's wheel

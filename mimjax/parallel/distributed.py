@@ -1,6 +1,6 @@
 """Multi-host runtime: `jax.distributed.initialize()` when this process is one of several.
 
-Failure handling across processes (README "Fault tolerance"):
+Failure handling across processes (docs/rundir.md "Fault tolerance"):
 - Preemption: JAX's preemption sync manager (created by `jax.distributed.initialize`, on by
   default, `jax_enable_preemption_service`) installs its own C++ SIGTERM handler; a SIGTERM
   on any process is a notice to all of them, and `reached_sync_point(step)` (one mutex-guarded
