@@ -296,3 +296,12 @@ def test_code_checker_fails_on_missing_code():
     assert missing_code("`mimjax/train/loop.py`, `mimjax/masking/gpa.py: gpa_mask`, `configs/demo.py:runlocal`") == []
     bad = "`mimjax/no_such_module.py` and `mimjax/masking/gpa.py: no_such_function`"
     assert len(missing_code(bad)) == 2
+
+
+def test_readme_is_short_and_starts_with_the_two_commands():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 200
+    quick_start = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    for script in ("scripts/demo.sh", "scripts/test.sh"):
+        assert f"\nbash {script} " in quick_start and (ROOT / script).exists()
+    assert "scripts/test.sh" in (ROOT / ".ci" / "run").read_text(encoding="utf-8")  # CI runs what the README says
