@@ -8,9 +8,10 @@ The encoder (architecture and weights) comes from --workdir, a pre-training work
 - vit_base_patch16 (default): 100 epochs, blr 5e-4, layer_decay 0.65, drop_path 0.1;
 - vit_large_patch16: 50 epochs, blr 1e-3, layer_decay 0.75, drop_path 0.2;
 - vit_huge_patch14: 50 epochs, blr 1e-3, layer_decay 0.75, drop_path 0.3.
-All: batch 1024, 5 warm-up epochs, AdamW (0.9, 0.999), wd 0.05, min_lr 1e-6, mixup 0.8,
-cutmix 1.0, label smoothing 0.1, random erasing 0.25, global average pooling + fc_norm.
-(MAE also uses RandAugment m9-mstd0.5; mimjax's host pipeline has no RandAugment.)
+All: batch 1024, 5 warm-up epochs, AdamW (0.9, 0.999), wd 0.05, min_lr 1e-6, RandAugment
+rand-m9-mstd0.5-inc1 (host, `data.randaugment`), mixup 0.8, cutmix 1.0, label smoothing 0.1,
+random erasing 0.25, global average pooling + fc_norm: MAE's table (FINETUNE.md, paper
+Table 9). `--config.data.randaugment=` (empty) turns RandAugment off.
 Reference top-1: 83.6 (B), 85.9 (L), 86.9 (H).
 
 ",gpa" (`finetune.py:vit_base_patch16,gpa`): the GPA authors' fine-tuning of their ViT-B
@@ -43,6 +44,7 @@ def get_config(arg=None):
     if "gpa" in flags:
         c.optimizer.layer_decay = 0.8
     c.optimizer.warmup_epochs, c.optimizer.weight_decay, c.optimizer.min_lr = 5, 0.05, 1e-6
+    c.data.randaugment = "rand-m9-mstd0.5-inc1"  # timm's, after crop and flip (mimjax/data/randaugment.py)
     c.augment.mixup, c.augment.cutmix, c.augment.label_smoothing, c.augment.reprob = 0.8, 1.0, 0.1, 0.25
     if "runlocal" in flags:
         runlocal(c)

@@ -13,6 +13,7 @@ import numpy as np
 
 from mimjax import errors
 from mimjax.data import augment, sources
+from mimjax.data.randaugment import RandAugment
 
 log = logging.getLogger("mimjax")
 
@@ -47,10 +48,11 @@ class _Transform:
     and independent of the process count. Runs in grain's reader threads, hence the lock.
     """
 
-    def __init__(self, img_size: int, train: bool, seed: int, crop_scale=(0.2, 1.0), *,
+    def __init__(self, img_size: int, train: bool, seed: int, crop_scale=(0.2, 1.0), *, randaugment: str = "",
                  full_pass: int = 0, what: str = "the data source"):
         self.img_size, self.train, self.seed, self.skipped, self.read = img_size, train, seed, 0, 0
         self.crop_scale = tuple(crop_scale)
+        self.randaugment = RandAugment(randaugment) if randaugment and train else None
         self.full_pass, self.what = full_pass, what  # records this process reads in one pass
         self.failure: Exception | None = None
         self._examples: list[str] = []
@@ -100,15 +102,17 @@ class _Transform:
                 return None
             with self._lock:
                 self.read += 1
-            return {"image": x, "label": label}
-        image = np.asarray(image)
-        if image.ndim == 2 or image.shape[-1] == 1:  # grayscale TFDS sets (mnist: [28, 28, 1])
-            image = np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=-1)
-        image = image[..., :3].astype(np.uint8)  # drop alpha
-        if self.train:
-            x = augment.train_crop_uint8(image, self.img_size, rng, self.crop_scale)
         else:
-            x = augment.eval_crop_uint8(image, self.img_size)
+            image = np.asarray(image)
+            if image.ndim == 2 or image.shape[-1] == 1:  # grayscale TFDS sets (mnist: [28, 28, 1])
+                image = np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=-1)
+            image = image[..., :3].astype(np.uint8)  # drop alpha
+            if self.train:
+                x = augment.train_crop_uint8(image, self.img_size, rng, self.crop_scale)
+            else:
+                x = augment.eval_crop_uint8(image, self.img_size)
+        if self.randaugment is not None:  # after the crop and flip, before normalisation (timm's order)
+            x = self.randaugment(x, rng)
         return {"image": x, "label": label}
 
 
@@ -182,7 +186,8 @@ class InputIterator:
 
 def make_pretrain_iterator(data_config, *, img_size: int, global_batch_size: int, seed: int,
                            process_index: int = 0, process_count: int = 1, train: bool = True,
-                           source=None, crop_scale=(0.2, 1.0), num_threads: int = 0) -> InputIterator:
+                           source=None, crop_scale=(0.2, 1.0), randaugment: str = "",
+                           num_threads: int = 0) -> InputIterator:
     """Batches of this process: train=True is infinite, reshuffled every epoch with the
     seed, augmented (`augment.train_transform`), full batches only; train=False is one pass
     in order with center crops (`augment.eval_transform`), the last partial batch kept.
@@ -193,6 +198,8 @@ def make_pretrain_iterator(data_config, *, img_size: int, global_batch_size: int
     process reads a disjoint shard, and 1 or 2 processes train on the same global batches.
     `source` overrides `make_source(data_config)`. crop_scale: RandomResizedCrop's area
     range, (0.2, 1) for MAE pre-training, (0.08, 1) for its linear probe and fine-tuning.
+    randaugment: a timm RandAugment spec applied to training crops after the flip
+    (`randaugment.RandAugment`; MAE fine-tunes with "rand-m9-mstd0.5-inc1"), "" for none.
     num_threads: grain reader threads that decode and augment (0: min(16, CPU count)).
     """
     if global_batch_size <= 0 or process_count <= 0 or global_batch_size % process_count:
@@ -213,7 +220,8 @@ def make_pretrain_iterator(data_config, *, img_size: int, global_batch_size: int
     num_local = (total // big) * local + max(0, min(total % big - process_index * local, local))
     root = getattr(src, "root", None)
     what = getattr(src, "what", None) or (f"data.folder={root!r}" if root else "the data source")
-    transform = _Transform(img_size, train, seed, crop_scale, full_pass=-(-len(src) // process_count), what=what)
+    transform = _Transform(img_size, train, seed, crop_scale, randaugment=randaugment,
+                           full_pass=-(-len(src) // process_count), what=what)
     ds = grain.MapDataset.range(num_local).map(lambda m: (position(m), ordered[position(m)])).map(transform)
     # Reader threads decode/augment ahead (libjpeg and PIL release the GIL). The buffer holds
     # finished uint8 images (0.15 MB at 224 px): enough to keep the threads busy, bounded in memory,

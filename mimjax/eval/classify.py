@@ -157,7 +157,8 @@ def fit(c, out: str, build) -> dict:
     try:
         it = data.make_iterator(None, img_size=task.img_size, global_batch_size=c.batch_size, seed=c.seed,
                                 process_index=jax.process_index(), process_count=jax.process_count(),
-                                source=train_src, crop_scale=FINETUNE_CROP_SCALE)
+                                source=train_src, crop_scale=FINETUNE_CROP_SCALE,
+                                randaugment=c.data.randaugment)
     except ValueError as e:
         raise ConfigError(f"config.batch_size={c.batch_size}: {e}") from e
     out = paths.absolute(out)  # (gs://... unchanged)

@@ -43,6 +43,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.folder = ""  # class-per-folder training images
     c.data.test_folder = ""  # class-per-folder test images ("" with a folder: every 4th image)
     c.data.prefetch = 2
+    c.data.randaugment = ""  # timm RandAugment of the training crops on the host, e.g. "rand-m9-mstd0.5-inc1"; "" = off
     c.augment = ml_collections.ConfigDict()  # on device; mixup, cutmix and reprob: fine-tuning only
     c.augment.mixup = 0.8  # Beta alpha; 0 = off
     c.augment.cutmix = 1.0
@@ -136,6 +137,12 @@ def validate(c, *, num_devices: int = 1, process_count: int = 1) -> None:
         _fail("optimizer.layer_decay", o.layer_decay, "a factor in (0, 1] (1 = no layer-wise decay)")
     for key in ("b1", "b2", "momentum"):
         _in_range(f"optimizer.{key}", o[key], 0.0, 0.9999, "a decay rate in [0, 1)")
+    from mimjax.data.randaugment import parse as parse_randaugment
+
+    try:
+        parse_randaugment(d.randaugment)
+    except ValueError as e:  # "'<spec>': <what is wrong>; expected ..."
+        raise ConfigError(f"config.data.randaugment={e}") from None
     if d.source not in SOURCES and not (d.source.startswith("arrayrecord:") and len(d.source) > 12):
         _fail("data.source", d.source, ", ".join(SOURCES) + ", arrayrecord:PATH (labelled data)")
     for key in ("folder", "test_folder"):
