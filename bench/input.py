@@ -1,7 +1,8 @@
-"""Host input pipeline, mimjax against torchvision, side by side (issue #19).
+"""Host input pipeline, mimjax against torchvision, side by side.
 
     python -m bench.input                       # 2 rounds, workers = cores, 1000 JPEGs 500x375
     python -m bench.input --workers 2 --rounds 3 --batch 64 --batches 12
+    python -m bench.input --randaugment         # RandAugment's cost per image only (~1 min)
 
 The same JPEGs (ImageNet's typical 500x375, cut from scikit-image's bundled photos, quality
 90, 10 class folders) and the same augmentation (RandomResizedCrop 224, scale (0.2, 1),
@@ -19,6 +20,11 @@ first one (worker start-up excluded). img/s per core = img/s / the cores this pr
 use. A second section measures the pixel difference of mimjax's JPEG crops from
 torchvision's (PIL decode + crop + bicubic resize) for the same boxes. Results:
 bench/results/input_cpu_<n>cores.{json,md}.
+
+`--randaugment` measures what fine-tuning's RandAugment (rand-m9-mstd0.5-inc1, on the
+224 px crop) adds per image, one thread, mimjax's against timm's on the same crops, and
+the pipeline with it (impl mimjax_folder_uint8_randaugment, also a choice of --impls):
+bench/results/input_randaugment_cpu_<n>cores.{json,md}.
 """
 from __future__ import annotations
 
@@ -27,6 +33,7 @@ import io
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -36,7 +43,9 @@ import time
 import numpy as np
 
 IMPLS = ("torchvision", "mimjax_folder_uint8", "mimjax_arrayrecord_uint8", "mimjax_folder_float32")
+RANDAUGMENT_IMPL = "mimjax_folder_uint8_randaugment"
 SIZE, SCALE = 224, (0.2, 1.0)
+RANDAUGMENT = "rand-m9-mstd0.5-inc1"  # MAE's fine-tuning
 
 
 def cpu_model() -> str:
@@ -115,14 +124,15 @@ def run_torchvision(folder: str, workers: int, batch: int, batches: int) -> dict
     return _timed(lambda: next(it), pids, batch, batches)
 
 
-def run_mimjax(source: str, workers: int, batch: int, batches: int, uint8: bool) -> dict:
+def run_mimjax(source: str, workers: int, batch: int, batches: int, uint8: bool, randaugment: str = "") -> dict:
     import ml_collections
 
     from mimjax import data
 
     cfg = ml_collections.ConfigDict(dict(source=source[0], folder=source[1], split="train", name="", data_dir="",
                                          manual_dir="", synthetic_size=1))
-    it = data.make_iterator(cfg, img_size=SIZE, global_batch_size=batch, seed=0, num_threads=workers)
+    it = data.make_iterator(cfg, img_size=SIZE, global_batch_size=batch, seed=0, num_threads=workers,
+                            randaugment=randaugment)
     it.host_uint8 = uint8
     b = next(it)
     assert b["image"].dtype == (np.uint8 if uint8 else np.float32)
@@ -137,7 +147,8 @@ def child(args) -> dict:
         kind = impl.split("_")[1]
         source = ("folder", os.path.join(d, "folder")) if kind == "folder" else \
             (f"arrayrecord:{os.path.join(d, 'arrayrecord')}", "")
-        r = run_mimjax(source, args.workers, args.batch, args.batches, impl.endswith("uint8"))
+        r = run_mimjax(source, args.workers, args.batch, args.batches, "_uint8" in impl,
+                       RANDAUGMENT if impl.endswith("_randaugment") else "")
     return {"impl": impl, **r}
 
 
@@ -223,6 +234,89 @@ def large_image_cost(d: str, n: int = 60) -> list[dict]:
     return rows
 
 
+def randaugment_cost(d: str, n: int = 200) -> dict:
+    """CPU ms per image, one thread, of RandAugment on 224 px training crops of the 500x375
+    JPEGs: mimjax's (`RandAugment(spec)(crop uint8, rng)`, array in and out) and timm's
+    (`rand_augment_transform` with MAE's hparams, PIL image in and out, as in timm's
+    transform); the crop itself (decode, crop, resize, flip) for scale. Best of 3 x n."""
+    from PIL import Image
+    from timm.data.auto_augment import rand_augment_transform
+
+    from mimjax.data import augment, sources
+    from mimjax.data.randaugment import FILL, RandAugment
+
+    folder = os.path.join(d, "folder", "class_00")
+    datas = [open(os.path.join(folder, f), "rb").read() for f in sorted(os.listdir(folder))[:8]]
+    rng = np.random.default_rng(0)
+    crops = [augment.train_crop_uint8(b, SIZE, rng, (0.08, 1.0), decode=sources.decode) for b in datas]
+    pil_crops = [Image.fromarray(np.ascontiguousarray(c)) for c in crops]
+    ours = RandAugment(RANDAUGMENT)
+    theirs = rand_augment_transform(RANDAUGMENT, {"translate_const": int(SIZE * 0.45), "img_mean": FILL,
+                                                  "interpolation": Image.BICUBIC})
+    row = {"spec": RANDAUGMENT, "images": "500x375", "n": n, "timm_errors": 0}
+
+    def timm_op(i):  # Pillow 13 refuses posterize to 0 bits (PosterizeIncreasing at magnitude >= 10)
+        try:
+            theirs(pil_crops[i % 8])
+        except ValueError:
+            row["timm_errors"] += 1
+
+    random.seed(0)
+    np.random.seed(0)
+    for name, fn in (("crop", lambda i: augment.train_crop_uint8(datas[i % 8], SIZE, rng, (0.08, 1.0),
+                                                                 decode=sources.decode)),
+                     ("mimjax", lambda i: ours(crops[i % 8], rng)), ("timm", timm_op)):
+        best = 1e9
+        for _ in range(3):
+            t = time.process_time()
+            for i in range(n):
+                fn(i)
+            best = min(best, (time.process_time() - t) / n)
+        row[f"{name}_ms"] = 1e3 * best
+    return row
+
+
+def randaugment_markdown(res: dict) -> str:
+    m, r = res["meta"], res["per_image"]
+    out = [f"# RandAugment {r['spec']} on the host ({m['cores']} cores)",
+           f"{m['date']}; CPU: {m['cpu']}; Pillow {m['pillow']}, timm {m['timm']}; load average at the end: "
+           f"{', '.join(f'{x:.1f}' for x in res['load_average'])} (a shared machine: CPU time, not wall time).", "",
+           f"CPU ms per image, one thread, best of 3 x {r['n']} 224 px crops of {r['images']} JPEGs:", "",
+           "| training crop (decode, crop, resize, flip) | + RandAugment, mimjax | RandAugment, timm (PIL in/out) |",
+           "|---|---|---|", f"| {r['crop_ms']:.2f} | {r['mimjax_ms']:.2f} | {r['timm_ms']:.2f} |", "",
+           f"timm raised ValueError on {r['timm_errors']} of {3 * r['n']} images (ImageOps.posterize to 0 bits, "
+           "which Pillow 13 refuses; mimjax gives black, as older Pillow did)."]
+    if res.get("summary"):
+        out += ["", f"The pipeline ({m['workers']} grain threads, batch {m['batch']}, {m['batches']} batches after one, "
+                "uint8 batches; one round each):", "", "| pipeline | CPU ms / img | img/s wall |", "|---|---|---|"]
+        for impl, s in res["summary"].items():
+            out.append(f"| {impl} | {s['cpu_ms_per_img']:.2f} | {s['img_per_s']:.1f} |")
+    return "\n".join(out) + "\n"
+
+
+def run_randaugment(args, base: str):
+    """--randaugment: `randaugment_cost`, then the folder pipeline without and with it."""
+    import PIL
+    import timm
+
+    with tempfile.TemporaryDirectory(prefix="bench_input_") as d:
+        write_dataset(os.path.join(d, "folder"), args.images)
+        per_image = randaugment_cost(d)
+        summary = {}
+        for impl in ("mimjax_folder_uint8", RANDAUGMENT_IMPL):
+            summary[impl] = run_mimjax(("folder", os.path.join(d, "folder")), args.workers, args.batch, args.batches,
+                                       True, RANDAUGMENT if impl == RANDAUGMENT_IMPL else "")
+    res = {"meta": {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "cpu": cpu_model(), "cores": cores(),
+                    "workers": args.workers, "batch": args.batch, "batches": args.batches, "pillow": PIL.__version__,
+                    "timm": timm.__version__},
+           "load_average": os.getloadavg(), "per_image": per_image, "summary": summary}
+    os.makedirs(args.out, exist_ok=True)
+    for ext, text in (("json", json.dumps(res, indent=1)), ("md", randaugment_markdown(res))):
+        with open(f"{base}.{ext}", "w") as f:
+            f.write(text)
+    print(randaugment_markdown(res))
+
+
 # --- Parent ----------------------------------------------------------------------------------
 def markdown(res: dict) -> str:
     m = res["meta"]
@@ -265,7 +359,8 @@ def main(argv=None):
     ap.add_argument("--batches", type=int, default=12)
     ap.add_argument("--workers", type=int, default=0, help="0: the usable cores")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    ap.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS + (RANDAUGMENT_IMPL,))
+    ap.add_argument("--randaugment", action="store_true", help=f"only RandAugment's cost ({RANDAUGMENT})")
     ap.add_argument("--no-pixels", action="store_true")
     ap.add_argument("--pixels-only", action="store_true", help="redo the pixel section of an existing result")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
@@ -278,6 +373,8 @@ def main(argv=None):
         print(json.dumps(child(args)))
         return
     base = os.path.join(args.out, f"input_cpu_{cores()}cores{'_' + args.tag if args.tag else ''}")
+    if args.randaugment:
+        return run_randaugment(args, base.replace("input_cpu", "input_randaugment_cpu"))
     if args.pixels_only:
         with open(base + ".json") as f:
             res = json.load(f)

@@ -167,7 +167,10 @@ def apply_op(image: np.ndarray, name: str, magnitude: float, sign: int = 1, fill
 
 
 def apply(image: np.ndarray, plan, fill=FILL) -> np.ndarray:
-    """uint8 [H, W, 3] -> uint8 [H, W, 3]: the ops of `plan` [(name, magnitude, sign)] in order."""
+    """uint8 [H, W, 3] -> uint8 [H, W, 3]: the ops of `plan` [(name, magnitude, sign)] in order
+    (`image` itself for an empty plan: a quarter of the images at p = 0.5, n = 2)."""
+    if not plan:
+        return image
     img = Image.fromarray(np.ascontiguousarray(image))
     for name, magnitude, sign in plan:
         img = _APPLY[name.removesuffix("Increasing")](img, *op_args(name, magnitude, sign), fill)
