@@ -4,7 +4,9 @@ Every command is parsed the same way, as in big_vision / the Flax examples: absl
 fresh `absl.flags.FlagValues` per command, and for the commands driven by a config file
 (train, finetune, eval linprobe) an ml_collections config file,
 `--config path.py[:arg] --config.key=value ...`. This module holds only the flags, the help
-texts, the dispatch and the mapping of errors to one line on stderr and an exit status:
+texts, the dispatch and the mapping of errors to one line on stderr and an exit status
+(a recipe named without a path: `mimjax.configs.resolve_argv`; absl's errors in one line:
+`mimjax.schema.flag_error` / `loading_error`; logging and the process's end: `mimjax.procenv`):
 
     0  done
     2  bad command line or config: one line `mimjax <command>: ...`, no traceback
@@ -24,15 +26,14 @@ import os
 import re
 import sys
 import textwrap
-import traceback
 from typing import Callable
 
 from absl import flags
 from ml_collections import config_flags
 
-from mimjax import configs
+from mimjax import configs, procenv, schema
 from mimjax.errors import DiskFullError, Interrupted, NonFiniteError, UsageError
-from mimjax.schema import ConfigError, did_you_mean, load_config_file
+from mimjax.schema import ConfigError
 
 EXIT_USAGE, EXIT_NONFINITE, EXIT_DISK_FULL = 2, 3, 4
 EXIT_DOES_NOT_FIT = 3  # mimjax plan: the step does not fit the target
@@ -192,9 +193,9 @@ def _run_plan(fv) -> int:
     from mimjax.train import config as config_lib, plan
 
     cfg = config_lib.fill_missing(fv.config)
-    config_lib.validate(cfg, num_devices=target.num_devices, preflight=False)
+    config_lib.validate(cfg, num_devices=target.num_devices)  # the pure check: plan reads no data, no teacher
     try:
-        report = plan.plan(cfg, target, config_name=_config_arg(sys.argv) or "")
+        report = plan.plan(cfg, target, config_name=configs.config_arg(sys.argv) or "")
     except ValueError as e:
         raise UsageError(str(e)) from None
     print(json.dumps(report) if fv.json else plan.format_report(report))
@@ -398,185 +399,41 @@ def _expand_multi(args: list, names) -> list:
     return out
 
 
-def _packaged_recipe(argv: list) -> list:
-    """argv with `--config NAME[:ARG]` replaced by the packaged recipe's path (mimjax.configs)."""
-    out = list(argv)
-    for i, a in enumerate(out):
-        if a in ("--config", "-config") and i + 1 < len(out):
-            out[i + 1] = configs.resolve(out[i + 1])
-        elif a.startswith(("--config=", "-config=")):
-            flag, _, value = a.partition("=")
-            out[i] = f"{flag}={configs.resolve(value)}"
-    return out
-
-
-def _config_arg(argv) -> str | None:
-    for i, a in enumerate(argv):
-        m = re.match(r"^--?config(=(.*))?$", a)
-        if m:
-            return m.group(2) if m.group(1) else (argv[i + 1] if i + 1 < len(argv) else None)
-    return None
-
-
-def _overrides(argv) -> list[str]:
-    """The dotted keys of --config.a.b=value overrides, in order."""
-    keys = []
-    for a in argv:
-        m = re.match(r"^--?(no)?config\.([^=]+)", a)
-        if m:
-            keys.append(m.group(2))
-    return keys
-
-
-def _unknown_key(config, key: str) -> bool:
-    node = config
-    for part in key.split("."):
-        try:
-            if part not in node:
-                return True
-        except TypeError:
-            return True
-        node = node[part]
-    return False
-
-
-def _friendly(message: str) -> str:
-    message = re.sub(r"invalid literal for int\(\) with base 10: .*", "expected an integer", message)
-    message = re.sub(r"could not convert string to float: .*", "expected a number", message)
-    return message
-
-
-def _flag_error(e: flags.Error, fv) -> str:
-    msg = str(e)
-    if isinstance(e, flags.UnrecognizedFlagError):
-        known = [n for n in fv if not n.startswith("config.")]
-        close = difflib.get_close_matches(e.flagname, known, n=1, cutoff=0.6)
-        return f"unknown flag --{e.flagname}" + (f" (did you mean --{close[0]}?)" if close else "")
-    m = re.search(r"Flag --(\S+) must have a value other than None", msg)
-    if m:
-        return f"--{m.group(1)} is required"
-    if "Error whilst parsing config file" in msg:  # the config file's get_config() raised
-        m = re.search(r"flag --config=([^:\s]+)", msg)
-        file = m.group(1) if m else "--config"
-        lines = re.findall(rf'File "{re.escape(os.path.abspath(file))}", line (\d+)', msg) or \
-            re.findall(rf'File "{re.escape(file)}", line (\d+)', msg)
-        where = f":{lines[-1]}" if lines else ""
-        last = [line.strip() for line in msg.splitlines() if line.strip()][-1]
-        return f"error in the config file {file}{where}: {last}"
-    lines = [line.strip() for line in msg.splitlines() if line.strip()]
-    return _friendly(" ".join(lines).removeprefix("flag "))
-
-
-def _loading_error(e: Exception, argv) -> str:
-    """A config file that raised while loading, or an override of a key it lacks."""
-    path = _config_arg(argv) or ""
-    keys = _overrides(argv)
-    if keys and isinstance(e, (AttributeError, KeyError)):
-        try:
-            file, sep, arg = path.partition(":")
-            config = load_config_file(file, arg if sep else None)
-        except Exception:  # noqa: BLE001 - the file itself fails; reported below
-            config = None
-        if config is not None:
-            for key in keys:
-                if _unknown_key(config, key):
-                    return f"unknown config key config.{key}{did_you_mean(key, config)}"
-    where = ""
-    for frame in traceback.extract_tb(e.__traceback__):
-        if os.path.abspath(frame.filename) == os.path.abspath(path.split(":", 1)[0]):
-            where = f":{frame.lineno}"
-    first = (str(e).strip().splitlines() or [""])[0]
-    return f"error in the config file {path.split(':', 1)[0]}{where}: {type(e).__name__}: {first}"
-
-
 def parse(cmd: Command, args: list) -> flags.FlagValues:
     """The command's flags parsed from `args` (the flags after the command's name); raises
     UsageError with one line."""
-    argv = _packaged_recipe([f"mimjax {cmd.name}", *_expand_multi(list(args), cmd.multi)])
+    argv = configs.resolve_argv([f"mimjax {cmd.name}", *_expand_multi(list(args), cmd.multi)])
     fv = flags.FlagValues()
     cmd.define(fv, argv)
     flags.mark_flags_as_required(list(cmd.required), flag_values=fv)
-    if "config" in cmd.required:
-        path = _config_arg(argv)
-        file = (path or "").split(":", 1)[0]
-        if path and not os.path.isfile(file):
-            raise UsageError(f"config file {file!r} {'is not a file' if os.path.exists(file) else 'not found'}"
-                             f" (--config {path}); the packaged recipes are {', '.join(configs.names())}")
+    spec = configs.config_arg(argv)
+    if "config" in cmd.required and (missing := configs.missing(spec)):
+        raise UsageError(missing)
     try:
         rest = fv(argv)
     except flags.Error as e:
-        raise UsageError(_flag_error(e, fv)) from None
+        raise UsageError(schema.flag_error(e, list(fv))) from None
     except Exception as e:  # noqa: BLE001 - raised by the config file or an override of a missing key
-        raise UsageError(_loading_error(e, argv)) from None
+        raise UsageError(schema.loading_error(e, spec, configs.overrides(argv))) from None
     if len(rest) > 1:
         raise UsageError(f"unexpected argument(s): {' '.join(rest[1:])}")
     if "config" in fv:
         try:
             getattr(fv.config, "keys")
         except OSError as e:  # config_flags defers a failed load to the first access
-            lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-            raise UsageError(f"cannot load --config {_config_arg(argv)}: {lines[-1]}") from None
+            raise UsageError(schema.deferred_load_error(e, spec)) from None
     return fv
 
 
 # --- Running ---------------------------------------------------------------------------
-def _setup_logging():
-    """What absl's app.run did: absl's log handler on stderr; mimjax's own INFO lines, but
-    not Orbax's per-file ones nor asyncio's leftovers of a failed async write."""
-    import faulthandler
-    import logging as std_logging
-
-    from absl import logging
-
-    logging.use_absl_handler()
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
-    logging.set_verbosity(logging.WARNING)
-    std_logging.getLogger("mimjax").setLevel(std_logging.INFO)
-    std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
-    try:
-        if not faulthandler.is_enabled():
-            faulthandler.enable()
-    except Exception:  # noqa: BLE001 - e.g. no usable stderr file descriptor
-        pass
-
-
-def _say(text: str) -> int:
-    """Prints help or version text on stdout -> 0. A reader that stops early (`mimjax train
-    --help | head`) is not an error: what is left unprinted goes to /dev/null, so neither
-    this write nor the interpreter's flush at exit prints a BrokenPipeError."""
-    try:
-        print(text, flush=True)
-    except BrokenPipeError:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0
-
-
 def _fail(prog: str, message: str, status: int = EXIT_USAGE) -> int:
     print(f"{prog}: {message}", file=sys.stderr)
     return status
 
 
-def _last_line(prog: str, message: str, status: int):
-    """Ends the process with our line as the last one on stderr. After a failed async save,
-    Orbax's and TensorStore's threads keep printing "RuntimeError: Event loop is closed"
-    tracebacks until the process dies; train() has already closed the checkpointer and the
-    writers, so: point fds 1 and 2 at /dev/null, write the line on a private copy of the
-    old stderr, and exit without finalizers."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    own = os.dup(2)
-    null = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(null, 1)
-    os.dup2(null, 2)
-    # the newline ends whatever half-printed traceback line the redirect cut off
-    os.write(own, f"\n{prog}: {message}\n".encode())
-    os._exit(status)
-
-
 def _execute(cmd: Command, fv) -> int:
     prog = f"mimjax {cmd.name}"
-    _setup_logging()
+    procenv.setup_logging()
     try:
         return cmd.run(fv)
     except ConfigError as e:
@@ -587,7 +444,7 @@ def _execute(cmd: Command, fv) -> int:
         return _fail(prog, str(e), EXIT_NONFINITE)
     except DiskFullError as e:
         if cmd.name == "train":
-            _last_line(prog, str(e), EXIT_DISK_FULL)
+            procenv.exit_with_last_line(prog, str(e), EXIT_DISK_FULL)  # the run is closed
         return _fail(prog, str(e), EXIT_DISK_FULL)
     except Interrupted as e:  # Ctrl-C in a run loop: the current step is saved (mimjax/train/loop.py)
         return _fail(prog, str(e), EXIT_INTERRUPTED)
@@ -617,25 +474,23 @@ def _command(args: list) -> tuple[Command | None, list, str | None]:
 def main(argv=None) -> int:
     """`mimjax ARGS` (argv: the program name, then the arguments) -> exit status."""
     if argv is None:  # the console script: restart once with huge-page malloc (mimjax/procenv.py)
-        from mimjax import procenv
-
         procenv.setup_process()
     args = list(sys.argv if argv is None else argv)[1:]
     if not args:
         print(USAGE, file=sys.stderr)
         return EXIT_USAGE
     if args[0] in ("-h", "--help", "-help", "help") and len(args) == 1:
-        return _say(USAGE)
+        return procenv.say(USAGE)
     if args[0] in ("--version", "-V", "version"):
         import mimjax
 
-        return _say(f"mimjax {mimjax.__version__}")
+        return procenv.say(f"mimjax {mimjax.__version__}")
     if args[0] == "help":  # mimjax help train
         args = [*args[1:], "--help"]
     cmd, rest, text = _command(args)
     if text is not None:  # `mimjax eval` alone, or `mimjax eval --help`
         if any(a in HELP_ARGS for a in args[1:]):
-            return _say(text)
+            return procenv.say(text)
         print(text, file=sys.stderr)
         return EXIT_USAGE
     if cmd is None:
@@ -644,7 +499,7 @@ def main(argv=None) -> int:
         return _fail("mimjax", f"unknown command {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
                      + "; mimjax --help lists the commands")
     if any(a in HELP_ARGS for a in rest):
-        return _say(help_text(cmd))
+        return procenv.say(help_text(cmd))
     try:
         fv = parse(cmd, rest)
     except UsageError as e:

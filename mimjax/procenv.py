@@ -20,6 +20,11 @@ Two measured wins on 2 CPU cores (bench/README.md); both change nothing on accel
 The user's own choice wins: MIMJAX_HUGEPAGES=0 / MIMJAX_CPU_FAST_MATH=0 opt out, and a
 GLIBC_TUNABLES that already names glibc.malloc.hugetlb or an XLA_FLAGS that already names
 xla_cpu_enable_fast_math is left as it is.
+
+The `mimjax` command also sets up its logging here (`setup_logging`), and the way it ends:
+help text into a closed pipe is quiet (`say`), and a run whose checkpoint threads are still
+printing ends with its own line last (`exit_with_last_line`). All of it is called, never
+done on import: this module loads only the standard library (absl inside `setup_logging`).
 """
 from __future__ import annotations
 
@@ -68,6 +73,56 @@ def setup_process():
         sys.stderr.flush()
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
     os.environ.update(env)
+
+
+# --- Logging and the end of the process (the `mimjax` command) ---------------------------
+def setup_logging():
+    """What absl's app.run did: absl's log handler on stderr; mimjax's own INFO lines, but
+    not Orbax's per-file ones nor asyncio's leftovers of a failed async write."""
+    import faulthandler
+    import logging as std_logging
+
+    from absl import flags, logging
+
+    logging.use_absl_handler()
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+    logging.set_verbosity(logging.WARNING)
+    std_logging.getLogger("mimjax").setLevel(std_logging.INFO)
+    std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
+    try:
+        if not faulthandler.is_enabled():
+            faulthandler.enable()
+    except Exception:  # noqa: BLE001 - e.g. no usable stderr file descriptor
+        pass
+
+
+def say(text: str) -> int:
+    """Prints help or version text on stdout -> 0. A reader that stops early (`mimjax train
+    --help | head`) is not an error: what is left unprinted goes to /dev/null, so neither
+    this write nor the interpreter's flush at exit prints a BrokenPipeError."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def exit_with_last_line(prog: str, message: str, status: int):
+    """Ends the process with `prog: message` as the last line on stderr. After a failed async
+    save, Orbax's and TensorStore's threads keep printing "RuntimeError: Event loop is closed"
+    tracebacks until the process dies; the caller has already closed the checkpointer and the
+    writers, so: point fds 1 and 2 at /dev/null, write the line on a private copy of the old
+    stderr, and exit without finalizers."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    own = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    # the newline ends whatever half-printed traceback line the redirect cut off
+    os.write(own, f"\n{prog}: {message}\n".encode())
+    os._exit(status)
 
 
 def main(argv) -> int:

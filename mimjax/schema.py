@@ -1,11 +1,15 @@
 """The one config mechanism every command uses: an ml_collections schema per command
 (`mimjax.train.config.base_config` for pre-training, `mimjax.eval.config.base_config` for
 the classifiers), checked key by key, and `ConfigError` with one line naming the key, the
-value and what was expected."""
+value and what was expected; and the one line a command prints for a command-line error in
+a config file or its `--config.KEY=VALUE` overrides (`flag_error`, `loading_error`)."""
 from __future__ import annotations
 
 import difflib
 import logging
+import os
+import re
+import traceback
 
 import ml_collections
 
@@ -96,3 +100,80 @@ def _update(dst, src):
             _update(dst[k], src[k])
         else:
             dst[k] = src[k]
+
+
+# --- Command-line errors of a config command, as one line -------------------------------
+# absl and ml_collections' config_flags report a bad flag or a config file that raised in
+# their own words (several lines, a traceback, Python's literal-parsing messages); these
+# turn them into the one line `mimjax <command>: ...` prints.
+def _friendly(message: str) -> str:
+    message = re.sub(r"invalid literal for int\(\) with base 10: .*", "expected an integer", message)
+    message = re.sub(r"could not convert string to float: .*", "expected a number", message)
+    return message
+
+
+def flag_error(e, known_flags) -> str:
+    """One line for an absl `flags.Error` raised while parsing; `known_flags`: the names of
+    the command's flags (for "did you mean")."""
+    from absl import flags
+
+    msg = str(e)
+    if isinstance(e, flags.UnrecognizedFlagError):
+        known = [n for n in known_flags if not n.startswith("config.")]
+        close = difflib.get_close_matches(e.flagname, known, n=1, cutoff=0.6)
+        return f"unknown flag --{e.flagname}" + (f" (did you mean --{close[0]}?)" if close else "")
+    m = re.search(r"Flag --(\S+) must have a value other than None", msg)
+    if m:
+        return f"--{m.group(1)} is required"
+    if "Error whilst parsing config file" in msg:  # the config file's get_config() raised
+        m = re.search(r"flag --config=([^:\s]+)", msg)
+        file = m.group(1) if m else "--config"
+        lines = re.findall(rf'File "{re.escape(os.path.abspath(file))}", line (\d+)', msg) or \
+            re.findall(rf'File "{re.escape(file)}", line (\d+)', msg)
+        where = f":{lines[-1]}" if lines else ""
+        last = [line.strip() for line in msg.splitlines() if line.strip()][-1]
+        return f"error in the config file {file}{where}: {last}"
+    lines = [line.strip() for line in msg.splitlines() if line.strip()]
+    return _friendly(" ".join(lines).removeprefix("flag "))
+
+
+def _unknown_key(config, key: str) -> bool:
+    node = config
+    for part in key.split("."):
+        try:
+            if part not in node:
+                return True
+        except TypeError:
+            return True
+        node = node[part]
+    return False
+
+
+def loading_error(e: Exception, spec: str | None, overrides: list[str]) -> str:
+    """One line for an exception raised while absl loaded `--config spec` (`FILE[:ARG]`) and
+    applied the `--config.KEY=...` overrides (their dotted keys): an override of a key the
+    config lacks, or the config file itself raising (with its line number)."""
+    path = spec or ""
+    file, sep, arg = path.partition(":")
+    if overrides and isinstance(e, (AttributeError, KeyError)):
+        try:
+            config = load_config_file(file, arg if sep else None)
+        except Exception:  # noqa: BLE001 - the file itself fails; reported below
+            config = None
+        if config is not None:
+            for key in overrides:
+                if _unknown_key(config, key):
+                    return f"unknown config key config.{key}{did_you_mean(key, config)}"
+    where = ""
+    for frame in traceback.extract_tb(e.__traceback__):
+        if os.path.abspath(frame.filename) == os.path.abspath(file):
+            where = f":{frame.lineno}"
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"error in the config file {file}{where}: {type(e).__name__}: {first}"
+
+
+def deferred_load_error(e: OSError, spec: str | None) -> str:
+    """One line for the OSError config_flags defers to the first access of a config it
+    could not load."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return f"cannot load --config {spec}: {lines[-1]}"

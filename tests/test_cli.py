@@ -199,3 +199,25 @@ def test_export_package_does_not_import_training_or_evaluation():
                 names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
                          [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
                 assert not any(n.startswith(("mimjax.train", "mimjax.eval")) for n in names), (f, names)
+
+
+def test_absl_and_config_file_errors_become_one_line(tmp_path):
+    from absl import flags
+
+    from mimjax import schema
+
+    assert schema.flag_error(flags.UnrecognizedFlagError("workdri"), ["workdir", "config", "config.seed"]) == \
+        "unknown flag --workdri (did you mean --workdir?)"
+    assert schema.flag_error(flags.IllegalFlagValueError(
+        "flag --k=abc: invalid literal for int() with base 10: 'abc'"), ["k"]) == "--k=abc: expected an integer"
+    bad = tmp_path / "bad.py"
+    bad.write_text("import ml_collections\n\n\ndef get_config(arg=None):\n    raise ValueError(f'boom {arg}')\n")
+    with pytest.raises(UsageError) as e:
+        cli.parse(cli.COMMANDS["train"], ["--config", f"{bad}:x", "--workdir", "w"])
+    assert str(e.value) == f"error in the config file {bad}:5: ValueError: boom x"
+    good = tmp_path / "good.py"
+    good.write_text("from mimjax.train.config import base_config\n\n\ndef get_config():\n    return base_config()\n")
+    assert schema.loading_error(AttributeError("nmae"), str(good), ["seed", "model.nmae"]) == \
+        "unknown config key config.model.nmae (did you mean config.model.name?)"
+    with pytest.raises(UsageError, match=r"^unknown config key config.model.nmae \(did you mean config.model.name\?\)$"):
+        cli.parse(cli.COMMANDS["train"], ["--config", str(good), "--workdir", "w", "--config.model.nmae=x"])

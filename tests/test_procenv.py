@@ -109,3 +109,44 @@ def test_non_finite_values_survive_fast_math():
                           "import os; assert 'xla_cpu_enable_fast_math=true' in os.environ['XLA_FLAGS']\n" + NONFINITE],
                          env=env, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_procenv_loads_only_the_standard_library():
+    code = ("import sys; from mimjax import procenv; "
+            "print(sorted(m for m in ('jax', 'absl', 'ml_collections', 'numpy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_setup_logging_shows_mimjax_info_and_hides_the_noise():
+    code = ("import logging; from mimjax import procenv; procenv.setup_logging(); "
+            "logging.getLogger('mimjax').info('mimjax says'); logging.getLogger('orbax').info('orbax says'); "
+            "logging.getLogger('asyncio').error('asyncio says'); logging.getLogger('other').warning('other says')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    said = [line.split("] ", 1)[-1] for line in out.stderr.splitlines()]
+    assert said == ["mimjax says", "other says"], out.stderr
+
+
+# A thread keeps printing to stdout and stderr (as Orbax's threads do after a failed async
+# save) while the main thread ends the process with its own line.
+NOISY_EXIT = """
+import sys, threading, time
+from mimjax import procenv
+def noise():
+    while True:
+        print("Traceback (most recent call last): Event loop is closed", file=sys.stderr, flush=True)
+        print("noise", flush=True)
+        time.sleep(0.001)
+threading.Thread(target=noise, daemon=True).start()
+time.sleep(0.05)
+print("before", flush=True)
+procenv.exit_with_last_line("mimjax train", "disk full while saving step 3", 4)
+print("never")
+"""
+
+
+def test_exit_with_last_line_ends_the_process_with_its_line_last():
+    out = subprocess.run([sys.executable, "-c", NOISY_EXIT], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 4
+    assert out.stderr.splitlines()[-1] == "mimjax train: disk full while saving step 3", out.stderr[-300:]
+    assert "before" in out.stdout and "never" not in out.stdout

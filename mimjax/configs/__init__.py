@@ -1,5 +1,6 @@
 """The recipes, shipped inside the package: `--config NAME[:ARG]` names one without a path,
 so `mimjax train --config demo --workdir W` works after `pip install` outside a clone.
+`resolve_argv` does that for a command line, before absl reads it.
 
 In a clone `configs/` is a link to this folder, so `--config configs/demo.py` is the same
 file; outside a clone that path (which is what the README shows) falls back to the
@@ -8,6 +9,7 @@ packaged recipe of that name. A file that exists is always taken as it is.
 from __future__ import annotations
 
 import os
+import re
 
 DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -29,3 +31,45 @@ def resolve(spec: str) -> str:
     if folder in ("", "configs") and name in names():
         return os.path.join(DIR, f"{name}.py") + sep + arg
     return spec
+
+
+def config_arg(argv) -> str | None:
+    """The `FILE[:ARG]` of `--config FILE[:ARG]` / `--config=FILE[:ARG]` in argv, or None."""
+    for i, a in enumerate(argv):
+        m = re.match(r"^--?config(=(.*))?$", a)
+        if m:
+            return m.group(2) if m.group(1) else (argv[i + 1] if i + 1 < len(argv) else None)
+    return None
+
+
+def overrides(argv) -> list[str]:
+    """The dotted keys of the `--config.a.b=value` overrides in argv, in order."""
+    keys = []
+    for a in argv:
+        m = re.match(r"^--?(no)?config\.([^=]+)", a)
+        if m:
+            keys.append(m.group(2))
+    return keys
+
+
+def resolve_argv(argv: list) -> list:
+    """argv with the value of `--config NAME[:ARG]` resolved (`resolve`): a packaged recipe
+    named without a path becomes its file in the package."""
+    out = list(argv)
+    for i, a in enumerate(out):
+        if a in ("--config", "-config") and i + 1 < len(out):
+            out[i + 1] = resolve(out[i + 1])
+        elif a.startswith(("--config=", "-config=")):
+            flag, _, value = a.partition("=")
+            out[i] = f"{flag}={resolve(value)}"
+    return out
+
+
+def missing(spec: str | None) -> str | None:
+    """For `--config FILE[:ARG]` whose FILE is not a file: one line saying so and naming the
+    packaged recipes; None when there is nothing to say (no --config: absl says it is required)."""
+    file = (spec or "").split(":", 1)[0]
+    if not spec or os.path.isfile(file):
+        return None
+    return (f"config file {file!r} {'is not a file' if os.path.exists(file) else 'not found'} (--config {spec}); "
+            f"the packaged recipes are {', '.join(names())}")

@@ -1,7 +1,9 @@
 """The config schema every recipe starts from, and its validation.
 
-Recipes in `configs/` call `base_config()` and change values; `validate(config, ...)` runs
-before anything is started and raises `ConfigError` with one line naming the key and value.
+Recipes in `configs/` call `base_config()` and change values. Before anything is started,
+`validate(config, ...)` checks the config itself (pure: no file, no network) and `preflight(config)`
+what the run will read (teacher, data folders); each raises `ConfigError` with one line naming
+the key and value. `mimjax train` calls both, `mimjax plan` only `validate`.
 Top-level keys (stable): seed, batch_size, total_steps, total_epochs, log_every,
 checkpoint_every, parallelism, model, data, masking, teacher, optimizer (+ a few extras
 documented inline). Integer durations use -1 for "not set".
@@ -12,11 +14,12 @@ import os
 
 import ml_collections
 
-from mimjax import schema
+from mimjax import paths, schema, workdir
 from mimjax.models import ARCHS
 from mimjax.models.layers import ATTENTION_IMPLEMENTATIONS
 from mimjax.models.vit import VIT_VARIANTS
 from mimjax.train import teacher
+from mimjax.train.writers import parse_writers
 from mimjax.schema import ConfigError, fail as _fail  # noqa: F401 (ConfigError: re-exported)
 
 
@@ -50,7 +53,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.norm_pix_loss = True
     c.model.gpa_head = False  # "teacher + feature": predict the GPA map (docs/method.md §4)
     c.model.gpa_head_late_start = False  # released-code quirk: head blocks only after t > 0.75
-    # The mixed-precision policy, one key (models/layers.py "Mixed precision"): the dtype of the
+    # The mixed-precision policy, one key (models/precision.py): the dtype of the
     # operands of every matrix product, accumulated in float32; parameters, optimizer state,
     # LayerNorm, softmax, losses and GPA scores are float32 whatever it is. "auto": bfloat16 on
     # GPU/TPU and on CPUs with native bf16 (avx512_bf16 / amx_bf16), else float32.
@@ -182,10 +185,11 @@ def _ratio_pair(key, pair):
         _fail(key, tuple(pair), "a (start, end) pair of fractions in [0, 1]")
 
 
-def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_count: int = 1,
-             preflight: bool = True) -> None:
-    """Raises ConfigError for anything that cannot run; starts nothing. With preflight False
-    (`mimjax plan`), the paths the run would read (teacher, data folder) are not checked."""
+def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_count: int = 1) -> None:
+    """Raises ConfigError for a config that cannot run on `num_devices` devices in
+    `process_count` processes: keys, types, ranges, shapes and combinations. Pure: it reads
+    no file and no network (`mimjax plan` checks a config for a machine it is not on); what
+    the run reads is `preflight`'s."""
     schema.check_keys(c, base_config(), "mimjax/train/config.py")
     try:
         remat, accum = settings(c)
@@ -246,26 +250,10 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_coun
     if c.teacher.path and c.teacher.source != "checkpoint":
         _fail("teacher.path", c.teacher.path, f"empty unless teacher.source='checkpoint' (teacher.source="
               f"{c.teacher.source!r} would ignore it); set --config.teacher.source=checkpoint or drop teacher.path")
-    if c.teacher.source == "checkpoint" and preflight:
-        if not c.teacher.path:
-            _fail("teacher.path", c.teacher.path, "the path of a teacher checkpoint (teacher.source='checkpoint')")
-        from mimjax import paths
-
-        paths.check_reachable(c.teacher.path, "config.teacher.path")
-        if not paths.exists(c.teacher.path):
-            _fail("teacher.path", c.teacher.path, "an existing path (it does not exist)")
     if c.teacher.source == "checkpoint" and c.teacher.name not in VIT_VARIANTS:
         _fail("teacher.name", c.teacher.name, f"one of {sorted(VIT_VARIANTS)}")
-    if needs_teacher:
-        arch, depth, heads, teacher_patch = teacher.describe(c)
-        if teacher_patch != patch:
-            _fail("teacher.path" if c.teacher.source == "checkpoint" else "teacher.source", c.teacher.path or
-                  c.teacher.source, f"a teacher with the student's patch size {patch} (the {arch} teacher has "
-                  f"{teacher_patch}): GPA scores are per student patch")
-        if not 0 <= c.teacher.block < depth:
-            _fail("teacher.block", c.teacher.block, f"a block index in [0, {depth}) for the {arch} teacher")
-        if not -1 <= c.teacher.head < heads:
-            _fail("teacher.head", c.teacher.head, f"a head index in [0, {heads}) or -1 (mean) for the {arch} teacher")
+    if needs_teacher and not (c.teacher.source == "checkpoint" and c.teacher.path):  # a path: preflight reads it
+        _check_teacher_dims(c)
     if not 0.0 <= c.teacher.ema_momentum < 1.0:
         _fail("teacher.ema_momentum", c.teacher.ema_momentum, "a value in [0, 1)")
     if c.optimizer.nonfinite not in ("halt", "skip"):
@@ -277,25 +265,62 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_coun
             c.data.source.startswith("arrayrecord:") and len(c.data.source) > len("arrayrecord:")):
         _fail("data.source", c.data.source, "tfds, folder, embedded, embedded_faces, synthetic or "
               "arrayrecord:PATH (`mimjax prepare imagenet`)")
-    if c.data.source == "folder" and preflight and not os.path.isdir(c.data.folder):
-        _fail("data.folder", c.data.folder, "an existing directory of images")
     _validate_monitoring(c, batch_devices, process_count)
 
 
-def _validate_monitoring(c, batch_devices: int, process_count: int) -> None:
-    from mimjax.train.writers import parse_writers
+def _check_teacher_dims(c) -> None:
+    """The teacher's patch size, block and head against the student and the teacher's own depth."""
+    patch = teacher.encoder_dims(c.model)[2]
+    arch, depth, heads, teacher_patch = teacher.describe(c)
+    if teacher_patch != patch:
+        _fail("teacher.path" if c.teacher.source == "checkpoint" else "teacher.source", c.teacher.path or
+              c.teacher.source, f"a teacher with the student's patch size {patch} (the {arch} teacher has "
+              f"{teacher_patch}): GPA scores are per student patch")
+    if not 0 <= c.teacher.block < depth:
+        _fail("teacher.block", c.teacher.block, f"a block index in [0, {depth}) for the {arch} teacher")
+    if not -1 <= c.teacher.head < heads:
+        _fail("teacher.head", c.teacher.head, f"a head index in [0, {heads}) or -1 (mean) for the {arch} teacher")
 
+
+def preflight(c: ml_collections.ConfigDict) -> None:
+    """Raises ConfigError for what a `validate`d config would read and cannot: a checkpoint
+    teacher's path (reachable, existing, a run or `mimjax import` directory, with dimensions
+    that fit), the data folder, the k-NN evaluation's folder, the wandb package. Reads disk
+    and, for gs:// paths, the network; `mimjax train` calls it after `validate`."""
+    if c.teacher.source == "checkpoint":
+        path = c.teacher.path
+        if not path:
+            _fail("teacher.path", path, "the path of a teacher checkpoint (teacher.source='checkpoint')")
+        paths.check_reachable(path, "config.teacher.path")
+        if not paths.exists(path):
+            _fail("teacher.path", path, "an existing path (it does not exist)")
+        if teacher.uses_teacher(c):
+            # an empty or foreign directory says so, not a mismatch against teacher.name's architecture
+            if paths.isdir(path) and not workdir.has_checkpoint(path):
+                raise ConfigError(f"config.teacher.path={path!r}: not a mimjax run directory (no complete checkpoint "
+                                  f"in its checkpoints/); expected a pre-training run directory or a `mimjax import` "
+                                  f"directory")
+            _check_teacher_dims(c)
+    if c.data.source == "folder" and not os.path.isdir(c.data.folder):
+        _fail("data.folder", c.data.folder, "an existing directory of images")
+    if c.eval.every:
+        kind, _, arg = c.eval.dataset.partition(":")
+        if kind == "folder" and not os.path.isdir(arg):
+            _fail("eval.dataset", c.eval.dataset, "an existing directory of class folders")
+    if "wandb" in parse_writers(c.writers):
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            _fail("writers", c.writers, "wandb installed for the 'wandb' writer: pip install 'mimjax[wandb]'")
+
+
+def _validate_monitoring(c, batch_devices: int, process_count: int) -> None:
     try:
         names = parse_writers(c.writers)
     except ValueError as e:
         _fail("writers", c.writers, f"a comma-separated list of jsonl, tensorboard, wandb: {str(e).split(' (')[0]}")
     if not names:
         _fail("writers", c.writers, "at least one of jsonl, tensorboard, wandb")
-    if "wandb" in names:
-        import importlib.util
-
-        if importlib.util.find_spec("wandb") is None:
-            _fail("writers", c.writers, "wandb installed for the 'wandb' writer: pip install 'mimjax[wandb]'")
     if c.wandb.mode not in ("", "online", "offline", "disabled"):
         _fail("wandb.mode", c.wandb.mode, "'', online, offline or disabled")
     if c.eval.every < 0:
@@ -304,8 +329,6 @@ def _validate_monitoring(c, batch_devices: int, process_count: int) -> None:
         kind, _, arg = c.eval.dataset.partition(":")
         if not (c.eval.dataset == "embedded_faces" or (kind in ("tfds", "folder") and arg)):
             _fail("eval.dataset", c.eval.dataset, "a labelled set: embedded_faces, tfds:NAME or folder:PATH")
-        if kind == "folder" and not os.path.isdir(arg):
-            _fail("eval.dataset", c.eval.dataset, "an existing directory of class folders")
         if c.eval.pool not in ("token", "avg"):
             _fail("eval.pool", c.eval.pool, "token or avg")
         if c.eval.k < 1:

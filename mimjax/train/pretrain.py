@@ -25,26 +25,11 @@ from mimjax.train import loop
 from mimjax.train import pictures
 from mimjax.train import plan
 from mimjax.train import schedule as schedule_lib
-from mimjax.train import teacher as teacher_lib
 from mimjax.train import step as step_lib
 from mimjax.errors import NonFiniteError
 from mimjax.train.step import snapshot_grid
 
 log = logging.getLogger("mimjax")
-
-
-def _check_teacher_dir(cfg) -> None:
-    """A checkpoint teacher's directory must hold a run (or a `mimjax import`): an empty or
-    foreign directory is a ConfigError saying so, not a patch-size or shape mismatch
-    against the architecture teacher.name would guess."""
-    path = cfg.teacher.path
-    if cfg.teacher.source != "checkpoint" or not path or not teacher_lib.uses_teacher(cfg):
-        return
-    paths.check_reachable(path, "config.teacher.path")
-    if paths.isdir(path) and not workdir_lib.has_checkpoint(path):
-        raise config_lib.ConfigError(
-            f"config.teacher.path={path!r}: not a mimjax run directory (no complete checkpoint in its checkpoints/); "
-            f"expected a pre-training run directory or a `mimjax import` directory")
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -53,8 +38,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
     workdir_lib.require_path(workdir, "--workdir")  # '' is not the current directory
     cfg = config_lib.fill_missing(cfg)
     devices = jax.devices()
-    _check_teacher_dir(cfg)  # before validate's shape checks, which would guess the architecture
     config_lib.validate(cfg, num_devices=len(devices), process_count=jax.process_count())
+    config_lib.preflight(cfg)  # what the run reads: teacher, data folders
     workdir = paths.absolute(workdir)  # local, or gs://... (mimjax.paths)
     is_main = jax.process_index() == 0
     # --- Input --------------------------------------------------------------------

@@ -1,4 +1,6 @@
+import contextlib
 import math
+import os
 
 import jax
 import ml_collections
@@ -79,14 +81,7 @@ def valid():
 @pytest.mark.parametrize("change, match", [
     (lambda c: setattr(c.masking, "mask_ratio", 1.2), r"config.masking.mask_ratio=1.2: expected a fraction in \(0, 1\)"),
     (lambda c: setattr(c, "batch_size", 6), r"config.batch_size=6: expected a positive multiple of the 4 devices the batch is split over"),
-    (lambda c: (setattr(c.teacher, "source", "checkpoint"), setattr(c.masking, "strategy", "gpa")),
-     r"config.teacher.path='': expected the path of a teacher checkpoint"),
-    (lambda c: (setattr(c.teacher, "source", "checkpoint"), setattr(c.teacher, "path", "/nonexistent/x"),
-                setattr(c.masking, "strategy", "gpa")), r"config.teacher.path='/nonexistent/x': expected an existing path"),
     (lambda c: setattr(c.masking, "strategy", "gpa"), r"config.teacher.source='none': expected a teacher"),
-    (lambda c: (setattr(c.teacher, "source", "checkpoint"), setattr(c.teacher, "path", "/"),
-                setattr(c.teacher, "name", "vit_huge_patch14"), setattr(c.masking, "strategy", "gpa")),
-     r"config.teacher.path='/': expected a teacher with the student's patch size 16 \(the vit_huge_patch14 teacher has 14\)"),
     (lambda c: (setattr(c.teacher, "source", "ema"), setattr(c.masking, "strategy", "gpa"),
                 setattr(c.teacher, "block", 12)), r"config.teacher.block=12: expected a block index in \[0, 12\)"),
     (lambda c: setattr(c, "total_epochs", 3), "exactly one of total_steps / total_epochs"),
@@ -100,6 +95,78 @@ def test_validation_errors(change, match):
     change(c)
     with pytest.raises(config_lib.ConfigError, match=match):
         config_lib.validate(c, num_devices=4)
+
+
+def gpa_checkpoint_teacher(c, path, name="vit_base_patch16"):
+    c.masking.strategy, c.teacher.source, c.teacher.path, c.teacher.name = "gpa", "checkpoint", path, name
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda c, tmp: gpa_checkpoint_teacher(c, ""), r"config.teacher.path='': expected the path of a teacher checkpoint"),
+    (lambda c, tmp: gpa_checkpoint_teacher(c, "/nonexistent/x"),
+     r"config.teacher.path='/nonexistent/x': expected an existing path"),
+    (lambda c, tmp: gpa_checkpoint_teacher(c, str(tmp)), r"config.teacher.path='.*': not a mimjax run directory"),
+    (lambda c, tmp: gpa_checkpoint_teacher(c, str(tmp / "weights.safetensors"), "vit_huge_patch14"),
+     r"config.teacher.path='.*weights.safetensors': expected a teacher with the student's patch size 16 "
+     r"\(the vit_huge_patch14 teacher has 14\)"),
+    (lambda c, tmp: (setattr(c.data, "source", "folder"), setattr(c.data, "folder", "/nonexistent/images")),
+     r"config.data.folder='/nonexistent/images': expected an existing directory of images"),
+    (lambda c, tmp: (setattr(c.eval, "every", 5), setattr(c.eval, "dataset", "folder:/nonexistent/labelled")),
+     r"config.eval.dataset='folder:/nonexistent/labelled': expected an existing directory of class folders"),
+])
+def test_preflight_errors_name_what_the_run_cannot_read(change, match, tmp_path):
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    c = valid()
+    change(c, tmp_path)
+    config_lib.validate(c, num_devices=4)  # the config itself is fine
+    with pytest.raises(config_lib.ConfigError, match=match):
+        config_lib.preflight(c)
+
+
+class IOAttempt(BaseException):  # not an Exception: no `except Exception` in the code under test swallows it
+    pass
+
+
+@contextlib.contextmanager
+def no_io():
+    """Every file-system and network access of this process raises IOAttempt inside."""
+    import builtins
+    import io
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise IOAttempt(args[:1])
+
+    with pytest.MonkeyPatch.context() as mp:
+        for owner, name in [(os, "stat"), (os, "lstat"), (os, "listdir"), (os, "scandir"), (os, "open"),
+                            (os, "access"), (builtins, "open"), (io, "open"), (socket, "getaddrinfo"),
+                            (socket, "create_connection"), (socket.socket, "connect")]:
+            mp.setattr(owner, name, refuse)
+        with pytest.raises(IOAttempt):  # the guard itself works
+            os.path.isdir("/")
+        yield
+
+
+@pytest.mark.parametrize("teacher_path", ["/nonexistent/teacher", "gs://nonexistent-bucket/teacher"])
+def test_validate_reads_no_file_and_no_network_and_preflight_does(teacher_path):
+    c = valid()
+    c.masking.strategy, c.teacher.source, c.teacher.path = "gpa", "checkpoint", teacher_path
+    c.data.source, c.data.folder = "folder", "/nonexistent/images"
+    c.eval.every, c.eval.dataset = 5, "folder:/nonexistent/labelled"
+    config_lib.validate(valid(), num_devices=4)  # loads the modules validate imports when first called
+    with no_io():
+        config_lib.validate(c, num_devices=4)  # nothing it could complain about without reading
+        with pytest.raises(IOAttempt):
+            config_lib.preflight(c)
+
+
+def test_preflight_passes_what_exists(tmp_path):
+    c = valid()
+    c.masking.strategy, c.teacher.source = "gpa", "ema"
+    c.data.source, c.data.folder = "folder", str(tmp_path)
+    c.eval.every, c.eval.dataset = 5, f"folder:{tmp_path}"
+    config_lib.validate(c, num_devices=4)
+    config_lib.preflight(c)
 
 
 def test_unknown_key_and_old_config():
