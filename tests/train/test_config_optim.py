@@ -102,7 +102,8 @@ def gpa_checkpoint_teacher(c, path, name="vit_base_patch16"):
 
 
 @pytest.mark.parametrize("change, match", [
-    (lambda c, tmp: gpa_checkpoint_teacher(c, ""), r"config.teacher.path='': expected the path of a teacher checkpoint"),
+    (lambda c, tmp: gpa_checkpoint_teacher(c, ""),
+     r"config.teacher.path='': expected the path of a teacher checkpoint"),
     (lambda c, tmp: gpa_checkpoint_teacher(c, "/nonexistent/x"),
      r"config.teacher.path='/nonexistent/x': expected an existing path"),
     (lambda c, tmp: gpa_checkpoint_teacher(c, str(tmp)), r"config.teacher.path='.*': not a mimjax run directory"),
@@ -120,6 +121,18 @@ def test_preflight_errors_name_what_the_run_cannot_read(change, match, tmp_path)
     change(c, tmp_path)
     config_lib.validate(c, num_devices=4)  # the config itself is fine
     with pytest.raises(config_lib.ConfigError, match=match):
+        config_lib.preflight(c)
+
+
+def test_preflight_needs_wandb_installed_for_its_writer(monkeypatch):
+    import importlib.util
+
+    c = valid()
+    c.writers = "jsonl,wandb"
+    config_lib.validate(c, num_devices=4)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else find_spec(name, *a))
+    with pytest.raises(config_lib.ConfigError, match=r"config.writers='jsonl,wandb': expected wandb installed"):
         config_lib.preflight(c)
 
 
