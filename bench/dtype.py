@@ -1,5 +1,5 @@
 """float32 vs bf16 on this machine: the ViT encoder forward + backward of mimjax (`model.dtype`
-float32 and bfloat16, the mixed-precision policy of models/layers.py) against timm (float32
+float32 and bfloat16, the mixed-precision policy of models/precision.py) against timm (float32
 and `torch.autocast` bf16), and the 2048^3 matmul of each library in both dtypes.
 
     python -m bench.dtype                                   # all legs, ViT-S/16 at batch 32

@@ -20,7 +20,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from mimjax.models import model_from_config, vit
-from mimjax.models.layers import resolve_dtype
+from mimjax.models.precision import resolve_dtype
 from mimjax.models.vit import vit_kwargs
 from mimjax.schema import load_config_file
 from mimjax.train import config as config_lib
@@ -70,24 +70,21 @@ def make_config(method: str, size: str, batch: int, img_size: int, dtype: str, o
 
 
 class FullTeacher:
-    """A teacher that runs every block (and the final norm) and keeps block `attn_block`'s
-    q, k (the teacher's `qk=True`) or attention logits of all heads, then selects the wanted
-    head: the straightforward way, to compare with `stop_at_attn` + q, k of one head. The
-    final features are tied into the result (times 0) so XLA cannot drop the blocks after
-    `attn_block`."""
+    """A teacher that runs every block (and the final norm) and keeps all heads' q, k of
+    block `block`, then selects the wanted head: the straightforward way, to compare with
+    `teacher_qk` of one head, which stops after that block's q, k. The final tokens are tied
+    into the result (times 0) so XLA cannot drop the blocks after `block`; the blocks up to
+    it are the same computation in both calls, which XLA computes once (CSE)."""
 
     def __init__(self, encoder):
         self.encoder = encoder
 
-    def apply(self, variables, images, *, attn_block, attn_head=None, stop_at_attn=True, qk=False):
-        del stop_at_attn
-        x, out = self.encoder.apply(variables, images, attn_block=attn_block, qk=qk)
-        tie = 0.0 * x.mean()
-        one = slice(None) if attn_head is None else slice(attn_head, attn_head + 1)
-        if qk:  # (q, k), each [B, T, H, hd]
-            q, k = out
-            return q[:, :, one] + tie.astype(q.dtype), k[:, :, one]
-        return out[:, one] + tie.astype(out.dtype)  # logits [B, H, T, T]
+    def apply(self, variables, images, *, block, head=None, method="teacher_qk"):
+        del method
+        q, k = self.encoder.apply(variables, images, block=block, method="teacher_qk")  # each [B, T, H, hd]
+        tie = 0.0 * self.encoder.apply(variables, images).mean()
+        one = slice(None) if head is None else slice(head, head + 1)
+        return q[:, :, one] + tie.astype(q.dtype), k[:, :, one]
 
 
 def build_train_step(c, teacher_full: bool = False, seed: int = 0, abstract: bool = False):

@@ -57,6 +57,21 @@ def patches(images, p):
 
 def encoder(params, images, patch, heads, ids_keep=None):
     """Returns (normed tokens, list of per-block logits)."""
+    x, all_logits = blocks_out(params, images, patch, heads, ids_keep)
+    return layer_norm(x, to64(params)["norm"]), all_logits
+
+
+def features(params, images, patch, heads, pool):
+    """timm's pooled feature [B, D]: 'token' -> the normed cls token; 'avg' -> the norm of
+    the mean patch token (timm's fc_norm, here with the encoder's final norm parameters)."""
+    x, _ = blocks_out(params, images, patch, heads)
+    if pool == "avg":
+        return layer_norm(x[:, 1:].mean(1), to64(params)["norm"])
+    return layer_norm(x, to64(params)["norm"])[:, 0]
+
+
+def blocks_out(params, images, patch, heads, ids_keep=None):
+    """The tokens after the last block, before the final norm, and the per-block logits."""
     params = to64(params)
     k = params["patch_embed"]["kernel"]  # [p, p, c, D]
     x = patches(np.asarray(images, np.float64), patch) @ k.reshape(-1, k.shape[-1]) + params["patch_embed"]["bias"]
@@ -73,7 +88,7 @@ def encoder(params, images, patch, heads, ids_keep=None):
         x, lg = block(x, params["blocks"][f"block_{i}"], heads)
         all_logits.append(lg)
         i += 1
-    return layer_norm(x, params["norm"]), all_logits
+    return x, all_logits
 
 
 def to64(tree):

@@ -131,7 +131,7 @@ class Classifier(nn.Module):
 
     @nn.compact
     def __call__(self, images, train: bool = False):  # images [B, S, S, 3]
-        x = self.encoder(images, pool=self.pool, train=train).astype(jnp.float32)  # [B, D]
+        x = self.encoder.features(images, pool=self.pool, train=train).astype(jnp.float32)  # [B, D]
         return nn.Dense(self.num_classes, kernel_init=trunc_normal(self.head_init_std), name="head")(x)
 
 

@@ -38,7 +38,7 @@ def knn_accuracy(train_feats, train_labels, test_feats, test_labels, *, k: int =
 
 def extract_features(encoder, enc_params, images_iter, pool: str = "token"):
     """(features [M, D] float32, labels [M] int32) of every batch of an iterator."""
-    apply = jax.jit(lambda p, x: encoder.apply({"params": p}, x, pool=pool))
+    apply = jax.jit(lambda p, x: encoder.apply({"params": p}, x, pool=pool, method="features"))
     feats, labels = [], []
     for batch in images_iter:
         feats.append(np.asarray(apply(enc_params, batch["image"])))

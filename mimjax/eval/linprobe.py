@@ -44,7 +44,7 @@ def build_linprobe(c, num_classes: int, lr_fn) -> Task:
     tx = make_optimizer(c.optimizer, lr_fn)
 
     def features(encoder_params, images):  # [B, S, S, 3] -> [B, D], no gradient into the encoder
-        x = encoder.apply({"params": encoder_params}, images, pool=c.pool)
+        x = encoder.apply({"params": encoder_params}, images, pool=c.pool, method="features")
         return jax.lax.stop_gradient(x).astype(jnp.float32)
 
     def init_state(encoder_params):

@@ -4,22 +4,22 @@ Pure functions of arrays and an explicit PRNG key. No Flax. Output shapes depend
 static arguments (batch, num_patches, mask_ratio); progress and the hard/soft/random counts
 are traced, so everything works under `jax.jit`, `jax.vmap` and on batch-sharded arrays.
 
-Example, inside your own train step (teacher logits of one block, e.g. from
-`mimjax.models.vit(...).apply(p, x, attn_block=9, attn_head=11, stop_at_attn=True)`)::
+Example, inside your own train step (a teacher's q and k of one block, each [B, T, 1, hd],
+e.g. from `mimjax.models.vit(...).apply(p, x, block=9, head=11, method="teacher_qk")`)::
 
     from mimjax import masking
 
     @jax.jit
-    def train_step(state, images, teacher_logits, step, key):
-        g = masking.gpa_scores(teacher_logits, head=0)          # [B, N] in [0, 1]
+    def train_step(state, images, q, k, step, key):
+        g = masking.gpa_scores_from_qk(q, k, head=0)            # [B, N] in [0, 1]
         progress = step / total_steps                           # traced scalar
         m = masking.gpa_mask(key, g, progress, mask_ratio=0.75) # m.mask [B, N] bool
         visible = jnp.take_along_axis(patches, m.ids_keep[..., None], axis=1)
         ...                                                     # encode visible, decode, loss on m.mask
 
-Without the [B, H, T, T] logits: `gpa_scores_from_qk` / `cls_attention_scores_from_qk` take
-the block's q and k [B, T, H, hd] (`apply(..., stop_at_attn=True, qk=True)`) and give the
-same scores in O(T hd) per head (what `mimjax.train` does).
+From q and k the scores cost O(T hd) per head (what `mimjax.train` does); `gpa_scores` /
+`cls_attention_scores` give the same scores from the block's [B, H, T, T] logits
+(q k^T * hd^-0.5).
 """
 from mimjax.masking.gpa import gpa_mask, gpa_scores, gpa_scores_from_qk, mask_counts
 from mimjax.masking.core import (Mask, high_mask, random_mask, cls_attention_scores, cls_attention_scores_from_qk,

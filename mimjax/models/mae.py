@@ -14,8 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from mimjax.models.layers import (LayerNorm, Transformer, mixed_dot_general, patchify, posemb_sincos_2d, resolve_dtype,
-                                  xavier_uniform)
+from mimjax.models.layers import LayerNorm, Transformer, patchify, posemb_sincos_2d, xavier_uniform
+from mimjax.models.precision import mixed_dot_general, resolve_dtype
 from mimjax.models.vit import VisionTransformer, _check_overrides, vit_kwargs
 
 
@@ -77,7 +77,7 @@ class MAE(nn.Module):
         """
         enc = self.encoder
         dtype = enc.dtype
-        latent = enc(images, ids_keep=mask.ids_keep, train=train)  # [B, 1+K, D]
+        latent = enc.encode(images, ids_keep=mask.ids_keep, train=train)  # [B, 1+K, D]
         b, n = mask.ids_restore.shape
 
         # Decoder input: visible tokens + mask tokens, back in patch order, + position.
@@ -94,8 +94,8 @@ class MAE(nn.Module):
         x = x + jnp.asarray(pos, x.dtype)
 
         def decoder(x, prefix, out_dim):  # x: [B, 1+N, Dd]
-            y, _ = Transformer(self.decoder_depth, self.decoder_heads, enc.mlp_ratio, dtype,
-                               enc.remat, scan=enc.scan, attention=enc.attention, name=f"{prefix}_blocks")(x)
+            y = Transformer(self.decoder_depth, self.decoder_width, self.decoder_heads, enc.mlp_ratio, dtype,
+                            enc.remat, scan=enc.scan, attention=enc.attention, name=f"{prefix}_blocks")(x)
             y = LayerNorm(name=f"{prefix}_norm")(y)
             y = dense(out_dim, name=f"{prefix}_pred")(y)
             return y[:, 1:]  # drop cls; float32

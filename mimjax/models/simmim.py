@@ -21,8 +21,9 @@ import functools
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mimjax.models.layers import mixed_dot_general, resolve_dtype, xavier_uniform
+from mimjax.models.layers import xavier_uniform
 from mimjax.models.mae import gpa_feature_loss, init_params, pixel_target
+from mimjax.models.precision import mixed_dot_general, resolve_dtype
 from mimjax.models.vit import VisionTransformer, _check_overrides, vit_kwargs
 
 
@@ -44,7 +45,7 @@ class SimMIM(nn.Module):
         del progress
         enc = self.encoder
         mask_token = self.param("mask_token", nn.initializers.normal(0.02), (1, 1, enc.width))
-        latent = enc(images, mask=mask.mask, mask_token=mask_token, train=train)  # [B, 1+N, D]
+        latent = enc.encode(images, mask=mask.mask, mask_token=mask_token, train=train)  # [B, 1+N, D]
         tokens = latent[:, 1:]  # [B, N, D]: SimMIM drops cls before its decoder
 
         p, c = enc.patch_size, images.shape[-1]

@@ -1,12 +1,14 @@
 """Vision Transformer encoder (MAE/timm layout) and the `vit(name)` factory.
 
-One forward serves three users:
-- the plain encoder: NHWC images -> normed tokens [B, 1+N, D], cls first;
-- the MAE student: only the visible patches `ids_keep` [B, K] -> [B, 1+K, D];
-- the SimMIM student: every patch, the masked ones (`mask` [B, N]) replaced by a learned
-  `mask_token` before the position embedding -> [B, 1+N, D];
-- the GPA teacher: the pre-softmax attention logits of one block (and head), stopping
-  right after that block's q and k.
+Entry points, each one output (call them as `model.apply(variables, images, ...,
+method=VisionTransformer.encode)`, or as methods of a bound submodule):
+- `encode`: NHWC images -> normed tokens [B, 1+K, D], cls first; every patch (K = N), only
+  the visible ones `ids_keep` (the MAE student), or every patch with the masked ones
+  replaced by a learned `mask_token` (the SimMIM student). `__call__` (what `init` runs)
+  is `encode` of every patch.
+- `features`: one pooled feature per image [B, D] (k-NN, linear probe, fine-tuning).
+- `teacher_qk`: q and k of one block (and head) [B, 1+N, 1 or H, hd], stopping right
+  there: what the GPA teacher's scores are computed from.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ VIT_VARIANTS = {
     "vit_large_patch16": (16, 1024, 24, 16),
     "vit_huge_patch14": (14, 1280, 32, 16),
 }
+POOLS = ("token", "avg")
 
 
 class VisionTransformer(nn.Module):
@@ -35,7 +38,7 @@ class VisionTransformer(nn.Module):
     depth: int = 12
     num_heads: int = 12
     mlp_ratio: float = 4.0
-    dtype: Any = jnp.float32  # matmul operand dtype; parameters and all else float32 (layers.py "Mixed precision")
+    dtype: Any = jnp.float32  # matmul operand dtype; parameters and all else float32 (precision.py)
     remat: bool = False
     scan: bool = False  # one lax.scan over the blocks (see `Transformer`)
     drop_path: float = 0.0
@@ -55,32 +58,53 @@ class VisionTransformer(nn.Module):
     def num_patches(self) -> int:
         return self.grid_size ** 2
 
-    @nn.compact
-    def __call__(self, images, *, ids_keep=None, mask=None, mask_token=None, attn_block: int | None = None,
-                 attn_head: int | None = None, stop_at_attn: bool = False, qk: bool = False, train: bool = False,
-                 pool: str | None = None):
-        """images: float [B, H, W, 3] (H = W = img_size).
+    def setup(self):
+        self.patch_embed = PatchEmbed(self.patch_size, self.width, self.dtype)
+        self.cls_token = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.width))
+        self.blocks = Transformer(self.depth, self.width, self.num_heads, self.mlp_ratio, self.dtype, self.remat,
+                                  self.drop_path, self.scan, self.attention)
+        self.norm = LayerNorm()
+
+    def __call__(self, images, *, train: bool = False):
+        """`encode` of every patch: normed tokens [B, 1+N, D]."""
+        return self.encode(images, train=train)
+
+    def encode(self, images, *, ids_keep=None, mask=None, mask_token=None, train: bool = False):
+        """images: float [B, H, W, 3] (H = W = img_size) -> normed tokens [B, 1+K, D].
 
         ids_keep: optional int32 [B, K], the patches to encode (MAE visible tokens).
         mask / mask_token: optional bool [B, N] (True = masked) and [1, 1, D]: the masked
         patches' embeddings are replaced by mask_token before the position embedding is
         added (SimMIM's `VisionTransformerForSimMIM`); the token is the caller's parameter.
-        attn_block / attn_head / stop_at_attn / qk: see `Transformer`.
-        pool: None -> tokens [B, 1+K, D] after the final LayerNorm; "token" -> the normed cls
-        token [B, D] (timm global_pool='token'); "avg" -> LayerNorm of the mean patch token
-        [B, D] (timm global_pool='avg', MAE fine-tuning's fc_norm; the same norm parameters).
-        With attn_block, the pair (output, logits [B, H or 1, 1+K, 1+K]); with stop_at_attn,
-        only the logits. With qk, (q, k) (each [B, 1+K, H or 1, hd]) in place of the logits:
-        `stop_at_attn=True, qk=True` returns just (q, k).
         """
-        if pool not in (None, "token", "avg"):
-            raise ValueError(f"pool must be None, 'token' or 'avg', got {pool!r}")
+        x = self._tokens(images, ids_keep, mask, mask_token)
+        return self.norm(self.blocks(x, not train))
+
+    def features(self, images, *, pool: str = "token", train: bool = False):
+        """One feature per image [B, D]: pool="token" -> the normed cls token (timm
+        global_pool='token'); "avg" -> LayerNorm of the mean patch token (timm
+        global_pool='avg', MAE fine-tuning's fc_norm, with the same norm parameters)."""
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+        x = self.blocks(self._tokens(images), not train)  # [B, 1+N, D]
+        return self.norm(x[:, 1:].mean(axis=1)) if pool == "avg" else self.norm(x)[:, 0]
+
+    def teacher_qk(self, images, *, block: int, head: int | None = None):
+        """(q, k) of block `block` (0-indexed), head `head` (all heads when None), each
+        [B, 1+N, 1 or H, hd] float32; nothing after them is computed. The attention logits
+        are q k^T * hd^-0.5; a GPA teacher needs only column sums of them, O(T hd) from q and
+        k (`masking.gpa_scores_from_qk`)."""
+        return self.blocks.qk(self._tokens(images), block, head)
+
+    def _tokens(self, images, ids_keep=None, mask=None, mask_token=None):
+        """Patch embedding (+ SimMIM's mask token) + position, the kept patches, cls first:
+        [B, 1+K, D]."""
         if (mask is None) != (mask_token is None):
             raise ValueError("mask and mask_token must be given together (SimMIM input masking)")
         if images.ndim != 4 or images.shape[1:3] != (self.img_size, self.img_size):
             raise ValueError(f"images must be [B, {self.img_size}, {self.img_size}, C], "
                              f"got shape {images.shape}")
-        x = PatchEmbed(self.patch_size, self.width, self.dtype, name="patch_embed")(images)  # [B, N, D]
+        x = self.patch_embed(images)  # [B, N, D]
         b = x.shape[0]
         if mask is not None:  # SimMIM: x * (1 - w) + mask_token * w, w = 1 on masked patches
             w = mask.astype(x.dtype)[:, :, None]  # [B, N, 1]
@@ -89,20 +113,8 @@ class VisionTransformer(nn.Module):
         x = x + pos[1:].astype(x.dtype)
         if ids_keep is not None:
             x = jnp.take_along_axis(x, ids_keep[:, :, None], axis=1)  # [B, K, D]
-        cls = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.width))
-        cls = (cls + pos[:1]).astype(x.dtype)
-        x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)), x], axis=1)  # [B, 1+K, D]
-        x, logits = Transformer(self.depth, self.num_heads, self.mlp_ratio, self.dtype,
-                                self.remat, self.drop_path, self.scan, self.attention, name="blocks")(
-            x, attn_block=attn_block, attn_head=attn_head, stop_at_attn=stop_at_attn, qk=qk,
-            deterministic=not train)
-        if stop_at_attn:
-            return logits
-        norm = LayerNorm(name="norm")
-        x = norm(x[:, 1:].mean(axis=1)) if pool == "avg" else norm(x)
-        if pool == "token":
-            x = x[:, 0]
-        return x if attn_block is None else (x, logits)
+        cls = (self.cls_token + pos[:1]).astype(x.dtype)
+        return jnp.concatenate([jnp.broadcast_to(cls, (b, 1, self.width)), x], axis=1)  # [B, 1+K, D]
 
 
 def _check_overrides(cls, name: str, overrides: dict):

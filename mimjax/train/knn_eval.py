@@ -101,8 +101,9 @@ class KnnEval:
             return out
 
         self._train, self._test = host_batches(train), host_batches(test)
-        self._encode = jax.jit(lambda p, x: encoder.apply({"params": p}, x, pool=ecfg.pool).astype(jnp.float32),
-                               out_shardings=sharding)
+        self._encode = jax.jit(
+            lambda p, x: encoder.apply({"params": p}, x, pool=ecfg.pool, method="features").astype(jnp.float32),
+            out_shardings=sharding)
         self._top1 = jax.jit(self._top1_fn, out_shardings=par.replicated)
         log.info("k-NN during pre-training (%s): %d train / %d test images, %d classes, k=%d", ecfg.dataset,
                  *self.n, self.num_classes, self.k)

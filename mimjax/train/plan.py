@@ -26,7 +26,7 @@ import ml_collections
 from mimjax import flops as flops_lib
 from mimjax import parallel
 from mimjax.parallel.mesh import mesh_shape
-from mimjax.models import layers
+from mimjax.models import precision
 from mimjax.train import step as step_lib
 from mimjax.train.config import concrete, set_fields, settings
 
@@ -90,7 +90,7 @@ def abstract_frozen_teacher(built, img_size: int):
 def compile_step(cfg, devices, platform: str) -> Compiled:
     """The train step of a concrete config (no "auto"), compiled for `devices` of `platform`."""
     num_examples = cfg.data.num_examples if cfg.data.num_examples > 0 else IMAGENET_TRAIN
-    with layers.target_backend(platform):
+    with precision.target_backend(platform):
         plain = ml_collections.ConfigDict(cfg.to_dict())
         plain.model.init_from = ""  # the start weights do not change the program
         built = step_lib.build(plain, num_examples)
@@ -229,7 +229,7 @@ def plan(cfg, target, config_name: str = "") -> dict:
     """The pre-flight report of `cfg` on `target` (mimjax.parallel.targets.Target) as one dict;
     `fits` False when no allowed setting fits (then `suggestion` names the cheapest that does,
     or None). Raises ValueError for a target that cannot be compiled for here."""
-    from mimjax.models.layers import resolve_dtype
+    from mimjax.models.precision import resolve_dtype
 
     devices = target.devices()
     if len(devices) != target.num_devices:

@@ -27,7 +27,7 @@ def pretraining(variant: str):
     c.model.name = "mae_" + variant
     set_fields(c, remat="auto", accum_steps="auto")
     # bf16 products (float32 accumulation, parameters, norms, losses) on GPU/TPU and on CPUs
-    # with native bf16; float32 elsewhere. Resolved when the model is built (models/layers.py).
+    # with native bf16; float32 elsewhere. Resolved when the model is built (models/precision.py).
     c.model.dtype = "auto"
     return c
 

@@ -119,7 +119,7 @@ def scores(teacher: VisionTransformer, teacher_params, images, tcfg, strategy: s
     tcfg.head (-1: mean over heads); 'high': AttMask's post-softmax cls attention of that
     block, mean over heads.
 
-    The teacher stops after that block's q and k (`stop_at_attn=True, qk=True`: the one
+    The teacher stops after that block's q and k (`VisionTransformer.teacher_qk`: the one
     head's, or all heads' for -1 and 'high') and the scores are computed from them
     (`masking.gpa_scores_from_qk`: column sums of q k^T as k . sum_i q_i;
     `masking.cls_attention_scores_from_qk`: the cls query's row only), O(T hd) per head:
@@ -127,8 +127,8 @@ def scores(teacher: VisionTransformer, teacher_params, images, tcfg, strategy: s
     without the [B, H, T, T] (or [B, T, T]) map.
     """
     head = None if (tcfg.head < 0 or strategy == "high") else tcfg.head
-    q, k = teacher.apply({"params": teacher_params}, images, attn_block=tcfg.block,
-                         attn_head=head, stop_at_attn=True, qk=True)  # each [B, T, 1 or H, hd]
+    q, k = teacher.apply({"params": teacher_params}, images, block=tcfg.block, head=head,
+                         method="teacher_qk")  # each [B, T, 1 or H, hd]
     if strategy == "high":
         s = masking.cls_attention_scores_from_qk(q, k)
     else:

@@ -36,7 +36,7 @@ def test_timm_strict_load_and_same_outputs(name, img, pool):
     tm.load_state_dict(to_torch(export.to_timm_state_dict(params, name, img_size=img, global_pool=pool)), strict=True)
     with torch.no_grad():
         want = tm(torch.from_numpy(np.array(images).transpose(0, 3, 1, 2))).numpy()
-    got = model.apply({"params": params}, images, pool=pool)
+    got = model.apply({"params": params}, images, pool=pool, method="features")
     np.testing.assert_allclose(got, want, atol=1e-4)
     # Round trip mimjax -> timm -> mimjax is exact.
     back = export.from_torch_state_dict(tm.state_dict(), name, img_size=img)["encoder"]
@@ -168,7 +168,8 @@ def test_export_folder_loads_in_timm_with_no_extra_code(tiny_mae_run, tmp_path, 
     assert sorted(os.listdir(folder)) == ["config.json", "model.safetensors"]
     images = np.asarray(jax.random.normal(jax.random.key(3), (2, 64, 64, 3)))
     params = workdir_lib.load_params(str(tiny_mae_run))["encoder"]
-    want = np.asarray(vit("vit_tiny_patch16", img_size=64).apply({"params": params}, images, pool=pool))
+    encoder = vit("vit_tiny_patch16", img_size=64)
+    want = np.asarray(encoder.apply({"params": params}, images, pool=pool, method="features"))
     x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
     # 1. a local Hugging Face-style folder: architecture, sizes and weights all from DIR (strict load)
     hf = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()

@@ -1,4 +1,4 @@
-"""The mixed-precision policy of `model.dtype` (models/layers.py "Mixed precision"): products
+"""The mixed-precision policy of `model.dtype` (models/precision.py): products
 in bf16 with float32 accumulation and float32 everything else, bf16 gradients that match
 float32's, parameters that stay float32, and GPA scores / masks that bf16 barely moves.
 
@@ -16,8 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mimjax.models import layers
-from mimjax.models.layers import mixed_dot_general, resolve_dtype
+from mimjax.models import precision
+from mimjax.models.precision import mixed_dot_general, resolve_dtype
 from mimjax.train import config as config_lib
 from mimjax.train import step as step_lib
 
@@ -178,13 +178,24 @@ def test_auto_dtype_resolution(name, backend, native, want):
 
 
 def test_auto_dtype_on_this_host_and_bad_names():
-    want = jnp.bfloat16 if jax.default_backend() != "cpu" or layers.cpu_has_native_bf16() else jnp.float32
+    want = jnp.bfloat16 if jax.default_backend() != "cpu" or precision.cpu_has_native_bf16() else jnp.float32
     assert resolve_dtype("auto") == jnp.dtype(want)
     with pytest.raises(ValueError, match="compute dtype"):
         resolve_dtype("bf16")
     c = config_lib.runlocal(config_lib.base_config())
     c.model.dtype = "auto"
     config_lib.validate(c, num_devices=1)
+
+
+def test_target_backend_is_the_platform_the_policy_reads_within_its_block():
+    host = jax.default_backend()
+    with precision.target_backend("tpu"):
+        assert precision.current_platform() == "tpu"
+        assert resolve_dtype("auto") == jnp.dtype(jnp.bfloat16)
+    assert precision.current_platform() == host
+    with pytest.raises(ValueError, match="target platform 'cuda'"):
+        with precision.target_backend("cuda"):
+            pass
 
 
 def test_recipes_ask_for_auto_and_smoke_runs_for_float32():

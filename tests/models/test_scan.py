@@ -11,63 +11,47 @@ X = jax.random.normal(jax.random.key(0), (2, 5, 32))  # [B, T, D]
 
 @pytest.fixture(scope="module")
 def params():
-    return Transformer(4, 4).init(jax.random.key(1), X)
+    return Transformer(4, 32, 4).init(jax.random.key(1), X)
 
 
 def test_scan_keeps_the_parameter_layout(params):
-    scanned = Transformer(4, 4, scan=True).init(jax.random.key(1), X)
+    scanned = Transformer(4, 32, 4, scan=True).init(jax.random.key(1), X)
     shapes = lambda t: jax.tree.map(lambda a: a.shape, t)  # noqa: E731
     assert shapes(scanned) == shapes(params)  # block_0 ... block_3, unstacked
 
 
 @pytest.mark.parametrize("remat", [False, True])
-@pytest.mark.parametrize("attn_block, stop", [(None, False), (0, False), (2, False), (3, False), (2, True)])
-def test_scan_equals_the_unrolled_stack(params, remat, attn_block, stop):
-    kw = dict(attn_block=attn_block, attn_head=1 if attn_block is not None else None, stop_at_attn=stop)
-    unrolled, scanned = Transformer(4, 4), Transformer(4, 4, remat=remat, scan=True)
-    want_x, want_logits = unrolled.apply(params, X, **kw)
-    got_x, got_logits = scanned.apply(params, X, **kw)
-    if stop:
-        assert want_x is None and got_x is None
-    else:
-        np.testing.assert_allclose(got_x, want_x, atol=2e-5)
-    if attn_block is not None:
-        assert got_logits.shape == (2, 1, 5, 5)
-        np.testing.assert_allclose(got_logits, want_logits, atol=2e-5)
-    if not stop:  # and the gradients
-        loss = lambda m: lambda p: (m.apply(p, X, **kw)[0] ** 2).sum()  # noqa: E731
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4),
-                     jax.grad(loss(unrolled))(params), jax.grad(loss(scanned))(params))
+def test_scan_equals_the_unrolled_stack(params, remat):
+    unrolled, scanned = Transformer(4, 32, 4), Transformer(4, 32, 4, remat=remat, scan=True)
+    np.testing.assert_allclose(scanned.apply(params, X), unrolled.apply(params, X), atol=2e-5)
+    loss = lambda m: lambda p: (m.apply(p, X) ** 2).sum()  # noqa: E731
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-4),
+                 jax.grad(loss(unrolled))(params), jax.grad(loss(scanned))(params))
 
 
-@pytest.mark.parametrize("stop", [False, True])
+@pytest.mark.parametrize("block", [0, 2, 3])
 @pytest.mark.parametrize("head", [1, None])
-def test_scan_qk_equals_the_unrolled_stack(params, stop, head):
-    kw = dict(attn_block=2, attn_head=head, stop_at_attn=stop, qk=True)
-    want_x, (want_q, want_k) = Transformer(4, 4).apply(params, X, **kw)
-    got_x, (got_q, got_k) = Transformer(4, 4, scan=True).apply(params, X, **kw)
+def test_scan_qk_equals_the_unrolled_stack(params, block, head):
+    want_q, want_k = Transformer(4, 32, 4).apply(params, X, block, head, method="qk")
+    got_q, got_k = Transformer(4, 32, 4, scan=True).apply(params, X, block, head, method="qk")
     assert got_q.shape == got_k.shape == (2, 5, 1 if head is not None else 4, 8)
     np.testing.assert_allclose(got_q, want_q, atol=2e-5)
     np.testing.assert_allclose(got_k, want_k, atol=2e-5)
-    if stop:
-        assert want_x is None and got_x is None
-    else:
-        np.testing.assert_allclose(got_x, want_x, atol=2e-5)
 
 
 def test_scan_drop_path_is_random_in_training_and_off_in_eval(params):
-    m = Transformer(4, 4, drop_path=0.5, scan=True)
-    eval_x, _ = m.apply(params, X)
-    np.testing.assert_allclose(eval_x, Transformer(4, 4).apply(params, X)[0], atol=2e-5)
-    a, _ = m.apply(params, X, deterministic=False, rngs={"dropout": jax.random.key(3)})
-    b, _ = m.apply(params, X, deterministic=False, rngs={"dropout": jax.random.key(3)})
-    c, _ = m.apply(params, X, deterministic=False, rngs={"dropout": jax.random.key(4)})
+    m = Transformer(4, 32, 4, drop_path=0.5, scan=True)
+    eval_x = m.apply(params, X)
+    np.testing.assert_allclose(eval_x, Transformer(4, 32, 4).apply(params, X), atol=2e-5)
+    a = m.apply(params, X, deterministic=False, rngs={"dropout": jax.random.key(3)})
+    b = m.apply(params, X, deterministic=False, rngs={"dropout": jax.random.key(3)})
+    c = m.apply(params, X, deterministic=False, rngs={"dropout": jax.random.key(4)})
     np.testing.assert_array_equal(a, b)
     assert float(jnp.abs(a - eval_x).max()) > 1e-3 and float(jnp.abs(a - c).max()) > 1e-3
 
 
 @pytest.mark.parametrize("arch", ["mae", "simmim"])
-def test_scanned_model_from_config_gives_the_same_loss_and_teacher_logits(arch):
+def test_scanned_model_from_config_gives_the_same_loss_and_teacher_qk(arch):
     from mimjax import masking
     from mimjax.train import config as config_lib
     from mimjax.models import init_model, model_from_config
@@ -85,6 +69,6 @@ def test_scanned_model_from_config_gives_the_same_loss_and_teacher_logits(arch):
     want, got = (m.apply({"params": params}, images, mask, gpa_target=g, train=False) for m in (unrolled, scanned))
     np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
     np.testing.assert_allclose(got["pred"], want["pred"], atol=1e-4)
-    logits = [m.encoder.apply({"params": params["encoder"]}, images, attn_block=1, attn_head=0, stop_at_attn=True)
-              for m in (unrolled, scanned)]
-    np.testing.assert_allclose(logits[1], logits[0], atol=1e-4)
+    qk = [m.encoder.apply({"params": params["encoder"]}, images, block=1, head=0, method="teacher_qk")
+          for m in (unrolled, scanned)]
+    jax.tree.map(lambda got, want: np.testing.assert_allclose(got, want, atol=1e-4), qk[1], qk[0])

@@ -6,6 +6,7 @@ import pytest
 
 import numpy_vit
 from mimjax.models import VIT_VARIANTS, posemb_sincos_2d, vit
+from mimjax.models.vit import POOLS, VisionTransformer
 
 # REFERENCE.md encoder parameter counts (timm counts pos_embed as a parameter).
 EXPECTED_PARAMS_M = {"vit_tiny_patch16": 5.5, "vit_small_patch16": 21.7, "vit_base_patch16": 85.8,
@@ -24,6 +25,10 @@ def test_every_size_shapes_and_param_count(name):
     assert n / 1e6 == pytest.approx(EXPECTED_PARAMS_M[name], abs=0.1)
 
 
+def encode(model, params, x, **kw):
+    return model.apply(params, x, method=VisionTransformer.encode, **kw)
+
+
 def test_tiny_runs_on_non_default_size_and_visible_subset():
     model = vit("vit_tiny_patch16", img_size=48)
     x = jax.random.normal(jax.random.key(0), (3, 48, 48, 3))
@@ -31,7 +36,7 @@ def test_tiny_runs_on_non_default_size_and_visible_subset():
     out = model.apply(params, x)
     chex.assert_shape(out, (3, 10, 192))
     ids_keep = jnp.array([[0, 4], [8, 1], [3, 3]], jnp.int32)
-    chex.assert_shape(model.apply(params, x, ids_keep=ids_keep), (3, 3, 192))
+    chex.assert_shape(encode(model, params, x, ids_keep=ids_keep), (3, 3, 192))
 
 
 def small_model_and_params(**kw):
@@ -41,43 +46,43 @@ def small_model_and_params(**kw):
     return model, params, x
 
 
-def test_matches_numpy_forward_with_logits_of_every_block():
-    model, params, x = small_model_and_params()
+@pytest.mark.parametrize("scan", [False, True])
+def test_every_entry_point_matches_numpy(scan):
+    """encode (all patches, the visible ones), features (both pools) and teacher_qk (every
+    block, one head or all: q k^T * hd^-0.5 are the block's logits) against NumPy float64."""
+    model, params, x = small_model_and_params(scan=scan)
+    full, ref_logits = numpy_vit.encoder(params["params"], x, 8, 3)
+    np.testing.assert_allclose(model.apply(params, x), full, atol=2e-5)
+    np.testing.assert_allclose(encode(model, params, x), full, atol=2e-5)
     ids_keep = jnp.array([[5, 0, 9, 2], [15, 14, 1, 7]], jnp.int32)
-    ref, ref_logits = numpy_vit.encoder(params["params"], x, 8, 3, ids_keep)
-    np.testing.assert_allclose(model.apply(params, x, ids_keep=ids_keep), ref, atol=2e-5)
+    ref, _ = numpy_vit.encoder(params["params"], x, 8, 3, ids_keep)
+    np.testing.assert_allclose(encode(model, params, x, ids_keep=ids_keep), ref, atol=2e-5)
+    for pool in POOLS:
+        got = model.apply(params, x, pool=pool, method=VisionTransformer.features)
+        chex.assert_shape(got, (2, 192))
+        np.testing.assert_allclose(got, numpy_vit.features(params["params"], x, 8, 3, pool), atol=2e-5)
     for b in range(3):
-        tokens, logits = model.apply(params, x, ids_keep=ids_keep, attn_block=b)
-        np.testing.assert_allclose(tokens, ref, atol=2e-5)
-        np.testing.assert_allclose(logits, ref_logits[b], rtol=1e-4, atol=1e-4)
-        _, one = model.apply(params, x, ids_keep=ids_keep, attn_block=b, attn_head=2)
-        np.testing.assert_allclose(one, ref_logits[b][:, 2:3], rtol=1e-4, atol=1e-4)
+        for head in (None, 2):
+            q, k = model.apply(params, x, block=b, head=head, method=VisionTransformer.teacher_qk)
+            chex.assert_shape([q, k], (2, 17, 3 if head is None else 1, 64))
+            want = ref_logits[b] if head is None else ref_logits[b][:, head:head + 1]
+            np.testing.assert_allclose(jnp.einsum("bqhd,bkhd->bhqk", q, k) * 64 ** -0.5, want, rtol=1e-4, atol=1e-4)
 
 
-def test_teacher_early_exit_equals_full_pass():
+def test_encode_with_a_mask_token_matches_numpy():
     model, params, x = small_model_and_params()
-    _, full = model.apply(params, x, attn_block=1, attn_head=1)
-    early = model.apply(params, x, attn_block=1, attn_head=1, stop_at_attn=True)
-    chex.assert_shape(early, (2, 1, 17, 17))
-    np.testing.assert_array_equal(early, full)
-    # Early exit computes nothing after block 1's q.k: no ops on block 2 in the jaxpr.
-    jaxpr = str(jax.make_jaxpr(lambda p: model.apply(p, x, attn_block=1, stop_at_attn=True))(params))
+    mask = jnp.zeros((2, 16), bool).at[0, jnp.array([1, 5, 6])].set(True).at[1, jnp.array([0, 15])].set(True)
+    token = jax.random.normal(jax.random.key(2), (1, 1, 192))
+    want = numpy_vit.encoder_with_mask_token(params["params"], x, 8, 3, mask, token)
+    np.testing.assert_allclose(encode(model, params, x, mask=mask, mask_token=token), want, atol=2e-5)
+
+
+def test_teacher_qk_stops_after_the_block():
+    model, params, x = small_model_and_params()
+    # Nothing after block 1's q and k: far fewer products than a full pass.
+    jaxpr = str(jax.make_jaxpr(lambda p: model.apply(p, x, block=1, method=VisionTransformer.teacher_qk))(params))
     full_jaxpr = str(jax.make_jaxpr(lambda p: model.apply(p, x))(params))
     assert jaxpr.count("dot_general") < full_jaxpr.count("dot_general") / 2
-
-
-@pytest.mark.parametrize("head", [1, None])
-def test_qk_gives_the_logits_q_and_k(head):
-    model, params, x = small_model_and_params()
-    logits = model.apply(params, x, attn_block=1, attn_head=head, stop_at_attn=True)  # [B, 1 or H, T, T]
-    q, k = model.apply(params, x, attn_block=1, attn_head=head, stop_at_attn=True, qk=True)
-    chex.assert_shape([q, k], (2, 17, 1 if head is not None else 3, 64))
-    np.testing.assert_allclose(jnp.einsum("bqhd,bkhd->bhqk", q, k) * 64 ** -0.5, logits, rtol=1e-5, atol=1e-5)
-    # Without stop_at_attn: the full output as without qk, and the same q, k.
-    out, (q2, k2) = model.apply(params, x, attn_block=1, attn_head=head, qk=True)
-    np.testing.assert_array_equal(out, model.apply(params, x))
-    np.testing.assert_array_equal(q2, q)
-    np.testing.assert_array_equal(k2, k)
 
 
 def test_posemb_matches_independent_formula():
@@ -89,7 +94,7 @@ def test_bf16_compute_keeps_float32_params():
     model, params, x = small_model_and_params(dtype=jnp.bfloat16)
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(params))
     out = model.apply(params, x)
-    assert out.dtype == jnp.float32  # bf16 only in the products' operands (models/layers.py "Mixed precision")
+    assert out.dtype == jnp.float32  # bf16 only in the products' operands (models/precision.py)
     ref = vit("vit_tiny_patch16", img_size=32, patch_size=8, depth=3).apply(params, x)
     np.testing.assert_allclose(out.astype(jnp.float32), ref, atol=0.1)
 
@@ -130,12 +135,17 @@ def test_bad_names_and_indices():
     with pytest.raises(ValueError, match="unknown ViT name 'vit_giant'"):
         vit("vit_giant")
     model, params, x = small_model_and_params()
-    with pytest.raises(ValueError, match="attn_head must be in \\[0, 3\\), got 3"):
-        model.apply(params, x, attn_block=0, attn_head=3)
-    with pytest.raises(ValueError, match="attn_block must be in \\[0, 3\\), got 7"):
-        model.apply(params, x, attn_block=7)
+    qk = VisionTransformer.teacher_qk
+    with pytest.raises(ValueError, match="head must be in \\[0, 3\\), got 3"):
+        model.apply(params, x, block=0, head=3, method=qk)
+    with pytest.raises(ValueError, match="block must be in \\[0, 3\\), got 7"):
+        model.apply(params, x, block=7, method=qk)
     with pytest.raises(ValueError, match="images must be"):
         model.apply(params, x[:, :16])
+    with pytest.raises(ValueError, match="pool must be one of"):
+        model.apply(params, x, pool="max", method=VisionTransformer.features)
+    with pytest.raises(ValueError, match="mask and mask_token must be given together"):
+        encode(model, params, x, mask=jnp.zeros((2, 16), bool))
 
 
 def test_attention_implementations_agree_and_a_wrong_one_is_named():

@@ -47,7 +47,8 @@ def test_teacher_scores_match_manual_gpa(tmp_path):
     class T:  # the teacher section of a config
         block, head = 1, 2
     g = teacher_lib.scores(model, params, images, T, "gpa")
-    _, logits = model.apply({"params": params}, images, attn_block=1)
+    q, k = model.apply({"params": params}, images, block=1, method="teacher_qk")  # all heads
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * q.shape[-1] ** -0.5  # [B, H, T, T]
     np.testing.assert_allclose(g, masking.gpa_scores(logits, head=2), atol=1e-6)
     T.head = -1
     np.testing.assert_allclose(teacher_lib.scores(model, params, images, T, "gpa"),
@@ -66,7 +67,8 @@ CASES = [("gpa", 2), ("gpa", -1), ("high", -1)]
 
 def logits_path(model, params, images, strategy, head, block=1):
     """The explicit path: the block's [B, H, T, T] logits, then gpa_scores / cls_attention_scores."""
-    logits = model.apply({"params": params}, images, attn_block=block, stop_at_attn=True)
+    q, k = model.apply({"params": params}, images, block=block, method="teacher_qk")  # all heads
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) * q.shape[-1] ** -0.5  # [B, H, T, T]
     if strategy == "high":
         return masking.cls_attention_scores(logits)
     return masking.gpa_scores(logits, head=None if head < 0 else head)
