@@ -1,5 +1,14 @@
+"""What the tests share: CPU-only JAX with one compilation cache for the whole run, the tiny
+config, the `mimjax` command in a fresh process, and a trained tiny run directory."""
+import atexit
 import os
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
+
+import pytest
 
 # Tests run on CPU; keep JAX off accelerators so numbers are reproducible in CI.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -7,3 +16,105 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))  # for the numpy reference helpers
 
 from gcs_emulator import gcs_bucket, gcs_server  # noqa: E402,F401  (fixtures: a GCS emulator)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _share_one_compilation_cache():
+    """One JAX persistent compilation cache, in a fresh folder, for this test run: the pytest
+    process and every `mimjax` process it starts (they inherit the environment) compile the
+    same tiny train step dozens of times; from the second time on it is read from disk. A
+    cached program is the compiled program itself, so results stay bitwise the same. Every
+    program is cached, however small or quick to compile. A folder the user chose is kept."""
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        folder = tempfile.mkdtemp(prefix="mimjax-tests-jax-cache-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
+    if "jax" in sys.modules:  # imported before this file (a plugin): JAX read its flags already
+        import jax
+        jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                          float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes",
+                          int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]))
+
+
+_share_one_compilation_cache()
+
+
+# GPA-MAE on the tiny config (make_tiny_config(gpa=True)): GPA masking by step, an EMA teacher
+# scoring with block 1, head 2, and the GPA head.
+GPA = dict(masking=dict(strategy="gpa", progress="step"), teacher=dict(source="ema", block=1, head=2),
+           model=dict(gpa_head=True))
+
+
+def make_tiny_config(gpa=False, **over):
+    """The tiny pre-training config (`runlocal`: MAE, ViT of width 64 and depth 2 on 32 px
+    images in 8 px patches, batch 8, embedded data); GPA-MAE with gpa=True (GPA above); then
+    `over`, a nested dict per section: make_tiny_config(total_steps=2, masking=dict(mask_ratio=0.5))."""
+    from mimjax.train import config as config_lib
+
+    c = config_lib.runlocal(config_lib.base_config())
+    if gpa:
+        c.update(GPA)
+    c.update(over)
+    return c
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    """tiny_config(gpa=False, **over) -> the tiny pre-training config (make_tiny_config)."""
+    return make_tiny_config
+
+
+def cli_env(devices=None, env=None):
+    """The environment of a `mimjax` process: this one's (CPU only, the compilation cache),
+    `devices` CPU devices when given, then `env` on top."""
+    out = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    if devices is not None:
+        flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", out.get("XLA_FLAGS", "")).split()
+        out["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"])
+    out.update(env or {})
+    return out
+
+
+def start_cli_process(*args, devices=None, env=None, cwd=REPO, **popen_kwargs):
+    """`mimjax ARGS` started in a fresh process (subprocess.Popen; text mode, output piped
+    unless popen_kwargs say otherwise)."""
+    popen_kwargs = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen_kwargs}
+    return subprocess.Popen([sys.executable, "-m", "mimjax.cli", *map(str, args)], env=cli_env(devices, env),
+                            cwd=cwd, **popen_kwargs)
+
+
+def run_cli_process(*args, devices=None, env=None, cwd=REPO, timeout=900, **run_kwargs):
+    """`mimjax ARGS` in a fresh process, waited for: a CompletedProcess with text stdout and stderr."""
+    return subprocess.run([sys.executable, "-m", "mimjax.cli", *map(str, args)], env=cli_env(devices, env), cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, **run_kwargs)
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """run_cli(*args, devices=None, env=None, cwd=REPO, timeout=900) -> CompletedProcess of
+    `mimjax ARGS` in a fresh process (devices: how many CPU devices it sees)."""
+    return run_cli_process
+
+
+@pytest.fixture(scope="session")
+def start_cli():
+    """start_cli(*args, devices=None, env=None, cwd=REPO, **popen_kwargs) -> the Popen of
+    `mimjax ARGS` started in a fresh process, for a test that signals or watches it."""
+    return start_cli_process
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A finished 2-step run of the tiny MAE config (checkpoint at step 2), for tests that
+    only read a run directory (eval, fine-tuning, a checkpoint teacher). They may add their
+    own result files (knn.json, linprobe.json) but change nothing the run wrote."""
+    from mimjax.train import pretrain
+
+    workdir = str(tmp_path_factory.mktemp("trained_run"))
+    pretrain.train(make_tiny_config(total_steps=2), workdir)
+    return workdir

@@ -15,15 +15,9 @@ CONFIG_COMMANDS = ("train", "plan", "finetune", "eval linprobe")
 WORKDIR_COMMANDS = ("train", "finetune", "eval linprobe", "eval knn", "export", "visualize")
 
 
-def mimjax(*args):
-    """`mimjax ARGS` in a fresh process: (exit status, stdout, stderr)."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, "-m", "mimjax.cli", *args], capture_output=True, text=True, cwd=REPO,
-                         env=env, timeout=300)
-    return out.returncode, out.stdout, out.stderr
-
-
-def one_line_error(status, stdout, stderr, prefix):
+def one_line_error(p, prefix):
+    """The one stderr line of a `mimjax` process that exited 2 (no traceback, no stdout)."""
+    status, stdout, stderr = p.returncode, p.stdout, p.stderr
     assert status == 2, stderr
     assert "Traceback" not in stderr and not stdout, stderr
     lines = stderr.strip().splitlines()
@@ -75,14 +69,14 @@ def test_top_level_help_version_and_usage(capsys):
                                                "mimjax --help lists the commands")
 
 
-def test_version_and_help_in_a_fresh_process_import_no_jax():
+def test_version_and_help_in_a_fresh_process_import_no_jax(run_cli):
     code = ("import sys; from mimjax import cli; assert cli.main(['mimjax', 'train', '--help']) == 0; "
             "assert cli.main(['mimjax', 'eval', 'knn', '--workdir']) == 2; "
             "heavy = [m for m in ('jax', 'flax', 'orbax') if m in sys.modules]; assert not heavy, heavy")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 0, out.stderr
-    status, stdout, _ = mimjax("--version")
-    assert status == 0 and stdout == "mimjax 0.1.0\n"
+    p = run_cli("--version", timeout=300)
+    assert p.returncode == 0 and p.stdout == "mimjax 0.1.0\n"
 
 
 @pytest.mark.parametrize("args", [["train", "--help"], ["--help"], ["eval", "--help"], ["--version"]])
@@ -101,34 +95,34 @@ def test_python_m_mimjax_train_is_the_same_command():
     assert out.returncode == 0 and out.stdout.startswith("usage: mimjax train --config"), out.stderr
 
 
-def test_missing_config_file_names_the_path():
-    line = one_line_error(*mimjax("train", "--config", "nosuch.py", "--workdir", "/tmp/x"), "mimjax train")
+def test_missing_config_file_names_the_path(run_cli):
+    line = one_line_error(run_cli("train", "--config", "nosuch.py", "--workdir", "/tmp/x"), "mimjax train")
     assert line == ("mimjax train: config file 'nosuch.py' not found (--config nosuch.py); the packaged recipes are "
                     "demo, finetune, gpa_mae, linprobe, mae, simmim")
-    line = one_line_error(*mimjax("eval", "linprobe", "--config", "configs/nosuch.py:runlocal", "--workdir", "W"),
+    line = one_line_error(run_cli("eval", "linprobe", "--config", "configs/nosuch.py:runlocal", "--workdir", "W"),
                           "mimjax eval linprobe")
     assert "'configs/nosuch.py' not found" in line
 
 
-def test_unknown_config_key_says_did_you_mean():
-    line = one_line_error(*mimjax("train", "--config", "configs/demo.py", "--config.batchsize=8", "--workdir",
+def test_unknown_config_key_says_did_you_mean(run_cli):
+    line = one_line_error(run_cli("train", "--config", "configs/demo.py", "--config.batchsize=8", "--workdir",
                                   "/tmp/x"), "mimjax train")
     assert line == "mimjax train: unknown config key config.batchsize (did you mean config.batch_size?)"
-    line = one_line_error(*mimjax("finetune", "--config", "configs/finetune.py:runlocal", "--workdir", "W",
+    line = one_line_error(run_cli("finetune", "--config", "configs/finetune.py:runlocal", "--workdir", "W",
                                   "--out", "O", "--config.optimizer.layer_dcay=0.5"), "mimjax finetune")
     assert line.endswith("unknown config key config.optimizer.layer_dcay (did you mean config.optimizer.layer_decay?)")
 
 
-def test_bad_value_names_key_and_value():
-    line = one_line_error(*mimjax("train", "--config", "configs/demo.py", "--config.batch_size=abc", "--workdir",
+def test_bad_value_names_key_and_value(run_cli):
+    line = one_line_error(run_cli("train", "--config", "configs/demo.py", "--config.batch_size=abc", "--workdir",
                                   "/tmp/x"), "mimjax train")
     assert line == "mimjax train: --config.batch_size=abc: expected an integer"
 
 
-def test_missing_required_and_unknown_flags():
-    line = one_line_error(*mimjax("train", "--config", "configs/demo.py"), "mimjax train")
+def test_missing_required_and_unknown_flags(run_cli):
+    line = one_line_error(run_cli("train", "--config", "configs/demo.py"), "mimjax train")
     assert line == "mimjax train: --workdir is required"
-    line = one_line_error(*mimjax("train", "--config", "configs/demo.py", "--workdri", "W"), "mimjax train")
+    line = one_line_error(run_cli("train", "--config", "configs/demo.py", "--workdri", "W"), "mimjax train")
     assert line == "mimjax train: unknown flag --workdri (did you mean --workdir?)"
 
 

@@ -3,7 +3,6 @@ with one line (exit 2) instead of skipping forever; a few broken or vanished fil
 skipped and counted; a resume names a changed file list."""
 import os
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -14,7 +13,6 @@ from mimjax.data.pipeline import make_pretrain_iterator
 from mimjax.errors import DataError
 from mimjax.train import metrics
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = "configs/gpa_mae.py:vit_tiny_patch16,runlocal"
 LFS_POINTER = "version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 1234\n"
 
@@ -33,16 +31,9 @@ def write_broken(folder, n):
             f.write(LFS_POINTER)
 
 
-def command(workdir, folder, steps, *extra):
-    return [sys.executable, "-m", "mimjax.cli", "train", "--config", CONFIG, "--workdir", str(workdir),
-            "--config.data.source=folder", f"--config.data.folder={folder}", f"--config.total_steps={steps}",
-            *extra]
-
-
-def train(workdir, folder, steps, *extra, timeout=600):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run(command(workdir, folder, steps, *extra), env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+def train_args(workdir, folder, steps, *extra):
+    return ["train", "--config", CONFIG, "--workdir", str(workdir), "--config.data.source=folder",
+            f"--config.data.folder={folder}", f"--config.total_steps={steps}", *extra]
 
 
 def error_lines(stderr):
@@ -65,11 +56,11 @@ def test_small_unreadable_folder_fails_after_one_pass(tmp_path, data_config):
         next(it)
 
 
-def test_forty_lfs_pointers_exit_2_with_one_line(tmp_path):
+def test_forty_lfs_pointers_exit_2_with_one_line(tmp_path, run_cli):
     folder = tmp_path / "images"
     write_broken(folder, 40)
     t0 = time.time()
-    p = train(tmp_path / "w", folder, 6, timeout=120)
+    p = run_cli(*train_args(tmp_path / "w", folder, 6), timeout=120)
     assert time.time() - t0 < 60
     assert p.returncode == 2, p.stderr[-3000:]
     assert "Traceback" not in p.stderr, p.stderr[-3000:]
@@ -80,23 +71,22 @@ def test_forty_lfs_pointers_exit_2_with_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_few_broken_files_are_skipped_and_counted(tmp_path):
+def test_a_few_broken_files_are_skipped_and_counted(tmp_path, run_cli):
     folder = tmp_path / "images"
     write_images(folder, 30)
     write_broken(folder, 2)
-    p = train(tmp_path / "w", folder, 6)  # 48 images: more than one pass, so both are tried
+    p = run_cli(*train_args(tmp_path / "w", folder, 6))  # 48 images: more than one pass, so both are tried
     assert p.returncode == 0, p.stderr[-3000:]
     assert metrics.read_metrics(str(tmp_path / "w" / "metrics.jsonl"))[-1]["skipped_images"] >= 2
     assert "broken000.jpg" in p.stderr and "broken001.jpg" in p.stderr
 
 
 @pytest.mark.slow
-def test_file_deleted_mid_run_is_skipped_and_counted(tmp_path):
+def test_file_deleted_mid_run_is_skipped_and_counted(tmp_path, start_cli):
     folder, wd = tmp_path / "images", tmp_path / "w"
     write_images(folder, 32)
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    p = subprocess.Popen(command(wd, folder, 16, "--config.log_every=1", "--config.checkpoint_every=1000"),
-                         env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = start_cli(*train_args(wd, folder, 16, "--config.log_every=1", "--config.checkpoint_every=1000"),
+                  stdout=subprocess.DEVNULL)
     path, t0 = wd / "metrics.jsonl", time.time()
     while not (path.exists() and metrics.read_metrics(str(path))) and p.poll() is None and time.time() - t0 < 300:
         time.sleep(0.05)
@@ -109,14 +99,14 @@ def test_file_deleted_mid_run_is_skipped_and_counted(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_adding_files_says_the_file_list_changed(tmp_path):
+def test_resume_after_adding_files_says_the_file_list_changed(tmp_path, run_cli):
     folder, wd = tmp_path / "images", tmp_path / "w"
     write_images(folder, 32)
-    first = train(wd, folder, 3)
+    first = run_cli(*train_args(wd, folder, 3))
     assert first.returncode == 0, first.stderr[-3000:]
     assert "file list changed" not in first.stderr
     write_images(folder, 3, start=100)
-    second = train(wd, folder, 5)
+    second = run_cli(*train_args(wd, folder, 5))
     assert second.returncode == 0, second.stderr[-3000:]
     changed = [line for line in second.stderr.splitlines() if "file list changed" in line]
     assert len(changed) == 1 and "32 files then, 35 now: 3 added" in changed[0], second.stderr[-3000:]

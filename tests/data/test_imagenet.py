@@ -242,14 +242,12 @@ def test_validation_split_one_pass_split_over_processes(mini, data_config):
 
 
 @pytest.mark.slow
-def test_prepare_pretrain_and_knn_end_to_end(mini, tmp_path):
+def test_prepare_pretrain_and_knn_end_to_end(mini, tmp_path, tiny_config):
     from mimjax.eval import knn
-    from mimjax.train import config as config_lib
     from mimjax.train import pretrain
 
-    c = config_lib.runlocal(config_lib.base_config())
-    c.data.source, c.data.split = f"arrayrecord:{mini['out']}", "train"
-    c.total_steps, c.checkpoint_every, c.log_every = 3, 3, 1
+    c = tiny_config(total_steps=3, checkpoint_every=3, log_every=1,
+                    data=dict(source=f"arrayrecord:{mini['out']}", split="train"))
     pretrain.train(c, str(tmp_path / "w"))
     rows = [json.loads(x) for x in open_text(tmp_path / "w" / "metrics.jsonl").splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
@@ -258,7 +256,7 @@ def test_prepare_pretrain_and_knn_end_to_end(mini, tmp_path):
     assert res["num_test"] == 30 and 0 <= res["top1"] <= 100
 
 
-def test_linear_probe_config_reads_train_and_validation(mini):
+def test_linear_probe_config_reads_train_and_validation(mini, tiny_config):
     from mimjax.eval import classify
     from mimjax.eval import config as eval_config
     from mimjax.train import config as train_config
@@ -267,8 +265,7 @@ def test_linear_probe_config_reads_train_and_validation(mini):
     c.data.source = f"arrayrecord:{mini['out']}"
     train, test, num_classes = classify.labelled_data(c)
     assert (len(train), len(test), num_classes) == (200, 30, 10)
-    t = train_config.runlocal(train_config.base_config())
-    t.data.source = f"arrayrecord:{mini['out']}"
+    t = tiny_config(data=dict(source=f"arrayrecord:{mini['out']}"))
     train_config.validate(t)
     t.data.source = "arrayrecord:"
     with pytest.raises(Exception, match="arrayrecord:PATH"):

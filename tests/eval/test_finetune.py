@@ -3,8 +3,6 @@ a short run that learns, resume, and the CLI."""
 import json
 import os
 import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -15,16 +13,13 @@ from mimjax.eval import config as classify_config
 from mimjax.eval import finetune
 from mimjax.train import metrics
 from mimjax.train.checkpoint import Checkpointer, load_params
-from mimjax.train.config import ConfigError, base_config, runlocal
+from mimjax.train.config import ConfigError
 from mimjax.models import init_model, model_from_config, vit
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def tiny_workdir(path, width=32, depth=2):
+def tiny_workdir(tiny_config, path, width=32, depth=2):
     """A randomly initialised MAE encoder saved as a mimjax directory (what `mimjax import` writes)."""
-    c = runlocal(base_config())
-    c.model.width, c.model.depth, c.model.num_heads = width, depth, 2
+    c = tiny_config(model=dict(width=width, depth=depth, num_heads=2))
     os.makedirs(path, exist_ok=True)
     with open(os.path.join(path, "config.json"), "w") as f:
         f.write(c.to_json_best_effort())
@@ -35,20 +30,14 @@ def tiny_workdir(path, width=32, depth=2):
     return str(path)
 
 
-def tiny_config(init, steps=12):
-    """The runlocal recipe, shorter."""
+def classifier_config(init, steps=12):
+    """The runlocal fine-tuning recipe, shorter."""
     c = classify_config.base_config()
     c.update_from_flattened_dict({"init": init, "data.source": "embedded_faces", "batch_size": 32,
                                   "eval_batch_size": 64, "total_epochs": -1, "total_steps": steps,
                                   "log_every": 1, "checkpoint_every": 4, "optimizer.blr": 8e-3,
                                   "optimizer.warmup_steps": 2})
     return c
-
-
-def run_cli(*args):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, "-m", "mimjax.cli", *args], capture_output=True, text=True, cwd=REPO,
-                          env=env, check=False)
 
 
 def classifier_params(depth=2):
@@ -149,14 +138,14 @@ def test_random_erasing_changes_the_expected_fraction(prob):
         assert 0.3 / 1.5 <= h / w <= 1.5 / 0.3  # aspect in (0.3, 3.3), up to rounding
 
 
-def test_config_errors_name_the_value(tmp_path):
-    init = tiny_workdir(tmp_path / "pre")
+def test_config_errors_name_the_value(tmp_path, tiny_config):
+    init = tiny_workdir(tiny_config, tmp_path / "pre")
     for key, value, words in [("optimizer.layer_decay", 1.5, "config.optimizer.layer_decay=1.5"),
                               ("augment.reprob", 2.0, "config.augment.reprob=2.0"),
                               ("pool", "max", "config.pool='max'"),
                               ("init", str(tmp_path), "config.init="),
                               ("optimizer.name", "adam", "config.optimizer.name='adam'")]:
-        c = tiny_config(init)
+        c = classifier_config(init)
         c.update_from_flattened_dict({key: value})
         with pytest.raises(ConfigError, match=re.escape(words)):
             finetune.finetune(c, None, str(tmp_path / "out"))
@@ -164,9 +153,9 @@ def test_config_errors_name_the_value(tmp_path):
 
 
 @pytest.mark.slow
-def test_finetune_learns_and_resumes_exactly(tmp_path, monkeypatch):
-    init = tiny_workdir(tmp_path / "pre")
-    c = tiny_config(init, steps=8)
+def test_finetune_learns_and_resumes_exactly(tmp_path, monkeypatch, tiny_config):
+    init = tiny_workdir(tiny_config, tmp_path / "pre")
+    c = classifier_config(init, steps=8)
     straight = finetune.finetune(c, None, str(tmp_path / "straight"))
     assert straight["top1"] > 60 and straight["num_test"] == 50  # 2 classes: chance is 50
     assert json.loads((tmp_path / "straight" / "finetune.json").read_text())["top1"] == straight["top1"]
@@ -190,13 +179,8 @@ def test_finetune_learns_and_resumes_exactly(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_finetune_cli_from_a_pretraining_workdir(tmp_path):
-    from mimjax.train import pretrain as train
-
-    pre = runlocal(base_config())
-    pre.total_steps = 2
-    train.train(pre, str(tmp_path / "pre"))
-    out = run_cli("finetune", "--config", "configs/finetune.py:runlocal", "--workdir", str(tmp_path / "pre"),
+def test_finetune_cli_from_a_pretraining_workdir(tmp_path, trained_run, run_cli):
+    out = run_cli("finetune", "--config", "configs/finetune.py:runlocal", "--workdir", trained_run,
                   "--out", str(tmp_path / "ft"), "--config.total_epochs=5")
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])

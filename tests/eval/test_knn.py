@@ -1,14 +1,10 @@
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from mimjax.eval import knn as evaluate
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_knn_on_separable_clusters_is_perfect():
@@ -37,16 +33,10 @@ def test_knn_weighting_matches_numpy():
 
 
 @pytest.mark.slow
-def test_eval_knn_cli_on_a_trained_workdir(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    run = lambda *a: subprocess.run([sys.executable, "-m", "mimjax.cli", *a], capture_output=True, text=True,
-                                    cwd=REPO, env=env)
-    out = run("train", "--config", "configs/mae.py:vit_tiny_patch16,runlocal", "--workdir", str(tmp_path),
-              "--config.total_steps=2")
-    assert out.returncode == 0, out.stderr[-2000:]
-    out = run("eval", "knn", "--workdir", str(tmp_path), "--dataset", "embedded_faces", "--k", "5")
+def test_eval_knn_cli_on_a_trained_workdir(trained_run, run_cli):
+    out = run_cli("eval", "knn", "--workdir", trained_run, "--dataset", "embedded_faces", "--k", "5")
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res["num_test"] == 50 and res["num_train"] == 150 and 0 <= res["top1"] <= 100
     assert res["top1"] > 50  # faces vs non-faces: even barely trained features beat chance
-    assert json.load(open(tmp_path / "knn.json"))["top1"] == res["top1"]
+    assert json.load(open(os.path.join(trained_run, "knn.json")))["top1"] == res["top1"]

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_finetune import run_cli, tiny_config, tiny_workdir
+from test_finetune import classifier_config, tiny_workdir
 
 from mimjax.eval import config as classify_config
 from mimjax.eval import linprobe
@@ -59,9 +59,9 @@ def test_probe_head_is_batchnorm_without_affine_and_a_small_linear():
     np.testing.assert_allclose(new["batch_stats"]["bn"]["mean"], 0.1 * feats.mean(0), rtol=1e-4)  # momentum 0.1
 
 
-def test_linprobe_beats_chance_and_writes_its_json(tmp_path):
-    init = tiny_workdir(tmp_path / "pre")
-    c = tiny_config(init, steps=20)
+def test_linprobe_beats_chance_and_writes_its_json(tmp_path, tiny_config):
+    init = tiny_workdir(tiny_config, tmp_path / "pre")
+    c = classifier_config(init, steps=20)
     c.pool, c.model.drop_path = "token", 0.0
     c.optimizer.name, c.optimizer.blr, c.optimizer.weight_decay = "sgd", 3.2, 0.0
     res = linprobe.linprobe(c, None)
@@ -72,8 +72,8 @@ def test_linprobe_beats_chance_and_writes_its_json(tmp_path):
     assert sorted(os.listdir(tmp_path / "pre" / "linprobe" / "checkpoints")) == ["16", "20"]
 
 
-def test_cli_config_error_is_one_line(tmp_path):
-    init = tiny_workdir(tmp_path / "pre")
+def test_cli_config_error_is_one_line(tmp_path, tiny_config, run_cli):
+    init = tiny_workdir(tiny_config, tmp_path / "pre")
     out = run_cli("eval", "linprobe", "--config", "configs/linprobe.py:runlocal", "--workdir", init,
                   "--config.optimizer.layer_decay=0")
     assert out.returncode == 2
@@ -82,16 +82,10 @@ def test_cli_config_error_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_eval_linprobe_cli_on_a_pretraining_workdir(tmp_path):
-    from mimjax.train import pretrain as train
-    from mimjax.train.config import base_config, runlocal
-
-    pre = runlocal(base_config())
-    pre.total_steps = 2
-    train.train(pre, str(tmp_path))
-    out = run_cli("eval", "linprobe", "--config", "configs/linprobe.py:runlocal", "--workdir", str(tmp_path))
+def test_eval_linprobe_cli_on_a_pretraining_workdir(trained_run, run_cli):
+    out = run_cli("eval", "linprobe", "--config", "configs/linprobe.py:runlocal", "--workdir", trained_run)
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads(out.stdout.strip().splitlines()[-1])
-    assert res == json.loads((tmp_path / "linprobe.json").read_text())
+    assert res == json.loads(open(os.path.join(trained_run, "linprobe.json")).read())
     assert res["num_test"] == 50 and res["steps"] == 60 and res["pool"] == "token"
     assert res["top1"] > 60

@@ -160,14 +160,12 @@ def test_titles_band_names_every_column():
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, tiny_config):
     """A 3-step GPA-MAE run (EMA teacher, 32 px images, 8 px patches: 16 patches)."""
-    from mimjax.train import config as config_lib
     from mimjax.train import pretrain as train
 
-    c = config_lib.runlocal(config_lib.base_config())
-    c.total_steps, c.log_every, c.checkpoint_every = 3, 1, 3
-    c.masking.strategy, c.teacher.source, c.teacher.block, c.teacher.head = "gpa", "ema", 1, -1
+    c = tiny_config(total_steps=3, log_every=1, checkpoint_every=3, masking=dict(strategy="gpa"),
+                    teacher=dict(source="ema", block=1, head=-1))
     wd = str(tmp_path_factory.mktemp("run"))
     train.train(c, wd)
     return wd, c

@@ -2,8 +2,6 @@
 outputs) and an official-layout MAE written here from timm blocks."""
 import os
 import pickle
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,9 +16,6 @@ from timm.models.vision_transformer import Block  # noqa: E402
 
 from mimjax import export, masking  # noqa: E402
 from mimjax.models import init_mae, mae, vit  # noqa: E402
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def to_torch(sd):
     return {k: torch.from_numpy(np.array(v)) for k, v in sd.items()}
@@ -140,30 +135,29 @@ def test_pickle_payload_is_refused_without_running(tmp_path):
         export.load_state_dict(str(tmp_path / "mixed.pth"))
 
 
-def cli(*args):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "HF_HUB_OFFLINE": "1"}
-    out = subprocess.run([sys.executable, "-m", "mimjax.cli", *args], capture_output=True, text=True, cwd=REPO, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out.stdout
+def ok(p):
+    """The stdout of a `mimjax` command that succeeded."""
+    assert p.returncode == 0, p.stderr[-3000:]
+    return p.stdout
 
 
 @pytest.fixture(scope="module")
-def tiny_mae_run(tmp_path_factory):
+def tiny_mae_run(tmp_path_factory, run_cli):
     """A 2-step MAE run of ViT-Ti/16 on 64 px images."""
     w = tmp_path_factory.mktemp("run") / "mae"
-    cli("train", "--config", "configs/mae.py:vit_tiny_patch16,runlocal", "--workdir", str(w),
-        "--config.total_steps=2", "--config.model.width=192", "--config.model.num_heads=3",
-        "--config.model.depth=12", "--config.model.img_size=64", "--config.model.patch_size=16")
+    ok(run_cli("train", "--config", "configs/mae.py:vit_tiny_patch16,runlocal", "--workdir", str(w),
+               "--config.total_steps=2", "--config.model.width=192", "--config.model.num_heads=3",
+               "--config.model.depth=12", "--config.model.img_size=64", "--config.model.patch_size=16"))
     return w
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("pool", ["token", "avg"])
-def test_export_folder_loads_in_timm_with_no_extra_code(tiny_mae_run, tmp_path, pool):
+def test_export_folder_loads_in_timm_with_no_extra_code(tiny_mae_run, tmp_path, pool, run_cli):
     from mimjax import workdir as workdir_lib
 
     folder = tmp_path / "vit_ti"
-    out = cli("export", "--workdir", str(tiny_mae_run), "--format", "timm", "--out", str(folder), "--pool", pool)
+    out = ok(run_cli("export", "--workdir", str(tiny_mae_run), "--format", "timm", "--out", str(folder), "--pool", pool))
     assert f"wrote {folder}/model.safetensors" in out
     assert sorted(os.listdir(folder)) == ["config.json", "model.safetensors"]
     images = np.asarray(jax.random.normal(jax.random.key(3), (2, 64, 64, 3)))
@@ -182,8 +176,8 @@ def test_export_folder_loads_in_timm_with_no_extra_code(tiny_mae_run, tmp_path, 
         for m in (hf, named):
             np.testing.assert_allclose(m(x).numpy(), want, atol=1e-4)
     # the folder imports back (as a teacher) to the same encoder
-    cli("import", "--in", str(folder), "--out", str(tmp_path / "back"), "--name", "vit_tiny_patch16",
-        "--img_size", "64")
+    ok(run_cli("import", "--in", str(folder), "--out", str(tmp_path / "back"), "--name", "vit_tiny_patch16",
+               "--img_size", "64"))
     back = workdir_lib.load_params(str(tmp_path / "back"))["encoder"]
     jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), params, back)
 
@@ -199,18 +193,18 @@ def test_export_to_a_file_named_like_a_folder_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_export_load_in_timm_then_import_as_teacher(tiny_mae_run, tmp_path):
+def test_train_export_load_in_timm_then_import_as_teacher(tiny_mae_run, tmp_path, run_cli):
     w = tiny_mae_run
-    cli("export", "--workdir", str(w), "--format", "timm", "--out", str(tmp_path / "vit.safetensors"))
+    ok(run_cli("export", "--workdir", str(w), "--format", "timm", "--out", str(tmp_path / "vit.safetensors")))
     from safetensors.torch import load_file
     tm = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=64)
     tm.load_state_dict(load_file(str(tmp_path / "vit.safetensors")), strict=True)
-    cli("export", "--workdir", str(w), "--format", "mae", "--out", str(tmp_path / "mae.pth"))
-    out = cli("import", "--in", str(tmp_path / "mae.pth"), "--out", str(tmp_path / "teacher"),
-              "--name", "vit_tiny_patch16", "--img_size", "64")
+    ok(run_cli("export", "--workdir", str(w), "--format", "mae", "--out", str(tmp_path / "mae.pth")))
+    out = ok(run_cli("import", "--in", str(tmp_path / "mae.pth"), "--out", str(tmp_path / "teacher"),
+                     "--name", "vit_tiny_patch16", "--img_size", "64"))
     assert "encoder + decoder" in out
-    cli("train", "--config", "configs/gpa_mae.py:vit_tiny_patch16,runlocal", "--workdir", str(tmp_path / "gpa"),
-        "--config.teacher.source=checkpoint", f"--config.teacher.path={tmp_path / 'teacher'}",
-        "--config.model.img_size=64", "--config.model.patch_size=16", "--config.teacher.head=2",
-        "--config.total_steps=2")
+    ok(run_cli("train", "--config", "configs/gpa_mae.py:vit_tiny_patch16,runlocal", "--workdir", str(tmp_path / "gpa"),
+               "--config.teacher.source=checkpoint", f"--config.teacher.path={tmp_path / 'teacher'}",
+               "--config.model.img_size=64", "--config.model.patch_size=16", "--config.teacher.head=2",
+               "--config.total_steps=2"))
     assert os.path.isdir(tmp_path / "gpa" / "checkpoints" / "2")

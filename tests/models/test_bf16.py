@@ -92,14 +92,9 @@ def elementwise_on_bf16(jaxpr):
     return out
 
 
-def tiny(dtype, strategy="gpa", teacher="ema", gpa_head=True):
-    c = config_lib.runlocal(config_lib.base_config())
-    c.masking.strategy, c.masking.progress = strategy, "step"
-    c.teacher.source = teacher
-    c.teacher.block, c.teacher.head = 1, -1
-    c.model.gpa_head = gpa_head
-    c.model.dtype = dtype
-    return c
+def gpa_in(tiny_config, dtype):
+    """The tiny GPA-MAE computing in `dtype`, its teacher scoring with all heads of block 1."""
+    return tiny_config(gpa=True, teacher=dict(head=-1), model=dict(dtype=dtype))
 
 
 def one_step(c, images):
@@ -113,12 +108,12 @@ def images_for(c, n=8):
     return jax.random.uniform(jax.random.key(5), (n, c.model.img_size, c.model.img_size, 3), minval=-2.0, maxval=2.0)
 
 
-def test_bf16_train_step_program_follows_the_policy():
+def test_bf16_train_step_program_follows_the_policy(tiny_config):
     """In the whole step (teacher, student, decoder, GPA head, backward, AdamW): every product
     that is not a per-head attention product on CPU multiplies bf16 by bf16 into float32, and no
     op but a product, a convert or data movement ever sees a bf16 value (no bf16 LayerNorm,
     softmax, GELU, residual, loss, optimizer)."""
-    c = tiny("bfloat16")
+    c = gpa_in(tiny_config, "bfloat16")
     built = step_lib.build(c, 1000)
     state = jax.eval_shape(built.init_state, jax.random.key(0))
     images = jax.ShapeDtypeStruct((8, c.model.img_size, c.model.img_size, 3), jnp.float32)
@@ -135,8 +130,8 @@ def test_bf16_train_step_program_follows_the_policy():
     assert elementwise_on_bf16(jaxpr) == set()
 
 
-def test_bf16_step_matches_float32_and_keeps_float32_state():
-    c32, c16 = tiny("float32"), tiny("bfloat16")
+def test_bf16_step_matches_float32_and_keeps_float32_state(tiny_config):
+    c32, c16 = gpa_in(tiny_config, "float32"), gpa_in(tiny_config, "bfloat16")
     images = images_for(c32)
     _, _, s32, m32 = one_step(c32, images)
     _, state16, s16, m16 = one_step(c16, images)
@@ -150,8 +145,8 @@ def test_bf16_step_matches_float32_and_keeps_float32_state():
         assert a.dtype == b.dtype == jnp.float32
 
 
-def test_gpa_scores_and_masks_under_bf16():
-    c32, c16 = tiny("float32"), tiny("bfloat16")
+def test_gpa_scores_and_masks_under_bf16(tiny_config):
+    c32, c16 = gpa_in(tiny_config, "float32"), gpa_in(tiny_config, "bfloat16")
     images = images_for(c32, 16)
     out = {}
     for c in (c32, c16):
@@ -177,13 +172,12 @@ def test_auto_dtype_resolution(name, backend, native, want):
     assert resolve_dtype(name, backend=backend, native_bf16=native) == jnp.dtype(want)
 
 
-def test_auto_dtype_on_this_host_and_bad_names():
+def test_auto_dtype_on_this_host_and_bad_names(tiny_config):
     want = jnp.bfloat16 if jax.default_backend() != "cpu" or precision.cpu_has_native_bf16() else jnp.float32
     assert resolve_dtype("auto") == jnp.dtype(want)
     with pytest.raises(ValueError, match="compute dtype"):
         resolve_dtype("bf16")
-    c = config_lib.runlocal(config_lib.base_config())
-    c.model.dtype = "auto"
+    c = tiny_config(model=dict(dtype="auto"))
     config_lib.validate(c, num_devices=1)
 
 

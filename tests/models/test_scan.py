@@ -51,13 +51,11 @@ def test_scan_drop_path_is_random_in_training_and_off_in_eval(params):
 
 
 @pytest.mark.parametrize("arch", ["mae", "simmim"])
-def test_scanned_model_from_config_gives_the_same_loss_and_teacher_qk(arch):
+def test_scanned_model_from_config_gives_the_same_loss_and_teacher_qk(arch, tiny_config):
     from mimjax import masking
-    from mimjax.train import config as config_lib
     from mimjax.models import init_model, model_from_config
 
-    mc = config_lib.runlocal(config_lib.base_config()).model
-    mc.arch, mc.gpa_head = arch, True
+    mc = tiny_config(model=dict(arch=arch, gpa_head=True)).model
     unrolled = model_from_config(mc)
     mc.scan = True
     scanned = model_from_config(mc)

@@ -116,8 +116,8 @@ def test_gpa_head_loss_and_training():
     assert np.mean(losses[-3:]) < 0.5 * losses[0], losses
 
 
-def test_model_from_config_dispatches_on_arch():
-    c = config_lib.runlocal(config_lib.base_config())
+def test_model_from_config_dispatches_on_arch(tiny_config):
+    c = tiny_config()
     assert isinstance(model_from_config(c.model), MAE)
     c.model.arch = "simmim"
     model = model_from_config(c.model)

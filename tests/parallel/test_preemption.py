@@ -12,7 +12,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import jax
@@ -21,7 +20,6 @@ import pytest
 
 from mimjax import workdir as workdir_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Long enough that a notice sent once step 1 is logged lands well before the end: on an idle
 # 2-core EPYC the sync point fell at step 4-7 (steps ~0.15 s); under CI load once at step 10,
 # which with 10 steps was the last one, so nothing was preempted.
@@ -35,19 +33,17 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start_two(workdir, steps):
+def start_two(start_cli, workdir, steps):
     """Two processes of one 2-process run, one CPU device each: the cross-process sums then
     add two terms, which is bitwise the same in either order (with 2 devices each, two
     uninterrupted runs already differed in the last bit at step 2: a 4-term sum's order
     varies)."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
-           "MIMJAX_HEARTBEAT_TIMEOUT": str(HEARTBEAT_S), "PYTHONUNBUFFERED": "1"}
+    env = {"MIMJAX_HEARTBEAT_TIMEOUT": str(HEARTBEAT_S), "PYTHONUNBUFFERED": "1"}
     port = free_port()
-    cmd = [sys.executable, "-m", "mimjax.cli", "train", "--config", "configs/gpa_mae.py:vit_tiny_patch16,runlocal",
-           "--workdir", str(workdir), f"--config.total_steps={steps}", "--config.log_every=1",
-           "--config.checkpoint_every=100", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
-    return [subprocess.Popen([*cmd, f"--process_id={i}"], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    args = ["train", "--config", "configs/gpa_mae.py:vit_tiny_patch16,runlocal", "--workdir", workdir,
+            f"--config.total_steps={steps}", "--config.log_every=1", "--config.checkpoint_every=100",
+            f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+    return [start_cli(*args, f"--process_id={i}", devices=1, env=env) for i in (0, 1)]
 
 
 def finish(procs, timeout=900):
@@ -64,8 +60,8 @@ def finish(procs, timeout=900):
     return out
 
 
-def run_two(workdir, steps):
-    results = finish(start_two(workdir, steps))
+def run_two(start_cli, workdir, steps):
+    results = finish(start_two(start_cli, workdir, steps))
     for rc, err in results:
         assert rc == 0, err[-3000:]
     return results
@@ -94,9 +90,9 @@ def same_params(a, b):
 
 
 @pytest.mark.slow
-def test_sigterm_on_one_process_saves_the_same_step_on_both_and_resumes_bitwise(tmp_path):
+def test_sigterm_on_one_process_saves_the_same_step_on_both_and_resumes_bitwise(tmp_path, start_cli):
     wd = tmp_path / "preempted"
-    procs = start_two(wd, STEPS)
+    procs = start_two(start_cli, wd, STEPS)
     wait_for_step(procs, wd, 1)
     procs[1].send_signal(signal.SIGTERM)  # the non-coordinator only: the notice must reach process 0
     results = finish(procs)
@@ -110,17 +106,17 @@ def test_sigterm_on_one_process_saves_the_same_step_on_both_and_resumes_bitwise(
     assert saved[0] == saved[1] and 1 < saved[0] < STEPS, saved
     assert sorted(os.listdir(wd / "checkpoints")) == [str(saved[0])]
 
-    run_two(wd, STEPS)  # resume to the end on both processes
+    run_two(start_cli, wd, STEPS)  # resume to the end on both processes
     assert max(int(d) for d in os.listdir(wd / "checkpoints") if d.isdigit()) == STEPS
-    run_two(tmp_path / "straight", STEPS)
+    run_two(start_cli, tmp_path / "straight", STEPS)
     assert same_params(workdir_lib.load_params(str(wd)), workdir_lib.load_params(str(tmp_path / "straight"))) == []
 
 
 @pytest.mark.slow
-def test_ctrl_c_on_one_process_is_its_preemption_notice(tmp_path):
+def test_ctrl_c_on_one_process_is_its_preemption_notice(tmp_path, start_cli):
     """It exits 130, the other 0, both having saved the same step."""
     wd = tmp_path / "interrupted"
-    procs = start_two(wd, STEPS)
+    procs = start_two(start_cli, wd, STEPS)
     wait_for_step(procs, wd, 1)
     procs[1].send_signal(signal.SIGINT)
     (rc0, err0), (rc1, err1) = finish(procs)
@@ -133,9 +129,9 @@ def test_ctrl_c_on_one_process_is_its_preemption_notice(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("victim", [1, 0])
-def test_a_killed_process_ends_the_other_within_the_heartbeat_timeout_naming_it(tmp_path, victim):
+def test_a_killed_process_ends_the_other_within_the_heartbeat_timeout_naming_it(tmp_path, victim, start_cli):
     wd = tmp_path / "killed"
-    procs = start_two(wd, 10_000)
+    procs = start_two(start_cli, wd, 10_000)
     wait_for_step(procs, wd, 2)
     procs[victim].send_signal(signal.SIGKILL)
     other, t0 = procs[1 - victim], time.time()

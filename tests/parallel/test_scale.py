@@ -17,20 +17,17 @@ RTOL = 2e-5
 
 SCRIPT = r"""
 import json, sys
+sys.path.insert(0, "tests")
 import jax
+from conftest import make_tiny_config  # tests/conftest.py (this runs outside pytest)
 from mimjax import parallel
-from mimjax.train import config as config_lib
 from mimjax.train import metrics
 from mimjax.train import pretrain as train
 from mimjax.models import init_model, model_from_config
 
 def tiny(mode, data, fsdp):
-    c = config_lib.runlocal(config_lib.base_config())
-    c.total_steps, c.log_every, c.checkpoint_every = 3, 1, 100
-    c.masking.strategy, c.masking.progress, c.teacher.source, c.model.gpa_head = "gpa", "step", "ema", True
-    c.teacher.block, c.teacher.head = 1, 2
-    c.parallelism.mode, c.parallelism.data, c.parallelism.fsdp = mode, data, fsdp
-    return c
+    return make_tiny_config(gpa=True, total_steps=3, log_every=1, checkpoint_every=100,
+                            parallelism=dict(mode=mode, data=data, fsdp=fsdp))
 
 out = {}
 for name in sys.argv[2:]:
@@ -81,18 +78,15 @@ def free_port():
         return s.getsockname()[1]
 
 
-def mimjax_train(workdir, steps, *extra, devices=2):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    cmd = [sys.executable, "-m", "mimjax.cli", "train", "--config", "configs/gpa_mae.py:vit_tiny_patch16,runlocal",
-           "--workdir", str(workdir), f"--config.total_steps={steps}", "--config.log_every=1",
-           "--config.checkpoint_every=2", *extra]
-    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def train_args(workdir, steps, *extra):
+    return ["train", "--config", "configs/gpa_mae.py:vit_tiny_patch16,runlocal", "--workdir", workdir,
+            f"--config.total_steps={steps}", "--config.log_every=1", "--config.checkpoint_every=2", *extra]
 
 
-def run_two_processes(workdir, steps):
+def run_two_processes(start_cli, workdir, steps):
     port = free_port()
-    procs = [mimjax_train(workdir, steps, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                          f"--process_id={i}") for i in (0, 1)]
+    procs = [start_cli(*train_args(workdir, steps, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+                                   f"--process_id={i}"), devices=2, stderr=subprocess.STDOUT) for i in (0, 1)]
     logs = [p.communicate(timeout=600)[0] for p in procs]
     for p, log in zip(procs, logs):
         assert p.returncode == 0, log[-3000:]
@@ -100,15 +94,15 @@ def run_two_processes(workdir, steps):
 
 
 @pytest.mark.slow
-def test_two_processes_on_localhost_match_one_process_and_resume(tmp_path):
-    one = mimjax_train(tmp_path / "one", 3, devices=1)
-    assert one.wait(timeout=600) == 0, one.stdout.read()[-3000:]
+def test_two_processes_on_localhost_match_one_process_and_resume(tmp_path, run_cli, start_cli):
+    one = run_cli(*train_args(tmp_path / "one", 3), devices=1, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
     want = [r["loss"] for r in metrics.read_metrics(str(tmp_path / "one" / "metrics.jsonl"))]
 
-    logs = run_two_processes(tmp_path / "two", 2)
+    logs = run_two_processes(start_cli, tmp_path / "two", 2)
     assert "process 1 of 2, 2 local device(s)" in logs[1]
     assert sorted(os.listdir(tmp_path / "two" / "checkpoints")) == ["2"]
-    run_two_processes(tmp_path / "two", 3)  # resumes from step 2 on both processes
+    run_two_processes(start_cli, tmp_path / "two", 3)  # resumes from step 2 on both processes
     rows = metrics.read_metrics(str(tmp_path / "two" / "metrics.jsonl"))
     assert [r["step"] for r in rows] == [1, 2, 3]
     np.testing.assert_allclose([r["loss"] for r in rows], want, rtol=RTOL)

@@ -5,8 +5,6 @@ file that is no checkpoint."""
 import os
 import re
 import shutil
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -20,15 +18,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # A full-size ViT-Ti/16 at 64 px, so the run also serves as a vit_tiny_patch16 teacher.
 TINY = ("--config.model.width=192", "--config.model.num_heads=3", "--config.model.depth=12",
         "--config.model.img_size=64", "--config.model.patch_size=16")
-
-
-def mimjax(*args, devices: int = 1, timeout: int = 900):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    env.pop("XLA_FLAGS", None)
-    if devices > 1:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return subprocess.run([sys.executable, "-m", "mimjax.cli", *map(str, args)], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def error_line(p) -> str:
@@ -123,7 +112,7 @@ def test_quarantining_the_same_step_twice(tmp_path):
 
 # --- one-line errors through the command ----------------------------------------------------
 
-def test_export_knn_visualize_without_a_checkpoint_is_one_line(tmp_path):
+def test_export_knn_visualize_without_a_checkpoint_is_one_line(tmp_path, run_cli):
     w = tmp_path / "run"
     os.makedirs(w / "checkpoints")
     import importlib.util
@@ -137,24 +126,24 @@ def test_export_knn_visualize_without_a_checkpoint_is_one_line(tmp_path):
     os.makedirs(w / "checkpoints" / "3.orbax-checkpoint-tmp-1")  # an unfinished save
     for args in (("export", "--workdir", w, "--format", "timm", "--out", tmp_path / "F.safetensors"),
                  ("eval", "knn", "--workdir", w), ("visualize", "--workdir", w, "--out", tmp_path / "vis")):
-        line = error_line(mimjax(*args))
+        line = error_line(run_cli(*args))
         assert str(w) in line and "no complete checkpoint" in line, line
     assert not os.path.exists(tmp_path / "F.safetensors")
 
 
-def test_teacher_path_needs_a_checkpoint_teacher(tmp_path):
-    p = mimjax("train", "--config", "configs/gpa_mae.py:vit_tiny_patch16,runlocal", "--workdir", tmp_path / "gpa",
-               "--config.teacher.source=ema", f"--config.teacher.path={tmp_path}")
+def test_teacher_path_needs_a_checkpoint_teacher(tmp_path, run_cli):
+    p = run_cli("train", "--config", "configs/gpa_mae.py:vit_tiny_patch16,runlocal", "--workdir", tmp_path / "gpa",
+                "--config.teacher.source=ema", f"--config.teacher.path={tmp_path}")
     line = error_line(p)
     assert "teacher.path" in line and "teacher.source" in line, line
     assert not os.path.exists(tmp_path / "gpa" / "checkpoints")
 
 
 @pytest.mark.parametrize("name", ["notes.txt", "notes.pth", "notes.safetensors"])
-def test_import_of_a_file_that_is_not_a_checkpoint(tmp_path, name):
+def test_import_of_a_file_that_is_not_a_checkpoint(tmp_path, name, run_cli):
     f = tmp_path / name
     f.write_text("these are notes, not weights\n" * 20)
-    line = error_line(mimjax("import", "--in", f, "--out", tmp_path / "teacher"))
+    line = error_line(run_cli("import", "--in", f, "--out", tmp_path / "teacher"))
     assert str(f) in line and "weights_only" not in line, line
     assert not os.path.exists(tmp_path / "teacher" / "checkpoints")
 
@@ -162,36 +151,36 @@ def test_import_of_a_file_that_is_not_a_checkpoint(tmp_path, name):
 # --- a run saved on 4 devices, read on 1 --------------------------------------------------
 
 @pytest.fixture(scope="module")
-def run4(tmp_path_factory):
+def run4(tmp_path_factory, run_cli):
     w = tmp_path_factory.mktemp("fsdp4") / "run"
-    p = mimjax("train", "--config", "configs/mae.py:vit_tiny_patch16,runlocal", "--workdir", w,
-               "--config.total_steps=2", "--config.parallelism.fsdp=2", *TINY, devices=4)
+    p = run_cli("train", "--config", "configs/mae.py:vit_tiny_patch16,runlocal", "--workdir", w,
+                "--config.total_steps=2", "--config.parallelism.fsdp=2", *TINY, devices=4)
     assert p.returncode == 0, p.stderr[-3000:]
     assert os.path.isdir(w / "checkpoints" / "2")
     return w
 
 
 @pytest.mark.slow
-def test_a_4_device_run_reads_on_1_device(run4, tmp_path):
-    p = mimjax("export", "--workdir", run4, "--format", "timm", "--out", tmp_path / "F.safetensors")
+def test_a_4_device_run_reads_on_1_device(run4, tmp_path, run_cli):
+    p = run_cli("export", "--workdir", run4, "--format", "timm", "--out", tmp_path / "F.safetensors")
     assert p.returncode == 0 and os.path.isfile(tmp_path / "F.safetensors"), p.stderr[-3000:]
-    p = mimjax("eval", "knn", "--workdir", run4)
+    p = run_cli("eval", "knn", "--workdir", run4)
     assert p.returncode == 0 and '"top1"' in p.stdout, p.stderr[-3000:]
-    p = mimjax("visualize", "--workdir", run4, "--out", tmp_path / "vis")
+    p = run_cli("visualize", "--workdir", run4, "--out", tmp_path / "vis")
     assert p.returncode == 0 and os.path.isfile(tmp_path / "vis" / "reconstruction.png"), p.stderr[-3000:]
-    p = mimjax("train", "--config", "configs/gpa_mae.py:vit_tiny_patch16,runlocal", "--workdir", tmp_path / "gpa",
-               "--config.teacher.source=checkpoint", f"--config.teacher.path={run4}",
-               "--config.teacher.name=vit_tiny_patch16", "--config.teacher.head=2",
-               "--config.model.img_size=64", "--config.model.patch_size=16", "--config.total_steps=2")
+    p = run_cli("train", "--config", "configs/gpa_mae.py:vit_tiny_patch16,runlocal", "--workdir", tmp_path / "gpa",
+                "--config.teacher.source=checkpoint", f"--config.teacher.path={run4}",
+                "--config.teacher.name=vit_tiny_patch16", "--config.teacher.head=2",
+                "--config.model.img_size=64", "--config.model.patch_size=16", "--config.total_steps=2")
     assert p.returncode == 0 and os.path.isdir(tmp_path / "gpa" / "checkpoints" / "2"), p.stderr[-3000:]
 
 
 @pytest.mark.slow
-def test_resume_with_another_model_keeps_every_checkpoint(run4, tmp_path):
+def test_resume_with_another_model_keeps_every_checkpoint(run4, tmp_path, run_cli):
     w = tmp_path / "run"
     shutil.copytree(run4, w)
     before = listing(w / "checkpoints")
-    p = mimjax("train", "--config", "configs/mae.py:vit_tiny_patch16,runlocal", "--workdir", w,
-               "--config.total_steps=4", "--config.model.name=mae_vit_small_patch16")
+    p = run_cli("train", "--config", "configs/mae.py:vit_tiny_patch16,runlocal", "--workdir", w,
+                "--config.total_steps=4", "--config.model.name=mae_vit_small_patch16")
     error_line(p)
     assert listing(w / "checkpoints") == before

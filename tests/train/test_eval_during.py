@@ -15,23 +15,17 @@ from mimjax.train import metrics
 from mimjax.train import pretrain
 
 
-def tiny(steps=4):
-    c = config_lib.runlocal(config_lib.base_config())  # MAE, 2 blocks of width 64, 32 px, batch 8
-    c.total_steps = steps
-    c.log_every = 2
-    c.checkpoint_every = 100
-    c.eval.dataset = "embedded_faces"  # 200 labelled 25x25 faces / non-faces, shipped with scikit-image
-    c.eval.num_train, c.eval.num_test = 24, 12  # the last batch padded: exercises the masking
-    c.eval.batch_size = 16
-    c.eval.k = 5
-    return c
+# MAE, 2 blocks of width 64, 32 px, batch 8; k-NN on 200 labelled 25x25 faces / non-faces
+# (shipped with scikit-image), the last batch padded: exercises the masking.
+TINY = dict(total_steps=4, log_every=2, checkpoint_every=100,
+            eval=dict(dataset="embedded_faces", num_train=24, num_test=12, batch_size=16, k=5))
 
 
 @pytest.mark.slow
-def test_knn_rows_profile_trace_and_the_same_final_weights(tmp_path):
-    off = tiny()
+def test_knn_rows_profile_trace_and_the_same_final_weights(tmp_path, tiny_config):
+    off = tiny_config(**TINY)
     pretrain.train(off, str(tmp_path / "off"))
-    on = tiny()
+    on = tiny_config(**TINY)
     on.eval.every = 2
     on.profile.start_step, on.profile.num_steps = 1, 2  # steps 2-3 traced
     pretrain.train(on, str(tmp_path / "on"))
@@ -58,14 +52,14 @@ def test_knn_rows_profile_trace_and_the_same_final_weights(tmp_path):
     assert [s for s, _ in tb_scalars(tmp_path / "on" / "tb")["knn_top1"]] == [2, 4]
 
 
-def test_knn_eval_matches_the_knn_command_math():
+def test_knn_eval_matches_the_knn_command_math(tiny_config):
     """KnnEval's top-1 on a trained-free encoder equals knn_accuracy's on the same features
     (the padded rows are masked, not neighbours)."""
     from mimjax import parallel
     from mimjax.eval.knn import knn_accuracy
     from mimjax.train import knn_eval, step as step_lib
 
-    c = tiny()
+    c = tiny_config(**TINY)
     built = step_lib.build(config_lib.fill_missing(c), 64)
     abstract = jax.eval_shape(lambda: built.init_state(jax.random.key(0)))
     par = parallel.make(c.parallelism, abstract)
@@ -91,8 +85,8 @@ def test_knn_eval_matches_the_knn_command_math():
     ("eval.pool", "mean", "token or avg"),
     ("profile.num_steps", -2, ">= 0"),
 ])
-def test_bad_monitoring_values_name_the_key(key, value, words):
-    c = tiny()
+def test_bad_monitoring_values_name_the_key(key, value, words, tiny_config):
+    c = tiny_config(**TINY)
     c.eval.every = 2
     section, _, name = key.rpartition(".")
     (c[section] if section else c)[name] = value

@@ -3,8 +3,6 @@ all against a real GCS emulator (tests/gcs_emulator.py), checked through etils.e
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -17,15 +15,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CONFIG = "configs/gpa_mae.py:vit_tiny_patch16,runlocal"
 
 
-def mimjax(*args, **popen_kwargs):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}  # os.environ holds the emulator's (gcs_env)
-    return subprocess.Popen([sys.executable, "-m", "mimjax.cli", *args], env=env, cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen_kwargs)
-
-
-def train(workdir, steps, *extra):
-    return mimjax("train", "--config", CONFIG, "--workdir", workdir, f"--config.total_steps={steps}",
-                  "--config.log_every=1", "--config.checkpoint_every=2", "--config.snapshot_every=2", *extra)
+def train_args(workdir, steps, *extra):
+    return ("train", "--config", CONFIG, "--workdir", workdir, f"--config.total_steps={steps}", "--config.log_every=1",
+            "--config.checkpoint_every=2", "--config.snapshot_every=2", *extra)
 
 
 def finished(proc, timeout=900):
@@ -40,12 +32,12 @@ def names(path) -> set:
 
 
 @pytest.mark.slow
-def test_train_kill_resume_export_visualize_in_a_bucket(gcs_bucket, tmp_path):
+def test_train_kill_resume_export_visualize_in_a_bucket(gcs_bucket, tmp_path, start_cli):
     run = f"{gcs_bucket}/run"
     ckpts = epath.Path(run) / "checkpoints"
 
     # 1. Train (a long run) and kill -9 once step 2's checkpoint is committed in the bucket.
-    p = train(run, 1000)
+    p = start_cli(*train_args(run, 1000))
     t0 = time.time()
     while not (ckpts / "2" / "commit_success.txt").exists():
         assert p.poll() is None, f"train exited {p.returncode}:\n{p.stderr.read()[-4000:]}"
@@ -58,7 +50,7 @@ def test_train_kill_resume_export_visualize_in_a_bucket(gcs_bucket, tmp_path):
     assert not any(n.startswith("gs:") for n in os.listdir(REPO)), "a local folder named gs: was made"
 
     # 2. Resume to 6 from the checkpoint in the bucket (total_steps may change on resume).
-    _, err = finished(train(run, 6))
+    _, err = finished(start_cli(*train_args(run, 6)))
     assert "resumed from step" in err, err[-3000:]
     resumed = int(err.split("resumed from step", 1)[1].split()[0])
     assert resumed >= 2
@@ -75,7 +67,7 @@ def test_train_kill_resume_export_visualize_in_a_bucket(gcs_bucket, tmp_path):
 
     # 3. Export from the bucket into the bucket, and read it back.
     out = f"{gcs_bucket}/export/vit.safetensors"
-    finished(mimjax("export", "--workdir", run, "--format", "timm", "--out", out))
+    finished(start_cli("export", "--workdir", run, "--format", "timm", "--out", out))
     from safetensors.numpy import load
 
     sd = load(epath.Path(out).read_bytes())
@@ -85,14 +77,14 @@ def test_train_kill_resume_export_visualize_in_a_bucket(gcs_bucket, tmp_path):
 
     # 4. Visualize from the bucket into the bucket.
     vis = f"{gcs_bucket}/vis"
-    finished(mimjax("visualize", "--workdir", run, "--out", vis, "--num_images", "2"))
+    finished(start_cli("visualize", "--workdir", run, "--out", vis, "--num_images", "2"))
     assert {"reconstruction.png"} <= names(vis)
     assert (epath.Path(vis) / "reconstruction.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_unreachable_bucket_fails_in_one_line_naming_the_path(gcs_bucket):
+def test_unreachable_bucket_fails_in_one_line_naming_the_path(gcs_bucket, start_cli):
     missing = "gs://no-such-bucket-here/run"
-    p = mimjax("train", "--config", CONFIG, "--workdir", missing, "--config.total_steps=1")
+    p = start_cli("train", "--config", CONFIG, "--workdir", missing, "--config.total_steps=1")
     _, err = p.communicate(timeout=300)
     assert p.returncode != 0
     lines = [line for line in err.strip().splitlines() if "gs://no-such-bucket-here" in line]

@@ -3,27 +3,23 @@ exits 130 with one line, and the same command resumes from that step."""
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
 from mimjax.train import metrics
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = "configs/gpa_mae.py:vit_tiny_patch16,runlocal"
 
 
-def command(workdir):
-    return [sys.executable, "-m", "mimjax.cli", "train", "--config", CONFIG, "--workdir", str(workdir),
-            "--config.total_steps=50", "--config.log_every=1", "--config.checkpoint_every=100000"]
+def train_args(workdir):
+    return ["train", "--config", CONFIG, "--workdir", str(workdir), "--config.total_steps=50", "--config.log_every=1",
+            "--config.checkpoint_every=100000"]
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_the_current_step_exits_130_and_the_same_command_resumes(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    p = subprocess.Popen(command(tmp_path), env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         text=True)
+def test_ctrl_c_saves_the_current_step_exits_130_and_the_same_command_resumes(tmp_path, run_cli, start_cli):
+    p = start_cli(*train_args(tmp_path), stdout=subprocess.DEVNULL)
     path, t0 = str(tmp_path / "metrics.jsonl"), time.time()
     while p.poll() is None and time.time() - t0 < 300:
         if os.path.exists(path) and any(r["step"] >= 2 for r in metrics.read_metrics(path)):
@@ -40,7 +36,7 @@ def test_ctrl_c_saves_the_current_step_exits_130_and_the_same_command_resumes(tm
     assert lines == [f"mimjax train: interrupted (Ctrl-C): saved step {last_logged} in "
                      f"{tmp_path / 'checkpoints'}; the same command resumes"], stderr[-3000:]
 
-    again = subprocess.run(command(tmp_path), env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    again = run_cli(*train_args(tmp_path))
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resumed from step {last_logged}" in again.stderr
     assert metrics.read_metrics(path)[-1]["step"] == 50

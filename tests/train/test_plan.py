@@ -3,11 +3,8 @@ on this CPU machine (tiny ViTs: seconds to a minute each), the accumulation that
 there, the settings `auto` picks, and the target names."""
 import json
 import os
-import subprocess
-import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -17,19 +14,18 @@ from mimjax.train import config as config_lib
 from mimjax.train import plan
 from mimjax.train import step as step_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 needs_libtpu = pytest.mark.skipif(
     __import__("importlib").util.find_spec("libtpu") is None, reason="libtpu (requirements-dev.txt) not installed")
 
 
-def tiny_mae(batch=16, img=32, remat=False, accum=1, **model):
-    """The MAE recipe shrunk: ViT width 64, 2 blocks, one decoder block, synthetic data."""
-    c = config_lib.runlocal(config_lib.base_config())
-    c.batch_size, c.model.img_size = batch, img
-    c.data.source = "synthetic"
-    for k, v in model.items():
-        c.model[k] = v
-    return config_lib.set_fields(c, remat, accum)
+@pytest.fixture(scope="session")
+def tiny_mae(tiny_config):
+    """tiny_mae(batch=16, img=32, remat=False, accum=1, **model): the MAE recipe shrunk (ViT
+    width 64, 2 blocks, one decoder block) on synthetic data."""
+    def make(batch=16, img=32, remat=False, accum=1, **model):
+        c = tiny_config(batch_size=batch, model=dict(img_size=img, **model), data=dict(source="synthetic"))
+        return config_lib.set_fields(c, remat, accum)
+    return make
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +71,7 @@ def test_collectives_are_counted_with_their_bytes():
 
 
 # --- the "auto" settings (no compiler) -------------------------------------------------------
-def test_auto_takes_the_cheapest_setting_that_fits():
+def test_auto_takes_the_cheapest_setting_that_fits(tiny_mae):
     need = {(False, 1): 100, (True, 1): 60, (True, 2): 40, (True, 4): 30}  # bytes a setting needs
     measure = lambda c: plan.Compiled({"total": need[(c.model.remat, c.optimizer.accum_steps)]}, None, {}, 0.0,
                                       {}, 1)  # noqa: E731
@@ -91,7 +87,7 @@ def test_auto_takes_the_cheapest_setting_that_fits():
 
 @pytest.mark.parametrize("remat,accum,ok", [("auto", "auto", True), (True, 2, True), ("True", "4", True),
                                             ("sometimes", 1, False), (False, "many", False), (False, 0, False)])
-def test_validate_reads_auto_and_refuses_other_words(remat, accum, ok):
+def test_validate_reads_auto_and_refuses_other_words(remat, accum, ok, tiny_mae):
     c = config_lib.set_fields(tiny_mae(), remat, accum)
     if ok:
         config_lib.validate(c)
@@ -100,7 +96,7 @@ def test_validate_reads_auto_and_refuses_other_words(remat, accum, ok):
             config_lib.validate(c)
 
 
-def test_a_step_is_built_only_from_concrete_settings():
+def test_a_step_is_built_only_from_concrete_settings(tiny_mae):
     with pytest.raises(ValueError, match="resolve_auto"):
         step_lib.build(config_lib.set_fields(tiny_mae(), "auto", 1), 100)
     words = config_lib.concrete(config_lib.set_fields(tiny_mae(), "False", "2"))  # as typed on a command line
@@ -126,7 +122,7 @@ def test_imagenet_recipes_ship_auto_and_runlocal_is_concrete():
 
 
 @pytest.mark.slow
-def test_resolve_auto_on_this_cpu_picks_the_plain_step():
+def test_resolve_auto_on_this_cpu_picks_the_plain_step(tiny_mae):
     cfg = tiny_mae(batch=8, remat="auto", accum="auto")
     out = plan.resolve_auto(cfg)  # compiles the tiny step here: host memory holds it easily
     assert (out.model.remat, out.optimizer.accum_steps) == (False, 1)
@@ -134,7 +130,7 @@ def test_resolve_auto_on_this_cpu_picks_the_plain_step():
 
 
 @pytest.mark.slow
-def test_accumulation_gives_the_full_batch_update():
+def test_accumulation_gives_the_full_batch_update(tiny_mae):
     """accum 4 of 2 images = one step of 8 (the same masks: an image's mask follows its
     position in the batch), against the plain step; float32 on CPU. The weights after one
     AdamW step agree to 2% of the learning rate: Adam's first update is lr * g / (|g| + eps),
@@ -158,7 +154,7 @@ def test_accumulation_gives_the_full_batch_update():
 # --- compiled for a TPU slice (libtpu) ------------------------------------------------------
 @needs_libtpu
 @pytest.mark.slow
-def test_accumulation_lowers_tpu_memory(v5e4):
+def test_accumulation_lowers_tpu_memory(v5e4, tiny_mae):
     """The micro-batches are spread over the devices (each holds 1 / accum of its share at a
     time): on the TPU compiler, accumulation 4 needs at most 0.4x the plain step's temporaries
     (measured: 0.11x at 512 images a chip; before, when a device held all four micro-batches,
@@ -170,7 +166,7 @@ def test_accumulation_lowers_tpu_memory(v5e4):
 
 @needs_libtpu
 @pytest.mark.slow
-def test_fsdp_over_4_chips_splits_the_state_and_follows_the_mesh_rules(v5e4):
+def test_fsdp_over_4_chips_splits_the_state_and_follows_the_mesh_rules(v5e4, tiny_mae):
     wide = dict(width=256, num_heads=4, decoder_width=128)  # most leaves large enough to shard (mesh.MIN_FSDP_SIZE)
     plain = plan.compile_step(tiny_mae(batch=8, **wide), v5e4, "tpu")
     cfg = tiny_mae(batch=8, **wide)
@@ -195,11 +191,10 @@ def test_fsdp_over_4_chips_splits_the_state_and_follows_the_mesh_rules(v5e4):
 
 @needs_libtpu
 @pytest.mark.slow
-def test_plan_command_reports_json_and_exits_3_with_the_cheapest_fix():
-    env = dict(os.environ)
-    base = [sys.executable, "-m", "mimjax.cli", "plan", "--config", "configs/mae.py:vit_tiny_patch16,runlocal",
-            "--target", "v5e-4", "--json", "--config.batch_size=16"]
-    ok = subprocess.run(base, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+def test_plan_command_reports_json_and_exits_3_with_the_cheapest_fix(run_cli):
+    base = ["plan", "--config", "configs/mae.py:vit_tiny_patch16,runlocal", "--target", "v5e-4", "--json",
+            "--config.batch_size=16"]
+    ok = run_cli(*base, timeout=600)
     assert ok.returncode == 0, ok.stderr[-2000:]
     r = json.loads(ok.stdout)
     for key in ("target", "devices", "mesh", "per_device_batch", "memory_bytes", "capacity_bytes", "fits",
@@ -211,7 +206,7 @@ def test_plan_command_reports_json_and_exits_3_with_the_cheapest_fix():
     # A 1.6 B parameter encoder (width 8192): its weights and AdamW moments alone pass a
     # v5e's 16 GiB, so no remat / accumulation setting fits either.
     big = [*base, "--config.model.width=8192", "--config.model.num_heads=64", "--config.batch_size=4"]
-    no = subprocess.run(big, capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+    no = run_cli(*big)
     assert no.returncode == 3, no.stderr[-2000:]
     line = no.stderr.strip().splitlines()[-1]
     assert line.startswith("mimjax plan: does not fit v5e-4: the step needs") and "no remat / accumulation" in line
@@ -224,9 +219,8 @@ HAS_CUDA_PLUGIN = __import__("importlib").util.find_spec("jax_cuda12_plugin") is
 
 
 @pytest.mark.skipif(HAS_CUDA_PLUGIN, reason="the CUDA plugin is installed here")
-def test_gpu_target_without_the_cuda_plugin_is_one_line():
-    p = subprocess.run([sys.executable, "-m", "mimjax.cli", "plan", "--config", "configs/demo.py", "--target",
-                        "h100x8"], capture_output=True, text=True, cwd=ROOT, env=dict(os.environ), timeout=300)
+def test_gpu_target_without_the_cuda_plugin_is_one_line(run_cli):
+    p = run_cli("plan", "--config", "configs/demo.py", "--target", "h100x8", timeout=300)
     assert p.returncode == 2 and p.stderr.strip().splitlines() == [
         "mimjax plan: --target h100x8: compiling for an NVIDIA GPU needs JAX's CUDA plugin: pip install "
         "'mimjax[gpu]' -c requirements.txt (~5.5 GB)"]
@@ -234,10 +228,9 @@ def test_gpu_target_without_the_cuda_plugin_is_one_line():
 
 @pytest.mark.skipif(not HAS_CUDA_PLUGIN, reason="JAX's CUDA plugin (mimjax[gpu]) not installed")
 @pytest.mark.slow
-def test_plan_on_an_8_gpu_host():
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "-1"}
-    p = subprocess.run([sys.executable, "-m", "mimjax.cli", "plan", "--config", "configs/mae.py:vit_tiny_patch16,runlocal",
-                        "--target", "h100x8", "--json"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
+def test_plan_on_an_8_gpu_host(run_cli):
+    p = run_cli("plan", "--config", "configs/mae.py:vit_tiny_patch16,runlocal", "--target", "h100x8", "--json",
+                env={"CUDA_VISIBLE_DEVICES": "-1"})
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads(p.stdout)
     assert (r["platform"], r["devices"], r["per_device_batch"], r["fits"]) == ("gpu", 8, 1, True)

@@ -2,32 +2,16 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 from PIL import Image
 
-from mimjax.train import config as config_lib
 from mimjax.train import metrics
 from mimjax.train import pretrain as train
 from mimjax.train import step as step_lib
 from mimjax.train.checkpoint import load_params
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def tiny(strategy="gpa", teacher="ema", gpa_head=True, steps=4):
-    c = config_lib.runlocal(config_lib.base_config())
-    c.total_steps = steps
-    c.masking.strategy = strategy
-    c.masking.progress = "step"
-    c.teacher.source = teacher
-    c.teacher.block, c.teacher.head = 1, 2
-    c.model.gpa_head = gpa_head
-    return c
 
 
 def read_jsonl(workdir):
@@ -35,8 +19,8 @@ def read_jsonl(workdir):
 
 
 @pytest.mark.slow
-def test_gpa_mae_trains_and_writes_everything(tmp_path):
-    c = tiny()
+def test_gpa_mae_trains_and_writes_everything(tmp_path, tiny_config):
+    c = tiny_config(gpa=True, total_steps=4)
     c.snapshot_every = 2
     train.train(c, str(tmp_path))
     rows = read_jsonl(tmp_path)
@@ -52,10 +36,8 @@ def test_gpa_mae_trains_and_writes_everything(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_after_sigterm_equals_uninterrupted(tmp_path, monkeypatch):
-    c = tiny(steps=6)
-    c.log_every = 1
-    c.checkpoint_every = 100
+def test_resume_after_sigterm_equals_uninterrupted(tmp_path, monkeypatch, tiny_config):
+    c = tiny_config(gpa=True, total_steps=6, log_every=1, checkpoint_every=100)
     train.train(c, str(tmp_path / "straight"))
     straight = load_params(str(tmp_path / "straight" / "checkpoints"))
 
@@ -78,46 +60,39 @@ def test_resume_after_sigterm_equals_uninterrupted(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_checkpoint_teacher_from_an_mae_workdir(tmp_path):
-    mae_cfg = tiny(strategy="random", teacher="none", gpa_head=False, steps=2)
-    train.train(mae_cfg, str(tmp_path / "mae"))
-    c = tiny(teacher="checkpoint", gpa_head=False, steps=2)
-    c.teacher.path = str(tmp_path / "mae")
+def test_checkpoint_teacher_from_an_mae_workdir(tmp_path, tiny_config, trained_run):
+    c = tiny_config(gpa=True, total_steps=2, teacher=dict(source="checkpoint", path=trained_run),
+                    model=dict(gpa_head=False))
     last = train.train(c, str(tmp_path / "gpa"))
     assert np.isfinite(last["loss"])
 
 
 @pytest.mark.slow
-def test_image_folder_with_corrupt_file_trains_and_counts_skip(tmp_path, caplog):
+def test_image_folder_with_corrupt_file_trains_and_counts_skip(tmp_path, caplog, tiny_config):
     folder = tmp_path / "images"
     folder.mkdir()
     rng = np.random.default_rng(0)
     for i in range(10):
         Image.fromarray(rng.integers(0, 255, (40, 48, 3), np.uint8)).save(folder / f"img{i}.png")
     (folder / "broken.jpg").write_bytes(b"not a jpeg at all")
-    c = tiny(strategy="random", teacher="none", gpa_head=False, steps=2)
+    c = tiny_config(total_steps=2, masking=dict(progress="step"))
     c.data.source, c.data.folder = "folder", str(folder)
     train.train(c, str(tmp_path / "run"))
     assert "broken.jpg" in caplog.text
 
 
 @pytest.mark.slow
-def test_tfds_mock_data_trains(tmp_path):
+def test_tfds_mock_data_trains(tmp_path, tiny_config):
     import tensorflow_datasets as tfds
 
-    c = tiny(strategy="random", teacher="none", gpa_head=False, steps=2)
+    c = tiny_config(total_steps=2, masking=dict(progress="step"))
     c.data.source, c.data.name = "tfds", "imagenet2012"
     with tfds.testing.mock_data(num_examples=32, policy=tfds.testing.MockPolicy.USE_CODE):
         last = train.train(c, str(tmp_path))
     assert np.isfinite(last["loss"])
 
 
-def run_cli(*args, cwd=REPO):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, "-m", "mimjax.cli", *args], capture_output=True, text=True, cwd=cwd, env=env)
-
-
-def test_cli_config_error_is_one_line_and_starts_nothing(tmp_path):
+def test_cli_config_error_is_one_line_and_starts_nothing(tmp_path, run_cli):
     out = run_cli("train", "--config", "configs/demo.py", "--workdir", str(tmp_path / "w"),
                   "--config.masking.mask_ratio=1.5")
     assert out.returncode == 2
@@ -125,7 +100,7 @@ def test_cli_config_error_is_one_line_and_starts_nothing(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
-def test_a_batch_of_another_shape_stops_the_run_instead_of_recompiling(tmp_path, monkeypatch):
+def test_a_batch_of_another_shape_stops_the_run_instead_of_recompiling(tmp_path, monkeypatch, tiny_config):
     make = train.data.make_iterator
 
     def shrinking(*args, **kwargs):  # the pre-training iterator's third batch is half as big
@@ -144,7 +119,6 @@ def test_a_batch_of_another_shape_stops_the_run_instead_of_recompiling(tmp_path,
         return it
 
     monkeypatch.setattr(train.data, "make_iterator", shrinking)
-    c = tiny(steps=5)
-    c.log_every = 1
+    c = tiny_config(gpa=True, total_steps=5, log_every=1)
     with pytest.raises(step_lib.RecompilationError, match="compiled a second time"):
         train.train(c, str(tmp_path))

@@ -2,7 +2,6 @@
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -17,16 +16,13 @@ from mimjax.train import metrics
 from mimjax.train import pretrain as train
 from mimjax.train.checkpoint import load_params
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = "configs/gpa_mae.py:vit_tiny_patch16,runlocal"
 
 
-def start(workdir, steps, *extra, **popen_kwargs):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    cmd = [sys.executable, "-m", "mimjax.cli", "train", "--config", CONFIG, "--workdir", str(workdir),
-           f"--config.total_steps={steps}", "--config.log_every=1", "--config.checkpoint_every=1", *extra]
-    return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            **popen_kwargs)
+def train_args(workdir, steps, *extra):
+    """`mimjax train` of the tiny GPA recipe, logging and saving every step."""
+    return ("train", "--config", CONFIG, "--workdir", workdir, f"--config.total_steps={steps}", "--config.log_every=1",
+            "--config.checkpoint_every=1", *extra)
 
 
 def wait_for_step(workdir, step, proc, timeout=300):
@@ -39,31 +35,31 @@ def wait_for_step(workdir, step, proc, timeout=300):
     raise AssertionError(f"step {step} never logged: {proc.stderr.read()[-2000:] if proc.poll() is not None else ''}")
 
 
-def finish(workdir, steps):
-    p = start(workdir, steps)
+def finish(start_cli, workdir, steps):
+    p = start_cli(*train_args(workdir, steps), stdout=subprocess.DEVNULL)
     assert p.wait(timeout=600) == 0, p.stderr.read()[-3000:]
     return load_params(os.path.join(workdir, "checkpoints"))
 
 
 @pytest.mark.slow
-def test_kill_9_anywhere_then_restart_gives_bitwise_the_same_weights(tmp_path):
-    want = finish(tmp_path / "straight", 7)
+def test_kill_9_anywhere_then_restart_gives_bitwise_the_same_weights(tmp_path, start_cli):
+    want = finish(start_cli, tmp_path / "straight", 7)
     # Kill right after steps are logged: with a checkpoint every step and async saving,
     # these land during steps and during checkpoint writes.
     for i, kill_at in enumerate([1, 3, 5]):
         wd = tmp_path / f"killed{i}"
-        p = start(wd, 7)
+        p = start_cli(*train_args(wd, 7), stdout=subprocess.DEVNULL)
         wait_for_step(wd, kill_at, p)
         time.sleep(0.05 * i)
         p.send_signal(signal.SIGKILL)
         p.wait()
-        got = finish(wd, 7)
+        got = finish(start_cli, wd, 7)
         jax.tree.map(np.testing.assert_array_equal, want, got)
 
 
 @pytest.mark.slow
-def test_sigterm_saves_the_current_step_and_exits_0(tmp_path):
-    p = start(tmp_path, 1000, "--config.checkpoint_every=100000")
+def test_sigterm_saves_the_current_step_and_exits_0(tmp_path, start_cli):
+    p = start_cli(*train_args(tmp_path, 1000, "--config.checkpoint_every=100000"), stdout=subprocess.DEVNULL)
     wait_for_step(tmp_path, 2, p)
     p.send_signal(signal.SIGTERM)
     assert p.wait(timeout=120) == 0, p.stderr.read()[-2000:]
@@ -71,15 +67,12 @@ def test_sigterm_saves_the_current_step_and_exits_0(tmp_path):
     assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints")) == [last_logged]
 
 
-def tiny(steps):
-    c = config_lib.runlocal(config_lib.base_config())
-    c.total_steps, c.log_every, c.checkpoint_every = steps, 1, 2
-    return c
+LOGGED = dict(log_every=1, checkpoint_every=2)  # every step logged, every second one saved
 
 
 @pytest.mark.slow
-def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
-    c = tiny(6)
+def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog, tiny_config):
+    c = tiny_config(total_steps=6, **LOGGED)
     train.train(c, str(tmp_path / "straight"))
     c.total_steps = 4
     train.train(c, str(tmp_path / "run"))
@@ -122,20 +115,20 @@ def poison_third_batch(monkeypatch):
 
 
 @pytest.mark.slow
-def test_nonfinite_halt_names_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+def test_nonfinite_halt_names_step_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, tiny_config):
     poison_third_batch(monkeypatch)
     with pytest.raises(train.NonFiniteError, match=r"non-finite loss or gradients at step 3 .*"
                                                   r"Last good checkpoint: .*checkpoints/2 \(kept\)"):
-        train.train(tiny(6), str(tmp_path))
+        train.train(tiny_config(total_steps=6, **LOGGED), str(tmp_path))
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
     params = load_params(str(tmp_path / "checkpoints"))
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
 
 
 @pytest.mark.slow
-def test_nonfinite_skip_counts_and_goes_on(tmp_path, monkeypatch):
+def test_nonfinite_skip_counts_and_goes_on(tmp_path, monkeypatch, tiny_config):
     poison_third_batch(monkeypatch)
-    c = tiny(5)
+    c = tiny_config(total_steps=5, **LOGGED)
     c.optimizer.nonfinite = "skip"
     train.train(c, str(tmp_path))
     rows = metrics.read_metrics(str(tmp_path / "metrics.jsonl"))
@@ -144,15 +137,15 @@ def test_nonfinite_skip_counts_and_goes_on(tmp_path, monkeypatch):
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(load_params(str(tmp_path / "checkpoints"))))
 
 
-def test_unwritable_workdir_is_refused_before_anything_starts(tmp_path):
+def test_unwritable_workdir_is_refused_before_anything_starts(tmp_path, tiny_config):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(config_lib.ConfigError, match="is not writable"):
-        train.train(tiny(2), str(tmp_path / "a_file" / "run"))
+        train.train(tiny_config(total_steps=2, **LOGGED), str(tmp_path / "a_file" / "run"))
     assert (tmp_path / "a_file").read_text() == "x"
 
 
-def test_skipped_update_leaves_weights_untouched():
-    c = tiny(4)
+def test_skipped_update_leaves_weights_untouched(tiny_config):
+    c = tiny_config(total_steps=4, **LOGGED)
     c.optimizer.nonfinite = "skip"
     built = step_lib.build(c, 100)
     state = jax.jit(built.init_state)(jax.random.key(0))
@@ -163,8 +156,8 @@ def test_skipped_update_leaves_weights_untouched():
     assert int(new.nonfinite_steps) == 1 and int(new.first_nonfinite_step) == 0 and int(new.step) == 1
 
 
-def test_bad_data_config_leaves_an_existing_workdir_untouched(tmp_path):
-    c = tiny(2)
+def test_bad_data_config_leaves_an_existing_workdir_untouched(tmp_path, tiny_config):
+    c = tiny_config(total_steps=2, **LOGGED)
     train.train(c, str(tmp_path))
     before = (tmp_path / "config.json").read_text()
     c.data.source, c.data.name = "tfds", "no_such_dataset_xyz"

@@ -1,5 +1,5 @@
 """A run directory that a signal during a save, a lost config.json or a resume from an earlier
-checkpoint cannot poison (issue 25), through the `mimjax` command on the tiny GPA recipe."""
+checkpoint cannot poison, through the `mimjax` command on the tiny GPA recipe."""
 import json
 import os
 import re
@@ -13,7 +13,6 @@ from mimjax.train import metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = "configs/gpa_mae.py:vit_tiny_patch16,runlocal"
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 # `mimjax train` with a signal sent to itself as the periodic checkpoint save starts: the
 # window a user hits by chance (SIGTERM or Ctrl-C within ~0.1 s of the save), every time.
@@ -36,12 +35,6 @@ def train_args(workdir, steps, *extra):
             "--config.log_every=1", "--config.checkpoint_every=2", "--config.keep_checkpoints=10", *extra]
 
 
-def mimjax(workdir, steps, *extra):
-    p = subprocess.run([sys.executable, "-m", "mimjax.cli", *train_args(workdir, steps, *extra)], env=ENV, cwd=REPO,
-                       capture_output=True, text=True, timeout=600)
-    return p.returncode, p.stderr
-
-
 def error_lines(stderr):
     return [line for line in stderr.splitlines() if line.startswith("mimjax train:")]
 
@@ -57,8 +50,8 @@ def snapshot(workdir):
 
 @pytest.mark.parametrize("sig, status", [("SIGTERM", 0), ("SIGINT", 130)])
 def test_a_signal_as_a_periodic_save_starts_saves_that_step_once(sig, status, tmp_path):
-    p = subprocess.run([sys.executable, "-c", SIGNAL_IN_SAVE, sig, *train_args(tmp_path, 6)], env=ENV, cwd=REPO,
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run([sys.executable, "-c", SIGNAL_IN_SAVE, sig, *train_args(tmp_path, 6)], cwd=REPO,
+                       capture_output=True, text=True, timeout=600)  # this process's environment: CPU only
     assert p.returncode == status, p.stderr[-3000:]
     assert "Traceback" not in p.stderr and "StepAlreadyExistsError" not in p.stderr, p.stderr[-3000:]
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
@@ -67,11 +60,13 @@ def test_a_signal_as_a_periodic_save_starts_saves_that_step_once(sig, status, tm
     assert error_lines(p.stderr) == want, p.stderr[-3000:]
 
 
-def test_a_lost_config_json_is_recovered_a_refused_start_writes_nothing_and_replayed_steps_are_logged_once(tmp_path):
+def test_a_lost_config_json_is_recovered_a_refused_start_writes_nothing_and_replayed_steps_are_logged_once(
+        tmp_path, run_cli):
     wd = tmp_path / "w"
-    rc, err = mimjax(wd, 4)
-    assert rc == 0, err[-3000:]
-    assert re.search(r"; lr [0-9.e-]+ \(optimizer\.", err), err[-3000:]  # the lr in use, and where it comes from
+    p = run_cli(*train_args(wd, 4))
+    assert p.returncode == 0, p.stderr[-3000:]
+    # the lr in use, and where it comes from
+    assert re.search(r"; lr [0-9.e-]+ \(optimizer\.", p.stderr), p.stderr[-3000:]
     saved = json.loads((wd / "config.json").read_text())
     changed = ("--config.masking.mask_ratio=0.5", f"--config.model.norm_pix_loss={not saved['model']['norm_pix_loss']}")
     refused = {f"config.masking.mask_ratio=0.5 (the run has {saved['masking']['mask_ratio']!r})",
@@ -85,9 +80,9 @@ def test_a_lost_config_json_is_recovered_a_refused_start_writes_nothing_and_repl
         else:
             (wd / "config.json").write_text(config_json)
         before = snapshot(wd)
-        rc, err = mimjax(wd, 4, *changed)
-        assert rc == 2, err[-3000:]
-        (line,) = error_lines(err)
+        p = run_cli(*train_args(wd, 4, *changed))
+        assert p.returncode == 2, p.stderr[-3000:]
+        (line,) = error_lines(p.stderr)
         m = re.fullmatch(rf"mimjax train: config error: cannot resume {re.escape(str(wd))}: (.*) \(compared with "
                          rf"config_history.jsonl\); start a new --workdir or use the run's values", line)
         assert m and set(m.group(1).split(", ")) == refused, line
@@ -97,14 +92,14 @@ def test_a_lost_config_json_is_recovered_a_refused_start_writes_nothing_and_repl
     os.remove(wd / "config.json")
     os.remove(wd / "config_history.jsonl")
     before = snapshot(wd)
-    rc, err = mimjax(wd, 4, f"--config.seed={saved['seed'] + 1}")
-    assert rc == 2 and len(error_lines(err)) == 1 and "cannot resume" in err, err[-3000:]
+    p = run_cli(*train_args(wd, 4, f"--config.seed={saved['seed'] + 1}"))
+    assert p.returncode == 2 and len(error_lines(p.stderr)) == 1 and "cannot resume" in p.stderr, p.stderr[-3000:]
     assert snapshot(wd) == before and not (wd / "config.json").exists()
 
     # resumed from an earlier checkpoint: the replayed steps' rows replace the old ones
     (wd / "config.json").write_text(json.dumps(saved))
     shutil.rmtree(wd / "checkpoints" / "4")
-    rc, err = mimjax(wd, 4)
-    assert rc == 0 and "resumed from step 2" in err, err[-3000:]
+    p = run_cli(*train_args(wd, 4))
+    assert p.returncode == 0 and "resumed from step 2" in p.stderr, p.stderr[-3000:]
     rows = metrics.read_metrics(str(wd / "metrics.jsonl"))
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]

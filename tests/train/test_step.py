@@ -6,23 +6,12 @@ import numpy as np
 import pytest
 
 from mimjax import data
-from mimjax.train import config as config_lib
 from mimjax.train import step as step_lib
 
 
-def tiny(strategy="random", teacher="none", gpa_head=False, steps=60):
-    c = config_lib.runlocal(config_lib.base_config())
-    c.total_steps = steps
-    c.masking.strategy, c.masking.progress = strategy, "step"
-    c.teacher.source = teacher
-    c.teacher.block, c.teacher.head = 1, 2
-    c.model.gpa_head = gpa_head
-    return c
-
-
 @pytest.mark.slow
-def test_overfits_a_fixed_batch():
-    c = tiny()
+def test_overfits_a_fixed_batch(tiny_config):
+    c = tiny_config(total_steps=60, masking=dict(progress="step"))
     c.optimizer.lr, c.optimizer.warmup_steps, c.optimizer.weight_decay = 3e-3, 5, 0.0
     c.model.norm_pix_loss = False
     built = step_lib.build(c, 1000)
@@ -49,8 +38,9 @@ def test_compile_once_stops_a_second_compilation():
 @pytest.mark.parametrize("strategy,teacher,gpa_head,in_use", [
     ("random", "none", False, False), ("random", "ema", False, False), ("gpa", "ema", False, True),
     ("gpa", "self", True, True), ("random", "self", True, True), ("high", "ema", False, True)])
-def test_build_gives_the_teacher_the_config_names(strategy, teacher, gpa_head, in_use):
-    c = tiny(strategy, teacher, gpa_head)
+def test_build_gives_the_teacher_the_config_names(strategy, teacher, gpa_head, in_use, tiny_config):
+    c = tiny_config(total_steps=60, masking=dict(strategy=strategy, progress="step"),
+                    teacher=dict(source=teacher, block=1, head=2), model=dict(gpa_head=gpa_head))
     built = step_lib.build(c, 100)
     assert built.teacher.in_use == in_use and built.teacher.source == teacher
     state = jax.eval_shape(built.init_state, jax.random.key(0))
@@ -64,11 +54,11 @@ def test_build_gives_the_teacher_the_config_names(strategy, teacher, gpa_head, i
     assert built.schedule.total_steps == 60
 
 
-def test_late_start_head_and_its_adam_state_stay_unchanged_until_it_runs():
+def test_late_start_head_and_its_adam_state_stay_unchanged_until_it_runs(tiny_config):
     """docs/method.md §4: with gpa_head_late_start the head's blocks run only when t > 0.75; until
     then PyTorch's AdamW skips its parameters (no gradient): no weight decay, no moments,
     no step count. With t = step / 8, steps 0..6 have t <= 0.75 and step 7 has t = 0.875."""
-    c = tiny(strategy="gpa", teacher="ema", gpa_head=True, steps=8)
+    c = tiny_config(gpa=True, total_steps=8)
     c.model.gpa_head_late_start = True
     c.optimizer.weight_decay = 0.05
     built = step_lib.build(c, 1000)
@@ -95,7 +85,7 @@ def test_late_start_head_and_its_adam_state_stay_unchanged_until_it_runs():
     assert all(jax.tree.leaves(moved))
 
 
-def test_without_late_start_the_optimizer_is_optax_adamw():
-    c = tiny(strategy="gpa", teacher="ema", gpa_head=True, steps=8)
+def test_without_late_start_the_optimizer_is_optax_adamw(tiny_config):
+    c = tiny_config(gpa=True, total_steps=8)
     state = jax.eval_shape(step_lib.build(c, 1000).init_state, jax.random.key(0))
     assert type(state.opt_state[0]).__name__ == "ScaleByAdamState"  # one Adam over all parameters
