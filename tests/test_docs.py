@@ -8,11 +8,11 @@ from __future__ import annotations
 import functools
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import run_cli_process  # tests/conftest.py: `mimjax ARGS` in a fresh process
 
 ROOT = Path(__file__).resolve().parent.parent
 METHOD = ROOT / "docs" / "method.md"
@@ -96,8 +96,7 @@ def broken_links(path: Path, text: str) -> list[str]:
 # --- mimjax <command> --flag -----------------------------------------------------------------
 
 def _cli_help(*command: str) -> str:
-    r = subprocess.run([sys.executable, "-m", "mimjax.cli", *command, "--help"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=120, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    r = run_cli_process(*command, "--help", timeout=120)
     assert r.returncode == 0, f"mimjax {' '.join(command)} --help exited {r.returncode}: {r.stderr[-2000:]}"
     return r.stdout
 
