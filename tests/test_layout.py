@@ -55,11 +55,23 @@ def find_cycle(graph):
     return None
 
 
+def reachable(graph, module) -> set[str]:
+    """The modules `module` imports, directly or through others."""
+    seen, todo = set(), [module]
+    while todo:
+        for n in graph.get(todo.pop(), ()):
+            if n not in seen:
+                seen.add(n)
+                todo.append(n)
+    return seen
+
+
 def test_the_graph_is_read_and_the_cycle_finder_works():
     assert "mimjax.train.step" in GRAPH["mimjax.train.pretrain"]  # what this test relies on, checked
     assert "mimjax.masking" in GRAPH["mimjax.train.step"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+    assert reachable({"a": {"b"}, "b": {"c", "a"}, "c": set(), "d": {"a"}}, "a") == {"a", "b", "c"}
 
 
 def test_no_import_cycles():
@@ -89,3 +101,13 @@ def test_layers_import_only_what_they_may(package):
 def test_masking_imports_nothing_of_ours_but_itself():
     inside = [m for m in GRAPH if m.startswith("mimjax.masking")]
     assert all(n.startswith("mimjax.masking") for m in inside for n in GRAPH[m]), {m: GRAPH[m] for m in inside}
+
+
+def test_the_run_loop_reaches_none_of_its_callers():
+    """`Run` (mimjax.train.loop) serves every trainer's loop: no import of it, direct or
+    through other modules, reaches pre-training, the evaluation commands or the CLI."""
+    assert all("mimjax.train.loop" in GRAPH[m] for m in ("mimjax.train.pretrain", "mimjax.eval.classify"))
+    callers = ("mimjax.train.pretrain", "mimjax.eval", "mimjax.cli")
+    bad = sorted(n for n in reachable(GRAPH, "mimjax.train.loop")
+                 if any(n == c or n.startswith(c + ".") for c in callers))
+    assert not bad, bad

@@ -3,9 +3,9 @@ test-set evaluation and `fit`, the run both classifiers go through (linear probe
 `mimjax.eval.linprobe`, fine-tuning: `mimjax.eval.finetune`).
 
 `fit` reads top to bottom: config -> input -> model and optimizer (a `Task` says what
-differs) -> the shared run loop (`mimjax.train.loop.run`: restore or initialise, log rows,
-checkpoints, SIGTERM) -> evaluation on the test split -> OUT/<task>.json. The config
-schema is `mimjax.eval.config`'s.
+differs) -> the loop on a `mimjax.train.loop.Run` (the lock, restore or initialise, log
+rows, checkpoints, SIGTERM) -> evaluation on the test split -> OUT/<task>.json. The
+config schema is `mimjax.eval.config`'s.
 """
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ def fit(c, out: str, build) -> dict:
         raise ConfigError(f"config.batch_size={c.batch_size}: {e}") from e
     out = paths.absolute(out)  # (gs://... unchanged)
 
-    # --- Sharding, then the loop (mimjax/train/loop.py) ---------------------------------
+    # --- Sharding, then the loop (on a mimjax/train/loop.py Run) -------------------------
     abstract = jax.eval_shape(task.init_state, task.encoder_params)
     par = parallel.make(c.parallelism, abstract)
     frozen = jax.device_put(task.encoder_params, par.replicated) if task.frozen_encoder else None
@@ -172,17 +172,25 @@ def fit(c, out: str, build) -> dict:
              len(train_src), len(test_src), schedule.total_steps, schedule.steps_per_epoch, c.batch_size,
              describe_learning_rate(c.optimizer, c.batch_size))
 
-    def at_end(step, state, writer, preempted):  # the test split, unless stopped early
-        return None if preempted else evaluate(task, state, frozen, test_src, c, par)
-
-    run = loop.run(out, c, name=task.name, schedule=schedule, par=par, abstract_state=abstract,
-                   init_state=lambda: jax.jit(task.init_state, out_shardings=par.state_sharding)(task.encoder_params),
-                   step_fn=par.compile_step(lambda axis: task.train_step), step_args=(frozen, key), iterator=it,
-                   at_end=at_end)
+    init = jax.jit(task.init_state, out_shardings=par.state_sharding)
+    train_step = par.compile_step(lambda axis: task.train_step)
+    with loop.Run(out, c, name=task.name, flag="--out", schedule=schedule, par=par, abstract_state=abstract,
+                  init_state=lambda: init(task.encoder_params), iterator=it) as run:
+        state = run.start_state
+        step_args = run.replicate((frozen, key))  # explicit, once: the guard allows no transfer
+        for step, batch in run.batches():  # until total_steps, or a preemption notice
+            with run.step(step):  # under the transfer guard; then the preemption sync point
+                state, m = train_step(state, batch, *step_args)
+            run.log(step, m)
+            run.profile(step, (state, m))
+            if run.should_save(step):  # (preempted or the last step: saved below)
+                run.save(step, state)
+        if run.final_save_due:
+            run.save(run.steps_done, state, final=True)
+        result = None if run.preempted else evaluate(task, state, frozen, test_src, c, par)  # the test split
     if run.preempted:
-        return {"task": task.name, "preempted": True, "steps": run.step}
-    result = run.end
-    result.update(task=task.name, init=paths.absolute(c.init), pool=c.pool, steps=run.step,
+        return {"task": task.name, "preempted": True, "steps": run.steps_done}
+    result.update(task=task.name, init=paths.absolute(c.init), pool=c.pool, steps=run.steps_done,
                   num_train=len(train_src), num_classes=num_classes)
     if jax.process_index() == 0:
         paths.write_text(paths.join(out, f"{task.name}.json"), json.dumps(result, indent=2))

@@ -1,29 +1,43 @@
-"""The run loop every trainer shares (pre-training, linear probe, fine-tuning), read top to
-bottom (big_vision style):
+"""What every training loop shares (pre-training, linear probe, fine-tuning): a `Run`.
 
-    lock + config check -> restore or initialise (the input iterator's position checked)
-    -> config.json (nothing is written before) -> input on device -> steps, with a log row every
-    `log_every` steps (the only host sync) and a checkpoint every `checkpoint_every`
-    -> final checkpoint -> `at_end` -> shutdown (checkpoints finished, writers closed).
+Each trainer writes its own loop on it, read top to bottom (mimjax/train/pretrain.py,
+mimjax/eval/classify.py):
 
-What differs between trainers comes in as arguments: the step and its extra arguments,
-the state's shape and how to initialise it, and a few hooks (pre-training adds
-`skipped_images` to the log rows, halts on non-finite steps, checks that the step compiled
-once and writes reconstruction PNGs; the classifiers evaluate on the test split at the end).
+    with loop.Run(workdir, cfg, name=..., schedule=..., par=..., abstract_state=...,
+                  init_state=..., iterator=...) as run:  # lock, config check, restore or init
+        state = run.start_state
+        args = run.replicate(args)  # the step's extra arguments, on every device, once
+        for step, batch in run.batches():  # until total_steps or a preemption notice
+            with run.step(step):  # the transfer guard, the profiler window, preemption sync
+                state, metrics = step_fn(state, batch, *args)
+            run.log(step, metrics)  # a row every `log_every` steps (the only host sync)
+            run.profile(step, (state, metrics))
+            if run.should_save(step):
+                run.save(step, state)
+        if run.final_save_due:
+            run.save(run.steps_done, state, final=True)
+    # leaving: checkpoints finished, writers closed, the lock released; Ctrl-C raises here
 
-SIGTERM (preemption) stops the loop between steps: the current step is checkpointed, `run`
-returns normally (the command exits 0) with `preempted` set, and rerunning the command
-resumes there. SIGINT (Ctrl-C) saves the same way, then raises `mimjax.errors.Interrupted`
-(exit 130, one line); a second Ctrl-C exits at once without waiting for the save.
+Entering takes the run lock and compares the config with the run being resumed, restores
+the latest checkpoint and the input iterator's position (or initialises), and only then
+writes config.json. Leaving waits for the last checkpoint and closes everything, whatever
+happened; a full disk while writing metrics or pictures is a `DiskFullError` there too.
+
+SIGTERM (preemption) stops `batches()` between steps: the loop saves the current step
+(`final_save_due`), leaves normally (the command exits 0) with `preempted` set, and
+rerunning the command resumes there. SIGINT (Ctrl-C) saves the same way, then leaving
+raises `mimjax.errors.Interrupted` (exit 130, one line); a second Ctrl-C exits at once
+without waiting for the save.
 
 The step runs under `jax.transfer_guard("disallow")`: every host <-> device or device <->
-device transfer around it is explicit (`device_put` of batches by the prefetcher and of the
-step's extra arguments below, `device_get` of metrics at log points), so an accidental one,
-e.g. a Python scalar or NumPy array passed to the step, raises instead of silently syncing.
+device transfer around it is explicit (`device_put` of batches by the prefetcher, of the
+step's extra arguments by `replicate`, `device_get` of metrics at log rows), so an
+accidental one, e.g. a Python scalar or NumPy array passed to the step, raises instead of
+silently syncing.
 """
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import logging
 import os
 import signal
@@ -74,9 +88,9 @@ class _ProfileWindow:
 
 class _Preemption:
     """SIGTERM and SIGINT (Ctrl-C) stop the loop between steps: save the current step, then
-    `run` returns normally (SIGTERM) or raises `Interrupted` (SIGINT, exit 130). A second
-    Ctrl-C does not wait for the save: the process exits 130 at once (os._exit), keeping the
-    last complete checkpoint (an unfinished one is never taken as the latest).
+    leaving the `Run` ends normally (SIGTERM) or raises `Interrupted` (SIGINT, exit 130). A
+    second Ctrl-C does not wait for the save: the process exits 130 at once (os._exit),
+    keeping the last complete checkpoint (an unfinished one is never taken as the latest).
 
     One process: the signal sets a flag. Several (jax.distributed): every process must save
     the same step, or they hang in the save's collectives. SIGTERM then belongs to JAX's
@@ -171,7 +185,7 @@ def start(workdir: str, cfg, flag: str = "--workdir") -> tuple[workdir_lib.RunLo
     that has a checkpoint (mimjax.workdir.check_resume: a changed key outside
     `workdir.SAFE` is a ConfigError naming both values; safe ones are logged). Returns the
     lock (None on the other processes) and the safe changes; config.json and the history
-    are written by `_run` once the checkpoint and the input iterator accepted the config."""
+    are written by `Run` once the checkpoint and the input iterator accepted the config."""
     def check():
         lock = None
         try:
@@ -192,151 +206,155 @@ def start(workdir: str, cfg, flag: str = "--workdir") -> tuple[workdir_lib.RunLo
     return lock, changes
 
 
-def run(workdir: str, cfg, **kwargs) -> Outcome:
-    """`_run` (below: the loop and its arguments) in `workdir`, holding the run lock from
-    `start` until it returns or raises."""
-    workdir = paths.absolute(workdir)  # (gs://... unchanged)
-    lock, changes = start(workdir, cfg, "--workdir" if kwargs.get("name") == "pre-training" else "--out")
-    try:
-        return _run(workdir, cfg, changes=changes, **kwargs)
-    finally:
-        if lock is not None:
-            lock.release()
+class Run:
+    """A run (or its resumption) in `workdir`, used as a context manager; see the module
+    docstring for the loop it serves.
 
-
-@dataclasses.dataclass
-class Outcome:
-    state: Any  # the train state after the last step (the layout `par` runs it in)
-    step: int  # steps taken, counting those before a resume
-    last: dict  # the last log row ({} if nothing was logged)
-    preempted: bool  # SIGTERM stopped the run early (the step is checkpointed)
-    end: Any  # what `at_end` returned
-
-
-def _run(workdir: str, cfg, *, changes: list = (), name: str, schedule, par, abstract_state, init_state: Callable[[], Any],
-        step_fn: Callable, step_args: tuple, iterator,
-        log_fields: Callable[[], dict] | None = None,
-        on_log: Callable[[int, dict, Any, Checkpointer], None] | None = None,
-        before_save: Callable[[Any, Checkpointer], None] | None = None,
-        after_step: Callable[[int, Any, metrics.MetricWriter], None] | None = None,
-        at_end: Callable[[int, Any, metrics.MetricWriter, bool], Any] | None = None,
-        evaluate: Callable[[int, Any], dict] | None = None, eval_every: int = 0) -> Outcome:
-    """Runs (or resumes) `step_fn` in `workdir` until `schedule.total_steps`.
-
-    cfg: log_every, checkpoint_every, keep_checkpoints, batch_size, seed, data.prefetch.
-    par: a `mimjax.parallel` runner (shardings, batch placement, global <-> run layout).
-    abstract_state: the state's shapes (global layout); init_state() -> a fresh state in
-    the run layout. step_fn(state, batch, *step_args) -> (state, metrics) (compiled by
-    `par`); step_args (arrays or None, the same on every process) are placed on every
-    device (replicated) once, here. iterator: the
-    host input (get_state / set_state, a resumed run continues where the checkpoint was).
-
-    Hooks: log_fields() -> extra fields of a log row; on_log(step, row, state, ckpt) after
-    a row is written (may raise to stop the run); before_save(state, ckpt) before every
-    checkpoint; after_step(step, state, writer) after every step; at_end(step, state,
-    writer, preempted) after the final checkpoint, its result is `Outcome.end`.
-    evaluate(step, state) -> {name: scalar} every `eval_every` steps (0: never), on every
-    process (it may use collectives), written as a row of its own; it must only read the
-    state (the trajectory is the same with and without it).
-
-    cfg may also hold `writers` and `wandb` (mimjax.train.writers; default
-    "jsonl,tensorboard") and `profile` (start_step, num_steps): a jax.profiler trace of
-    those steps into workdir/tb (`_ProfileWindow`).
+    cfg: log_every, checkpoint_every, keep_checkpoints, batch_size, seed, data.prefetch, and
+    optionally `writers`, `wandb` (mimjax.train.writers; default "jsonl,tensorboard") and
+    `profile` (start_step, num_steps: a jax.profiler trace of those steps into workdir/tb).
+    name: what the log calls the run; flag: the command's flag for `workdir` (in messages).
+    schedule: total_steps and steps_per_epoch. par: a `mimjax.parallel` runner (shardings,
+    batch placement, global <-> run layout). abstract_state: the state's shapes (global
+    layout); init_state() -> a fresh state in the run layout (called when nothing is
+    restored). iterator: the host input (get_state / set_state: a resumed run continues
+    where its checkpoint was).
     """
-    workdir, is_main = paths.absolute(workdir), jax.process_index() == 0  # `run` has checked the config
 
-    # --- Restore or initialise ------------------------------------------------------
-    ckpt = Checkpointer(workdir_lib.checkpoints_dir(workdir), keep=cfg.keep_checkpoints)
-    restored = ckpt.restore_latest(jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                                abstract_state, par.state_sharding))
-    if restored is not None:
-        start, state, data_state = restored
-        state = par.from_global(state)
+    def __init__(self, workdir: str, cfg, *, name: str, flag: str = "--workdir", schedule, par, abstract_state,
+                 init_state: Callable[[], Any], iterator):
+        self.workdir = paths.absolute(workdir)  # (gs://... unchanged)
+        self.cfg, self.name, self.flag, self.schedule, self.par = cfg, name, flag, schedule, par
+        self._abstract, self._init_state, self._iterator = abstract_state, init_state, iterator
+        self._lock = self.ckpt = self.writer = self._profile = self._bar = self._preemption = None
+
+    def __enter__(self) -> Run:
+        self._lock, changes = start(self.workdir, self.cfg, self.flag)
         try:
-            iterator.set_state(data_state)
-        except ValueError as e:  # another seed or batch size than the run being resumed
-            ckpt.close()
-            raise ConfigError(f"config.batch_size={cfg.batch_size}, seed={cfg.seed}: cannot resume {workdir} "
-                              f"({e}); use the run's own values or a new output directory") from e
-        log.info("%s resumed from step %d in %s", name, start, ckpt.directory)
-    else:
-        start = 0
-        state = init_state()
-    try:  # every check passed (config, checkpoint, input position): only now is the config written
-        _on_process_0(f"write the config of {workdir}", lambda: write_config(workdir, cfg, changes))
-    except BaseException:
-        ckpt.close()
-        raise
-    if start >= schedule.total_steps:
-        log.info("nothing to do: step %d >= total_steps %d", start, schedule.total_steps)
-    batches = data.DevicePrefetcher(iterator, cfg.data.prefetch, put=par.put_batch)  # explicit device_put
-    # Explicit, once: the same values on every device of every process (the guard below allows no transfer).
-    step_args = multihost_utils.host_local_array_to_global_array(step_args, par.replicated.mesh, P())
+            self._restore_or_init(changes)
+            cfg, is_main = self.cfg, jax.process_index() == 0
+            self._batches = data.DevicePrefetcher(self._iterator, cfg.data.prefetch, put=self.par.put_batch)
+            self.writer = metrics.MetricWriter(
+                self.workdir, enabled=is_main, writers=cfg.get("writers", "jsonl,tensorboard"), wandb=cfg.get("wandb"),
+                hparams=cfg.to_dict() if hasattr(cfg, "to_dict") else None,
+                resume_step=self.start_step)  # rows after `start_step` are replayed: the old ones go
+            self._profile = _ProfileWindow(cfg.get("profile"), paths.join(self.workdir, "tb"))
+            self._bar = metrics.ProgressBar(self.schedule.total_steps, self.start_step, enabled=is_main)
+            self._throughput = metrics.Throughput(cfg.batch_size)
+            self._preemption = _Preemption(self.start_step)
+        except BaseException:
+            self._shut_down()
+            raise
+        self.steps_done, self.last_row, self._pending = self.start_step, {}, []
+        self._throughput.start(self.start_step)
+        return self
 
-    # --- Loop -----------------------------------------------------------------------
-    writer = metrics.MetricWriter(workdir, enabled=is_main, writers=cfg.get("writers", "jsonl,tensorboard"),
-                                  wandb=cfg.get("wandb"), hparams=cfg.to_dict() if hasattr(cfg, "to_dict") else None,
-                                  resume_step=start)  # rows after `start` are replayed: the old ones go
-    profile = _ProfileWindow(cfg.get("profile"), paths.join(workdir, "tb"))
-    bar = metrics.ProgressBar(schedule.total_steps, start, enabled=is_main)
-    throughput = metrics.Throughput(cfg.batch_size)
-    preempt = _Preemption(start)
-    pending, last, step, end = [], {}, start, None
+    def _restore_or_init(self, changes):
+        """The latest checkpoint and the input position (or init_state()), then config.json."""
+        self.ckpt = Checkpointer(workdir_lib.checkpoints_dir(self.workdir), keep=self.cfg.keep_checkpoints)
+        restored = self.ckpt.restore_latest(jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), self._abstract, self.par.state_sharding))
+        self._fresh = restored is None
+        if restored is not None:
+            self.start_step, state, data_state = restored
+            self.start_state = self.par.from_global(state)
+            try:
+                self._iterator.set_state(data_state)
+            except ValueError as e:  # another seed or batch size than the run being resumed
+                raise ConfigError(f"config.batch_size={self.cfg.batch_size}, seed={self.cfg.seed}: cannot resume "
+                                  f"{self.workdir} ({e}); use the run's own values or a new output directory") from e
+            log.info("%s resumed from step %d in %s", self.name, self.start_step, self.ckpt.directory)
+        else:
+            self.start_step, self.start_state = 0, self._init_state()
+        # Every check passed (config, checkpoint, input position): only now is the config written.
+        _on_process_0(f"write the config of {self.workdir}", lambda: write_config(self.workdir, self.cfg, changes))
+        if self.start_step >= self.schedule.total_steps:
+            log.info("nothing to do: step %d >= total_steps %d", self.start_step, self.schedule.total_steps)
 
-    def save(step, force=False):
-        if before_save is not None:
-            before_save(state, ckpt)
-        writer.flush()  # rows up to a checkpoint are durable before it is (object stores buffer them)
-        ckpt.save(step, par.to_global(state), batches.get_state(), force=force)
+    def replicate(self, tree):
+        """`tree` (arrays or None, the same on every process) on every device, explicitly:
+        the transfer guard of `step` allows no implicit transfer of a step's arguments."""
+        return multihost_utils.host_local_array_to_global_array(tree, self.par.replicated.mesh, P())
 
-    try:
-        throughput.start(step)
-        while step < schedule.total_steps and not preempt.requested:
-            batch = next(batches)  # placed by the prefetcher (device_put, or assembled across processes)
-            profile.before_step(step)
-            with jax.transfer_guard("disallow"):
-                state, m = step_fn(state, batch, *step_args)
-            step += 1
-            preempt.check(step)  # several processes: JAX's preemption sync point, the same step on all
-            pending.append(m)
-            if step % cfg.log_every == 0 or step == schedule.total_steps:
-                host = jax.device_get([par.host_metrics(p) for p in pending])  # the only host sync
-                last = {k: float(np.mean([p[k] for p in host])) for k in host[0]}
-                last["images_per_sec"] = throughput.update(step)
-                last["epoch"] = step / schedule.steps_per_epoch
-                if log_fields is not None:
-                    last.update(log_fields())
-                writer.write(step, last)
-                bar.update(step, images_per_sec=last["images_per_sec"], loss=last["loss"])
-                pending = []
-                if on_log is not None:
-                    on_log(step, last, state, ckpt)
-            profile.after_step(step, (state, m))
-            if evaluate is not None and eval_every and step % eval_every == 0:
-                writer.write_scalars(step, evaluate(step, state))
-            if step % cfg.checkpoint_every == 0 and step < schedule.total_steps and not preempt.requested:
-                save(step)  # (preempted: the save after the loop)
-            if after_step is not None:
-                after_step(step, state, writer)
-        if step > start or restored is None:
-            save(step, force=True)
-        if at_end is not None:
-            end = at_end(step, state, writer, preempt.requested)
-    except OSError as e:  # a full disk while writing metrics or pictures: say so, like a checkpoint would
-        if is_disk_full(e):
-            raise ckpt.disk_full_error(None, e) from e
-        raise
-    finally:
-        profile.stop()
+    def batches(self):
+        """(step, batch) for the steps start_step+1 .. total_steps, the batch on device (placed
+        by the prefetcher: device_put, or assembled across processes); stops early once a
+        preemption notice or Ctrl-C came (`preempted`)."""
+        while self.steps_done < self.schedule.total_steps and not self.preempted:
+            yield self.steps_done + 1, next(self._batches)
+
+    @contextlib.contextmanager
+    def step(self, step: int):
+        """Around step `step`: the profiler window, the transfer guard; then the preemption
+        sync point (several processes: the same stopping step on all)."""
+        self._profile.before_step(step - 1)
+        with jax.transfer_guard("disallow"):
+            yield
+        self.steps_done = step
+        self._preemption.check(step)
+
+    def log(self, step: int, step_metrics: dict, **fields) -> dict | None:
+        """Keeps the step's metrics (on device); every `log_every` steps and at the last step,
+        writes the mean of those kept, with images_per_sec, epoch and `fields`, as a row of
+        metrics.jsonl (and the other writers) and returns it; None between rows."""
+        self._pending.append(step_metrics)
+        if step % self.cfg.log_every != 0 and step != self.schedule.total_steps:
+            return None
+        host = jax.device_get([self.par.host_metrics(p) for p in self._pending])  # the only host sync
+        row = {k: float(np.mean([p[k] for p in host])) for k in host[0]}
+        row["images_per_sec"] = self._throughput.update(step)
+        row["epoch"] = step / self.schedule.steps_per_epoch
+        row.update(fields)
+        self.writer.write(step, row)
+        self._bar.update(step, images_per_sec=row["images_per_sec"], loss=row["loss"])
+        self._pending, self.last_row = [], row
+        return row
+
+    def profile(self, step: int, outputs):
+        """After step `step`: ends the profiler window at its last step, once `outputs` are ready."""
+        self._profile.after_step(step, outputs)
+
+    @property
+    def preempted(self) -> bool:
+        """A preemption notice (SIGTERM) or Ctrl-C came: the loop stops and saves its step."""
+        return self._preemption.requested
+
+    def should_save(self, step: int) -> bool:
+        """Whether step `step` is a periodic checkpoint (every `checkpoint_every` steps; not the
+        last step nor a preempted one: those are saved after the loop, `final_save_due`)."""
+        return step % self.cfg.checkpoint_every == 0 and step < self.schedule.total_steps and not self.preempted
+
+    @property
+    def final_save_due(self) -> bool:
+        """After the loop: whether its last step needs a checkpoint (a step ran, or a fresh run)."""
+        return self.steps_done > self.start_step or self._fresh
+
+    def save(self, step: int, state, *, final: bool = False):
+        """Checkpoints `state` at `step` with the input position (asynchronously); the metric
+        rows up to it are flushed first (object stores buffer them). final: the save after the
+        loop, even off the `checkpoint_every` cadence."""
+        self.writer.flush()
+        self.ckpt.save(step, self.par.to_global(state), self._batches.get_state(), force=final)
+
+    def __exit__(self, kind, error, traceback):
         try:
-            ckpt.wait()  # raises DiskFullError if the last async save ran out of space
+            if isinstance(error, OSError) and is_disk_full(error):  # metrics or pictures: say so like a checkpoint
+                raise self.ckpt.disk_full_error(None, error) from error
         finally:
-            ckpt.close()
-            writer.close()
-            bar.close()
-            preempt.restore()
-    if preempt.interrupted:  # after the save and the shutdown: the CLI prints this as its one line, exit 130
-        raise Interrupted(f"interrupted (Ctrl-C): saved step {step} in {ckpt.directory}; the same command resumes")
-    if preempt.requested:
-        log.warning("preempted at step %d: checkpoint saved in %s", step, ckpt.directory)
-    return Outcome(state, step, last, preempt.requested, end)
+            self._shut_down()
+        if error is None and self._preemption.interrupted:  # the CLI prints this as its one line, exit 130
+            raise Interrupted(f"interrupted (Ctrl-C): saved step {self.steps_done} in {self.ckpt.directory}; "
+                              f"the same command resumes")
+        if error is None and self.preempted:
+            log.warning("preempted at step %d: checkpoint saved in %s", self.steps_done, self.ckpt.directory)
+
+    def _shut_down(self):
+        """The profiler stopped, checkpoints finished (a full disk in the last async save
+        raises DiskFullError), writers closed, signal handlers back, the lock released: each
+        whatever the others raised (those not started yet are skipped)."""
+        with contextlib.ExitStack() as stack:  # the callbacks run last to first
+            for part, method in ((self._lock, "release"), (self._preemption, "restore"), (self._bar, "close"),
+                                 (self.writer, "close"), (self.ckpt, "close"), (self.ckpt, "wait"),
+                                 (self._profile, "stop")):
+                if part is not None:
+                    stack.callback(getattr(part, method))

@@ -1,6 +1,9 @@
 """MAE / GPA-MAE pre-training, read top to bottom (big_vision style):
-config -> devices -> input -> `step.build` (model, teacher, optimizer, step) -> `loop.run`
-(restore or initialise, steps, logs, checkpoints, SIGTERM) with pre-training's hooks.
+config -> devices -> input -> `step.build` (model, teacher, optimizer, step) -> the loop,
+on a `loop.Run` (the lock, restore or initialise, writers, checkpoints, SIGTERM): each step
+batch -> step -> log row (a non-finite check when it counted one) -> profiler window ->
+k-NN eval -> checkpoint (the non-finite check first) -> snapshot PNG; after the last step
+(or a preemption notice) the final checkpoint, the final snapshot and curves.png.
 
     mimjax train --config configs/demo.py --workdir workdirs/demo
     python -m mimjax.train --config configs/gpa_mae.py:vit_base_patch16 --workdir W \
@@ -30,6 +33,21 @@ from mimjax.errors import NonFiniteError
 from mimjax.train.step import snapshot_grid
 
 log = logging.getLogger("mimjax")
+
+
+def _halt_if_nonfinite(cfg, par, state, ckpt) -> None:
+    """optimizer.nonfinite='halt': a NonFiniteError if a step saw a non-finite loss or
+    gradients (one scalar sync; at checkpoints and at log rows that counted one)."""
+    if cfg.optimizer.nonfinite != "halt":
+        return
+    g = par.to_global(state)
+    if int(jax.device_get(g.nonfinite_steps)):
+        good = ckpt.latest_step()
+        raise NonFiniteError(
+            f"non-finite loss or gradients at step {int(jax.device_get(g.first_nonfinite_step)) + 1} "
+            f"(optimizer.nonfinite='halt'); the weights were not updated with them. Last good checkpoint: "
+            f"{paths.join(ckpt.directory, str(good)) if good is not None else 'none'} (kept). "
+            f"Lower the learning rate, enable optimizer.grad_clip, or set optimizer.nonfinite='skip'.")
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -63,7 +81,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         frozen_teacher = built.teacher.load_frozen()
     except ValueError as e:
         raise config_lib.ConfigError(str(e)) from e
-    # Everything is checked: only loop.run touches the workdir (config.json first).
+    # Everything is checked: only loop.Run touches the workdir (config.json first).
     init_key, step_key, snap_key = jax.random.split(jax.random.key(cfg.seed), 3)
     init_state = functools.partial(built.init_state, init_key)
     abstract = jax.eval_shape(init_state)
@@ -78,7 +96,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
         except ValueError as e:
             raise config_lib.ConfigError(f"config.eval.dataset={cfg.eval.dataset!r}: {e}") from e
 
-    # --- Loop (mimjax/train/loop.py: restore or initialise, log, checkpoint, SIGTERM) ----
+    # --- Loop (a `loop.Run`: lock, restore or initialise, writers, checkpoints, SIGTERM) ---
     # A fixed set of images for the PNGs, the same on every process.
     snap_images = next(data.make_iterator(cfg.data, img_size=enc.img_size, global_batch_size=min(4, cfg.batch_size),
                                           seed=cfg.seed + 1))["image"]
@@ -88,44 +106,37 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
              schedule.steps_per_epoch, cfg.batch_size, len(devices),
              schedule_lib.describe_learning_rate(cfg.optimizer, cfg.batch_size))
 
-    def check_finite(state, ckpt):  # one scalar sync, at checkpoints (and log rows that saw one)
-        if cfg.optimizer.nonfinite != "halt":
-            return
-        g = par.to_global(state)
-        if int(jax.device_get(g.nonfinite_steps)):
-            good = ckpt.latest_step()
-            raise NonFiniteError(
-                f"non-finite loss or gradients at step {int(jax.device_get(g.first_nonfinite_step)) + 1} "
-                f"(optimizer.nonfinite='halt'); the weights were not updated with them. Last good checkpoint: "
-                f"{paths.join(ckpt.directory, str(good)) if good is not None else 'none'} (kept). "
-                f"Lower the learning rate, enable optimizer.grad_clip, or set optimizer.nonfinite='skip'.")
-
-    def on_log(step, row, state, ckpt):
-        if row["nonfinite_steps"]:
-            check_finite(state, ckpt)
-
     def write_snapshot(step, state, writer):  # every process computes (collectives), process 0 writes
-        progress = schedule.progress(step, cfg.masking.progress)
         g = par.to_global(state)
-        out = snapshot_fn(g.params, g.ema_params, frozen_teacher, snap_images, snap_key, progress)
-        if not is_main:
-            return
-        grid = snapshot_grid(cfg, enc, snap_images, out)
-        pictures.save_png(paths.join(workdir, "snapshots", f"step_{step:07d}.png"), grid)
-        writer.write_images(step, {"reconstruction": grid})
+        out = snapshot_fn(g.params, g.ema_params, frozen_teacher, snap_images, snap_key,
+                          schedule.progress(step, cfg.masking.progress))
+        if is_main:
+            grid = snapshot_grid(cfg, enc, snap_images, out)
+            pictures.save_png(paths.join(workdir, "snapshots", f"step_{step:07d}.png"), grid)
+            writer.write_images(step, {"reconstruction": grid})
 
-    def after_step(step, state, writer):
-        if cfg.snapshot_every and step % cfg.snapshot_every == 0:
-            write_snapshot(step, state, writer)
-
-    def at_end(step, state, writer, preempted):
-        write_snapshot(step, state, writer)
+    with loop.Run(workdir, cfg, name="pre-training", schedule=schedule, par=par, abstract_state=abstract,
+                  init_state=lambda: par.init_state(init_state), iterator=it) as run:
+        state = run.start_state
+        teacher, key = run.replicate((frozen_teacher, step_key))  # explicit, once: the guard allows no transfer
+        for step, batch in run.batches():  # until total_steps, or a preemption notice
+            with run.step(step):  # under the transfer guard; then the preemption sync point
+                state, m = step_fn(state, batch, teacher, key)
+            row = run.log(step, m, skipped_images=it.num_skipped)  # every log_every steps, else None
+            if row and row["nonfinite_steps"]:
+                _halt_if_nonfinite(cfg, par, state, run.ckpt)
+            run.profile(step, (state, m))
+            if knn is not None and step % cfg.eval.every == 0:  # only reads the state: the same trajectory
+                run.writer.write_scalars(step, knn(step, state))
+            if run.should_save(step):  # (preempted or the last step: saved below)
+                _halt_if_nonfinite(cfg, par, state, run.ckpt)
+                run.save(step, state)
+            if cfg.snapshot_every and step % cfg.snapshot_every == 0:
+                write_snapshot(step, state, run.writer)
+        if run.final_save_due:
+            _halt_if_nonfinite(cfg, par, state, run.ckpt)
+            run.save(run.steps_done, state, final=True)
+        write_snapshot(run.steps_done, state, run.writer)
         if is_main and paths.exists(paths.join(workdir, "metrics.jsonl")):
             pictures.plot_curves(paths.join(workdir, "metrics.jsonl"), paths.join(workdir, "curves.png"))
-
-    return loop.run(workdir, cfg, name="pre-training", schedule=schedule, par=par, abstract_state=abstract,
-                    init_state=lambda: par.init_state(init_state), step_fn=step_fn,
-                    step_args=(frozen_teacher, step_key), iterator=it,
-                    log_fields=lambda: {"skipped_images": it.num_skipped}, on_log=on_log,
-                    before_save=check_finite, after_step=after_step, at_end=at_end,
-                    evaluate=knn, eval_every=cfg.eval.every).last
+    return run.last_row
