@@ -247,7 +247,8 @@ def test_written_commands_have_their_flags(path):
 
 
 def test_flag_checker_fails_on_a_missing_flag():
-    good = ("```bash\nmimjax train --config configs/demo.py --workdir W \\\n    --config.batch_size=8  # --not_a_flag\n```\n"
+    good = ("```bash\nmimjax train --config configs/demo.py --workdir W \\\n"
+            "    --config.batch_size=8  # --not_a_flag\n```\n"
             "and `mimjax eval knn --workdir W --dataset embedded_faces | head`, `mimjax plan --json --nojson`")
     assert bad_flags(good) == []
     bad = ("```bash\nmimjax train --config c.py \\\n    --no_such_flag=1\n```\n"
