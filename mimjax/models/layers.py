@@ -63,7 +63,7 @@ class PatchEmbed(nn.Module):
     [D]) and the same result up to float rounding. Why not the conv: on the CPU backend XLA
     computes the conv's kernel gradient in an MAE step (the conv output gathered to the
     visible patches) as a generic dilated convolution, 3.1 s of a 15 s ViT-S/16 step at
-    batch 32; as a matmul it is one more dense product (README, Performance)."""
+    batch 32; as a matmul it is one more dense product (bench/README.md, "Last results on CPU")."""
 
     patch_size: int
     width: int

@@ -30,7 +30,7 @@ import numpy as np
 # no native kernel on XLA:CPU (jax 0.10.2 upcasts it to a float32 dot plus converts), JAX's
 # transpose of a product whose output is float32 multiplies the float32 cotangent by the
 # half operand (a mixed, float32 product), and every elementwise op in bf16 runs as
-# convert -> float32 op -> convert on CPU. See README "Performance", bf16.
+# convert -> float32 op -> convert on CPU. See bench/README.md, "bf16 (mixed precision)".
 
 COMPUTE_DTYPES = ("float32", "bfloat16", "float16", "auto")
 
