@@ -73,8 +73,9 @@ class FullTeacher:
     """A teacher that runs every block (and the final norm) and keeps all heads' q, k of
     block `block`, then selects the wanted head: the straightforward way, to compare with
     `teacher_qk` of one head, which stops after that block's q, k. The final tokens are tied
-    into the result (times 0) so XLA cannot drop the blocks after `block`; the blocks up to
-    it are the same computation in both calls, which XLA computes once (CSE)."""
+    into the result (0, or NaN where they are not finite: XLA folds a product with 0 away, and
+    the blocks after `block` with it); the blocks up to it are the same computation in both
+    calls, which XLA computes once (CSE)."""
 
     def __init__(self, encoder):
         self.encoder = encoder
@@ -82,7 +83,7 @@ class FullTeacher:
     def apply(self, variables, images, *, block, head=None, method="teacher_qk"):
         del method
         q, k = self.encoder.apply(variables, images, block=block, method="teacher_qk")  # each [B, T, H, hd]
-        tie = 0.0 * self.encoder.apply(variables, images).mean()
+        tie = jnp.where(jnp.isfinite(self.encoder.apply(variables, images).mean()), 0.0, jnp.nan)
         one = slice(None) if head is None else slice(head, head + 1)
         return q[:, :, one] + tie.astype(q.dtype), k[:, :, one]
 
