@@ -13,7 +13,7 @@ install_part() {  # install_part NAME FILE...: pip install -r FILE when FILE(s) 
   want=$(cat "$@" setup.cfg | sha256sum | cut -d' ' -f1)
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     python -m pip install -q --upgrade pip
-    for r in "$@"; do python -m pip install -q -r "$r"; done
+    for r in "$@"; do python -m pip install -q -r "$r" -c requirements.txt; done  # the pins hold
     python -m pip install -q --no-deps -e .
     echo "$want" > "$stamp"
   fi
