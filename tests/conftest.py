@@ -2,9 +2,7 @@
 config, the `mimjax` command in a fresh process, and a trained tiny run directory."""
 import atexit
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 
@@ -16,8 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, os.path.dirname(__file__))  # for the numpy reference helpers
 
 from gcs_emulator import gcs_bucket, gcs_server  # noqa: E402,F401  (fixtures: a GCS emulator)
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from scaffold import make_tiny_config, run_cli_process, start_cli_process  # noqa: E402,F401
 
 
 def _share_one_compilation_cache():
@@ -44,54 +41,10 @@ def _share_one_compilation_cache():
 _share_one_compilation_cache()
 
 
-# GPA-MAE on the tiny config (make_tiny_config(gpa=True)): GPA masking by step, an EMA teacher
-# scoring with block 1, head 2, and the GPA head.
-GPA = dict(masking=dict(strategy="gpa", progress="step"), teacher=dict(source="ema", block=1, head=2),
-           model=dict(gpa_head=True))
-
-
-def make_tiny_config(gpa=False, **over):
-    """The tiny pre-training config (`runlocal`: MAE, ViT of width 64 and depth 2 on 32 px
-    images in 8 px patches, batch 8, embedded data); GPA-MAE with gpa=True (GPA above); then
-    `over`, a nested dict per section: make_tiny_config(total_steps=2, masking=dict(mask_ratio=0.5))."""
-    from mimjax.train import config as config_lib
-
-    c = config_lib.runlocal(config_lib.base_config())
-    if gpa:
-        c.update(GPA)
-    c.update(over)
-    return c
-
-
 @pytest.fixture(scope="session")
 def tiny_config():
     """tiny_config(gpa=False, **over) -> the tiny pre-training config (make_tiny_config)."""
     return make_tiny_config
-
-
-def cli_env(devices=None, env=None):
-    """The environment of a `mimjax` process: this one's (CPU only, the compilation cache),
-    `devices` CPU devices when given, then `env` on top."""
-    out = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    if devices is not None:
-        flags = re.sub(r"--xla_force_host_platform_device_count=\S+", "", out.get("XLA_FLAGS", "")).split()
-        out["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"])
-    out.update(env or {})
-    return out
-
-
-def start_cli_process(*args, devices=None, env=None, cwd=REPO, **popen_kwargs):
-    """`mimjax ARGS` started in a fresh process (subprocess.Popen; text mode, output piped
-    unless popen_kwargs say otherwise)."""
-    popen_kwargs = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, **popen_kwargs}
-    return subprocess.Popen([sys.executable, "-m", "mimjax.cli", *map(str, args)], env=cli_env(devices, env),
-                            cwd=cwd, **popen_kwargs)
-
-
-def run_cli_process(*args, devices=None, env=None, cwd=REPO, timeout=900, **run_kwargs):
-    """`mimjax ARGS` in a fresh process, waited for: a CompletedProcess with text stdout and stderr."""
-    return subprocess.run([sys.executable, "-m", "mimjax.cli", *map(str, args)], env=cli_env(devices, env), cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, **run_kwargs)
 
 
 @pytest.fixture(scope="session")

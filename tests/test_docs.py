@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli_process  # tests/conftest.py: `mimjax ARGS` in a fresh process
+from scaffold import run_cli_process  # tests/scaffold.py: `mimjax ARGS` in a fresh process
 
 ROOT = Path(__file__).resolve().parent.parent
 METHOD = ROOT / "docs" / "method.md"

@@ -19,7 +19,7 @@ SCRIPT = r"""
 import json, sys
 sys.path.insert(0, "tests")
 import jax
-from conftest import make_tiny_config  # tests/conftest.py (this runs outside pytest)
+from scaffold import make_tiny_config  # tests/scaffold.py (this runs outside pytest)
 from mimjax import parallel
 from mimjax.train import metrics
 from mimjax.train import pretrain as train

@@ -57,7 +57,7 @@ def test_write_failing_mid_save_keeps_the_previous_checkpoint_and_says_so(tmp_pa
 
 def _run_on_nearly_full_tmpfs(mnt, report):
     """Runs inside the namespace: train 2 steps, fill the disk, try 2 more, free it, resume."""
-    from conftest import start_cli_process as start_cli  # tests/conftest.py: this runs outside pytest
+    from scaffold import start_cli_process as start_cli  # tests/scaffold.py: this runs outside pytest
 
     wd, out = os.path.join(mnt, "run"), {}
     p = start(start_cli, wd, 2)
