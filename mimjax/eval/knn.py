@@ -20,7 +20,8 @@ from mimjax.train.knn_eval import knn_scores
 
 def knn_accuracy(train_feats, train_labels, test_feats, test_labels, *, k: int = 20,
                  temperature: float = 0.07, batch: int = 1024) -> dict:
-    """Top-1 / top-5 accuracy (percent) of weighted k-NN, test images in batches."""
+    """Top-1 (and with more than 5 classes top-5) accuracy, percent, of weighted k-NN, test
+    images in batches."""
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     k = min(k, len(train_feats))
     top1 = top5 = 0
@@ -33,7 +34,16 @@ def knn_accuracy(train_feats, train_labels, test_feats, test_labels, *, k: int =
         top1 += int((ranked[:, 0] == labels).sum())
         top5 += int((ranked[:, :5] == labels[:, None]).any(axis=1).sum())
     n = len(test_feats)
-    return {"top1": 100.0 * top1 / n, "top5": 100.0 * top5 / n, "num_test": n, "num_train": len(train_feats), "k": k}
+    return {**accuracy(top1, top5, n, num_classes), "num_test": n, "num_train": len(train_feats), "k": k}
+
+
+def accuracy(top1_hits: int, top5_hits: int, n: int, num_classes: int) -> dict:
+    """{"top1": %, "top5": %} of n test images; top-5 only with more than 5 classes (with 5
+    or fewer every image is a top-5 hit, and the number says nothing)."""
+    out = {"top1": 100.0 * top1_hits / n}
+    if num_classes > 5:
+        out["top5"] = 100.0 * top5_hits / n
+    return out
 
 
 def extract_features(encoder, enc_params, images_iter, pool: str = "token"):
