@@ -141,12 +141,21 @@ class Throughput:
         return rate
 
 
+def _four_digits(v) -> str:
+    """A float with 4 significant digits, trailing zeros kept (1.32 -> "1.320"); integers and
+    non-numbers as they are."""
+    if isinstance(v, numbers.Integral) or not isinstance(v, numbers.Real):
+        return str(v)
+    return f"{float(v):#.4g}"
+
+
 class ProgressBar:
     """`step 120/1000  12%  loss 0.512  312.4 img/s  ETA 0:04:41`, rewritten in place
     ("\\r") on a terminal; on anything else (a log file) a full line at most every
     `every_s` seconds, plus the last step. The ETA uses the rate since the first update,
     not since `start_step`, so compilation (before the first update) does not distort it;
-    it reads "?" until a second update."""
+    the first line has none. Scalars are printed with 4 significant digits, trailing zeros
+    kept (`loss 1.320`), so the columns do not jump from row to row."""
 
     def __init__(self, total_steps: int, start_step: int = 0, *, stream=None, enabled: bool = True,
                  every_s: float = 10.0):
@@ -163,15 +172,16 @@ class ProgressBar:
         now = time.perf_counter()
         if self._first is None:
             self._first = (step, now)
-        eta = "?"
+        eta = None
         done, elapsed = step - self._first[0], now - self._first[1]
         if done > 0 and elapsed > 0:
             eta = str(datetime.timedelta(seconds=round(max(self.total - step, 0) * elapsed / done)))
         parts = [f"step {step}/{self.total}", f"{100 * step / max(self.total, 1):3.0f}%"]
-        parts += [f"{k} {v:.4g}" if isinstance(v, numbers.Real) else f"{k} {v}" for k, v in scalars.items()]
+        parts += [f"{k} {_four_digits(v)}" for k, v in scalars.items()]
         if images_per_sec is not None:
             parts.append(f"{images_per_sec:.1f} img/s")
-        parts.append(f"ETA {eta}")
+        if eta is not None:
+            parts.append(f"ETA {eta}")
         line = "  ".join(parts)
         if self._tty:
             self.stream.write("\r" + line + "\x1b[K")  # \x1b[K clears what a longer line left

@@ -85,13 +85,14 @@ def test_truncated_last_line_is_skipped_and_cut_before_appending(tmp_path):
 def test_progress_bar_plain_stream():
     out = io.StringIO()  # not a TTY: full lines
     bar = metrics.ProgressBar(100, stream=out, every_s=0)
-    bar.update(10, images_per_sec=50.0, loss=0.5)
+    bar.update(10, images_per_sec=50.0, loss=0.5, skipped=3)
     time.sleep(0.01)
-    bar.update(20, images_per_sec=55.5, loss=np.float32(0.4))
+    bar.update(20, images_per_sec=55.5, loss=np.float32(1.32))
     bar.close()
     first, second = out.getvalue().splitlines()
-    assert first.startswith("step 10/100") and "ETA ?" in first  # no rate before a second update
-    assert "step 20/100" in second and " 20%" in second and "loss 0.4" in second
+    assert first.startswith("step 10/100") and "ETA" not in first  # no rate before a second update
+    assert "loss 0.5000" in first and "skipped 3 " in first  # 4 significant digits; integers as they are
+    assert "step 20/100" in second and " 20%" in second and "loss 1.320" in second
     assert "55.5 img/s" in second and "ETA 0:00:" in second and "\r" not in out.getvalue()
 
 
