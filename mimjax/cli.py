@@ -227,12 +227,11 @@ def _run_knn(fv) -> int:
                          temperature=fv.temperature, batch_size=fv.batch_size, random_init=fv.random_init,
                          write=False)
     print(json.dumps(result), flush=True)  # first: a result that cannot be saved is still shown
-    if not fv.random_init:
-        try:
-            knn.write_result(fv.workdir, result)
-        except OSError as e:
-            return _fail("mimjax eval knn", f"the result above was not saved: cannot write "
-                         f"{knn.result_path(fv.workdir)} ({e.strerror or e})")
+    try:
+        knn.write_result(fv.workdir, result)
+    except OSError as e:
+        return _fail("mimjax eval knn", f"the result above was not saved: cannot write "
+                     f"{knn.result_path(fv.workdir, fv.random_init)} ({e.strerror or e})")
     return 0
 
 
@@ -296,7 +295,7 @@ COMMANDS = {c.name: c for c in [
                                "again resumes."),
             _run_finetune, required=("config", "workdir", "out"), config_keys="mimjax/eval/config.py"),
     Command("eval knn", "Weighted k-NN accuracy of a run's frozen encoder (DINO protocol); prints JSON and "
-            "writes WORKDIR/knn.json.",
+            "writes WORKDIR/knn.json (--random_init: WORKDIR/knn_random_init.json).",
             ("mimjax eval knn --workdir W --dataset embedded_faces",
              "mimjax eval knn --workdir W --dataset tfds:imagenet2012 --data_dir /data/tfds "
              "--train_split train --test_split validation",

@@ -63,8 +63,9 @@ def run_knn(workdir: str, dataset: str = "embedded_faces", *, test_dataset: str 
     """`mimjax eval knn`: weighted k-NN accuracy of a run's frozen encoder on a labelled set
     (embedded_faces | tfds:NAME | folder:PATH; `test_dataset` a separate test set). The
     embedded set is split deterministically: every 4th image is a test image. Writes
-    WORKDIR/knn.json (unless random_init: a randomly initialised encoder of the same
-    architecture, the baseline; or write=False: the caller saves it with `write_result`)
+    WORKDIR/knn.json (random_init: a randomly initialised encoder of the same architecture,
+    the baseline, into WORKDIR/knn_random_init.json; write=False: the caller saves it with
+    `write_result`)
     and returns the result. A gs:// workdir whose bucket cannot be reached is a ConfigError
     before any work."""
     from mimjax import workdir as workdir_lib
@@ -91,19 +92,20 @@ def run_knn(workdir: str, dataset: str = "embedded_faces", *, test_dataset: str 
     from mimjax import paths
 
     result.update(workdir=paths.absolute(workdir), dataset=dataset, pool=pool, random_init=random_init)
-    if write and not random_init:
+    if write:
         write_result(workdir, result)
     return result
 
 
-def result_path(workdir: str) -> str:
+def result_path(workdir: str, random_init: bool = False) -> str:
+    """WORKDIR/knn.json, or WORKDIR/knn_random_init.json for the random-init baseline."""
     from mimjax import paths
 
-    return paths.join(workdir, "knn.json")
+    return paths.join(workdir, "knn_random_init.json" if random_init else "knn.json")
 
 
 def write_result(workdir: str, result: dict) -> None:
-    """WORKDIR/knn.json; OSError when it cannot be written."""
+    """`result_path` (by result["random_init"]); OSError when it cannot be written."""
     from mimjax import paths
 
-    paths.write_text(result_path(workdir), json.dumps(result, indent=2))
+    paths.write_text(result_path(workdir, result.get("random_init", False)), json.dumps(result, indent=2))

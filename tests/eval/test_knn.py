@@ -55,3 +55,8 @@ def test_eval_knn_cli_on_a_trained_workdir(trained_run, run_cli):
     assert res["num_test"] == 50 and res["num_train"] == 150 and 0 <= res["top1"] <= 100
     assert res["top1"] > 50  # faces vs non-faces: even barely trained features beat chance
     assert json.load(open(os.path.join(trained_run, "knn.json")))["top1"] == res["top1"]
+    out = run_cli("eval", "knn", "--workdir", trained_run, "--dataset", "embedded_faces", "--k", "5", "--random_init")
+    assert out.returncode == 0, out.stderr[-2000:]
+    baseline = json.loads(out.stdout.strip().splitlines()[-1])
+    assert baseline["random_init"] and json.load(open(os.path.join(trained_run, "knn_random_init.json"))) == baseline
+    assert json.load(open(os.path.join(trained_run, "knn.json")))["top1"] == res["top1"]  # the trained result is kept
