@@ -24,10 +24,12 @@ xla_cpu_enable_fast_math is left as it is.
 The `mimjax` command also sets up its logging here (`setup_logging`), and the way it ends:
 help text into a closed pipe is quiet (`say`), and a run whose checkpoint threads are still
 printing ends with its own line last (`exit_with_last_line`). All of it is called, never
-done on import: this module loads only the standard library (absl inside `setup_logging`).
+done on import: this module loads only the standard library (absl inside `setup_logging`). Log
+lines read as the progress line does: `13:22:14 message` (`PlainFormatter`).
 """
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import sys
@@ -76,20 +78,33 @@ def setup_process():
 
 
 # --- Logging and the end of the process (the `mimjax` command) ---------------------------
+class PlainFormatter(logging.Formatter):
+    """Log records as the progress line reads: `13:22:14 message`, and from warnings up
+    `13:22:14 WARNING: message`; no absl prefix (`I1204 13:22:14.715469 1401... file.py:79]`)."""
+
+    def __init__(self):
+        super().__init__("%(asctime)s %(message)s", datefmt="%H:%M:%S")
+
+    def formatMessage(self, record):
+        level = f"{record.levelname}: " if record.levelno >= logging.WARNING else ""
+        return f"{record.asctime} {level}{record.message}"
+
+
 def setup_logging():
-    """What absl's app.run did: absl's log handler on stderr; mimjax's own INFO lines, but
-    not Orbax's per-file ones nor asyncio's leftovers of a failed async write."""
+    """What absl's app.run did, in the progress line's plain format (`PlainFormatter`): absl's
+    log handler on stderr, for absl.logging and the standard logging alike; mimjax's own INFO
+    lines, but not Orbax's per-file ones nor asyncio's leftovers of a failed async write."""
     import faulthandler
-    import logging as std_logging
 
-    from absl import flags, logging
+    from absl import flags, logging as absl_logging
 
-    logging.use_absl_handler()
+    absl_logging.use_absl_handler()
+    absl_logging.get_absl_handler().setFormatter(PlainFormatter())
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()
-    logging.set_verbosity(logging.WARNING)
-    std_logging.getLogger("mimjax").setLevel(std_logging.INFO)
-    std_logging.getLogger("asyncio").setLevel(std_logging.CRITICAL)
+    absl_logging.set_verbosity(absl_logging.WARNING)
+    logging.getLogger("mimjax").setLevel(logging.INFO)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     try:
         if not faulthandler.is_enabled():
             faulthandler.enable()

@@ -4,6 +4,7 @@ NaN/Inf semantics, and that importing mimjax changes nothing in the process."""
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 
@@ -118,13 +119,18 @@ def test_procenv_loads_only_the_standard_library():
     assert out.stdout.strip() == "[]"
 
 
-def test_setup_logging_shows_mimjax_info_and_hides_the_noise():
-    code = ("import logging; from mimjax import procenv; procenv.setup_logging(); "
+def test_setup_logging_shows_mimjax_info_and_hides_the_noise_in_one_plain_format():
+    code = ("import logging; from absl import logging as absl_logging; from mimjax import procenv; "
+            "procenv.setup_logging(); "
             "logging.getLogger('mimjax').info('mimjax says'); logging.getLogger('orbax').info('orbax says'); "
-            "logging.getLogger('asyncio').error('asyncio says'); logging.getLogger('other').warning('other says')")
+            "logging.getLogger('asyncio').error('asyncio says'); logging.getLogger('other').warning('other says'); "
+            "absl_logging.warning('absl says'); absl_logging.info('absl info')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    said = [line.split("] ", 1)[-1] for line in out.stderr.splitlines()]
-    assert said == ["mimjax says", "other says"], out.stderr
+    lines = out.stderr.splitlines()
+    # HH:MM:SS, then the level only from warnings up: no absl prefix (I1204 13:22:14.715469 140164894694272 x.py:79])
+    assert [re.sub(r"^\d\d:\d\d:\d\d ", "", line) for line in lines] == \
+        ["mimjax says", "WARNING: other says", "WARNING: absl says"], out.stderr
+    assert all(re.match(r"^\d\d:\d\d:\d\d \S", line) and "]" not in line for line in lines), out.stderr
 
 
 # A thread keeps printing to stdout and stderr (as Orbax's threads do after a failed async
