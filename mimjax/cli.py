@@ -2,7 +2,7 @@
 
 Every command is parsed the same way, as in big_vision / the Flax examples: absl flags in a
 fresh `absl.flags.FlagValues` per command, and for the commands driven by a config file
-(train, finetune, eval linprobe) an ml_collections config file,
+(train, plan, config show, finetune, eval linprobe) an ml_collections config file,
 `--config path.py[:arg] --config.key=value ...`. This module holds only the flags, the help
 texts, the dispatch and the mapping of errors to one line on stderr and an exit status
 (a recipe named without a path: `mimjax.configs.resolve_argv`; absl's errors in one line:
@@ -38,6 +38,8 @@ from mimjax.schema import ConfigError
 EXIT_USAGE, EXIT_NONFINITE, EXIT_DISK_FULL = 2, 3, 4
 EXIT_DOES_NOT_FIT = 3  # mimjax plan: the step does not fit the target
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+TRAIN_KEYS = "mimjax/train/config.py"  # the pre-training schema, whose keys `mimjax config show` lists
+GROUPS = ("eval", "prepare", "config")  # the first word of two-word commands: mimjax eval knn
 HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
 METAVARS = {"target": "TARGET", "workdir": "DIR", "out": "PATH", "in": "PATH", "coordinator_address": "HOST:PORT",
             "dataset": "SOURCE",
@@ -86,6 +88,11 @@ def _define_plan(fv, argv):
                         "v6e-64; 2xv5e-256 for two slices) or a GPU host (h100x8, h200x8, a100x8; 4xh100x8 for four "
                         "hosts).", flag_values=fv)
     flags.DEFINE_bool("json", False, "Print the report as one JSON object.", flag_values=fv)
+
+
+def _define_config_show(fv, argv):
+    _define_config(fv, argv, "gpa_mae:vit_base_patch16,feature or configs/demo.py")
+    flags.DEFINE_bool("json", False, "Print {key: {value, meaning}} as one JSON object.", flag_values=fv)
 
 
 def _define_classifier(example: str, out_help: str):
@@ -205,6 +212,18 @@ def _run_plan(fv) -> int:
     return 0
 
 
+def _run_config_show(fv) -> int:
+    from mimjax.eval import config as eval_config
+    from mimjax.train import config_show
+
+    if not schema.schema_diff(fv.config, eval_config.base_config())[0]:  # no key outside the classifiers' schema
+        raise UsageError("a fine-tuning / linear-probe config: config show lists pre-training configs (mimjax train, "
+                         "mimjax plan); the classifiers' keys are in mimjax/eval/config.py")
+    table = config_show.rows(config_show.resolve(fv.config))
+    print(json.dumps(config_show.as_json(table)) if fv.json else config_show.format_rows(table))
+    return 0
+
+
 def _run_finetune(fv) -> int:
     from mimjax.eval import finetune
 
@@ -281,12 +300,17 @@ COMMANDS = {c.name: c for c in [
     Command("train", "Pre-train MAE / GPA-MAE; the same command again resumes from the latest checkpoint.",
             ("mimjax train --config configs/demo.py --workdir workdirs/demo",
              "mimjax train --config configs/gpa_mae.py:vit_base_patch16 --workdir W --config.batch_size=256"),
-            _define_train, _run_train, required=("config", "workdir"), config_keys="mimjax/train/config.py"),
+            _define_train, _run_train, required=("config", "workdir"), config_keys=TRAIN_KEYS),
     Command("plan", "Compile the train step for a TPU slice or a GPU host (no accelerator needed): memory, "
             "FLOPs, step time; exit 3 when it does not fit.",
             ("mimjax plan --config configs/gpa_mae.py:vit_base_patch16,feature --target h100x8",
              "mimjax plan --config configs/mae.py:vit_large_patch16 --target v5e-256 --json"),
-            _define_plan, _run_plan, required=("config", "target"), config_keys="mimjax/train/config.py"),
+            _define_plan, _run_plan, required=("config", "target"), config_keys=TRAIN_KEYS),
+    Command("config show", "Print a pre-training config as train resolves it (recipe, overrides, checks): one "
+            "line per key, `key = value  # meaning`.",
+            ("mimjax config show --config gpa_mae:vit_base_patch16,feature",
+             "mimjax config show --config configs/demo.py --config.batch_size=16 --json"),
+            _define_config_show, _run_config_show, required=("config",), config_keys=TRAIN_KEYS),
     Command("finetune", "Fine-tune a pre-trained encoder (MAE recipe: layer decay, mixup/cutmix); prints the "
             "result as JSON.",
             ("mimjax finetune --config configs/finetune.py:vit_base_patch16 --workdir PRETRAIN_W --out FT_W",),
@@ -362,8 +386,10 @@ def help_text(cmd: Command) -> str:
         left, text = _flag_usage(fv[name], name in cmd.required, name in cmd.multi)
         rows.append((left, text))
         if name == "config":
+            where = ("`mimjax config show --config FILE` lists them with their meanings" if cmd.config_keys == TRAIN_KEYS
+                     else f"the keys are in {cmd.config_keys}")
             rows.append(("--config.KEY=VALUE", "Override a config value, e.g. --config.batch_size=256 "
-                         f"--config.optimizer.lr=1e-4; the keys are in {cmd.config_keys}."))
+                         f"--config.optimizer.lr=1e-4; {where}."))
     out = [f"usage: mimjax {cmd.name} " + " ".join(
         _flag_usage(fv[n], True, n in cmd.multi)[0] for n in cmd.required)
         + (" [--config.KEY=VALUE ...]" if cmd.config_keys else "") + " [flags]", "", cmd.summary, "",
@@ -465,8 +491,8 @@ def _command(args: list) -> tuple[Command | None, list, str | None]:
         if len(args) < 2 or args[1].startswith("-"):
             return None, [], EVAL_USAGE
         name, args = f"eval {args[1]}", args[1:]
-    elif name == "prepare" and len(args) > 1 and not args[1].startswith("-"):  # mimjax prepare imagenet
-        name, args = f"prepare {args[1]}", args[1:]
+    elif name in GROUPS and len(args) > 1 and not args[1].startswith("-"):  # mimjax prepare imagenet
+        name, args = f"{name} {args[1]}", args[1:]
     return COMMANDS.get(name), args[1:], None
 
 
@@ -493,7 +519,7 @@ def main(argv=None) -> int:
         print(text, file=sys.stderr)
         return EXIT_USAGE
     if cmd is None:
-        name = " ".join(args[:2]) if args[0] in ("eval", "prepare") else args[0]
+        name = " ".join(args[:2]) if args[0] in GROUPS else args[0]
         close = difflib.get_close_matches(name, list(COMMANDS) + ["eval"], n=1)
         return _fail("mimjax", f"unknown command {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
                      + "; mimjax --help lists the commands")

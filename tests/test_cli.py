@@ -11,7 +11,7 @@ from mimjax.errors import UsageError
 from mimjax.schema import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_COMMANDS = ("train", "plan", "finetune", "eval linprobe")
+CONFIG_COMMANDS = ("train", "plan", "config show", "finetune", "eval linprobe")
 WORKDIR_COMMANDS = ("train", "finetune", "eval linprobe", "eval knn", "export", "visualize")
 
 
@@ -27,8 +27,8 @@ def one_line_error(p, prefix):
 
 
 def test_every_command_is_listed_and_has_a_help(capsys):
-    assert set(cli.COMMANDS) == {"train", "plan", "finetune", "eval knn", "eval linprobe", "export", "import", "visualize",
-                                 "prepare imagenet"}
+    assert set(cli.COMMANDS) == {"train", "plan", "config show", "finetune", "eval knn", "eval linprobe", "export",
+                                 "import", "visualize", "prepare imagenet"}
 
 
 @pytest.mark.parametrize("name", list(cli.COMMANDS))

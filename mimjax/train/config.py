@@ -5,8 +5,9 @@ Recipes in `configs/` call `base_config()` and change values. Before anything is
 what the run will read (teacher, data folders); each raises `ConfigError` with one line naming
 the key and value. `mimjax train` calls both, `mimjax plan` only `validate`.
 Top-level keys (stable): seed, batch_size, total_steps, total_epochs, log_every,
-checkpoint_every, parallelism, model, data, masking, teacher, optimizer (+ a few extras
-documented inline). Integer durations use -1 for "not set".
+checkpoint_every, parallelism, model, data, masking, teacher, optimizer, and the monitoring
+ones (writers, wandb, eval, profile); `MEANINGS` says what each key means, and `mimjax config
+show --config X` prints a resolved config with them. Integer durations use -1 for "not set".
 """
 from __future__ import annotations
 
@@ -24,108 +25,195 @@ from mimjax.schema import ConfigError, fail as _fail  # noqa: F401 (ConfigError:
 
 
 def base_config() -> ml_collections.ConfigDict:
+    """The schema with its defaults; each key's meaning is in MEANINGS (`mimjax config show`)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.batch_size = 4096  # global, over all processes and devices (one optimizer step)
-    c.total_steps = -1  # set exactly one of total_steps / total_epochs
+    c.batch_size = 4096
+    c.total_steps = -1
     c.total_epochs = -1
-    c.log_every = 50  # steps between metrics fetches (the only host syncs)
-    c.checkpoint_every = 1000  # steps; also at the end and on SIGTERM
+    c.log_every = 50
+    c.checkpoint_every = 1000
     c.keep_checkpoints = 3
-    c.snapshot_every = 0  # steps between reconstruction PNGs (0: only at the end)
+    c.snapshot_every = 0
     c.parallelism = ml_collections.ConfigDict()
-    c.parallelism.mode = "jit"  # jit: mesh + sharding rules (mimjax/parallel/mesh.py) | pmap: replicated data-parallel
-    c.parallelism.data = -1  # mesh axis sizes for jit; -1 = all remaining devices
-    c.parallelism.fsdp = 1  # parameters + optimizer state sharded over this axis
-    c.parallelism.model = 1  # tensor parallel (attention heads, MLP hidden)
+    c.parallelism.mode = "jit"
+    c.parallelism.data = -1
+    c.parallelism.fsdp = 1
+    c.parallelism.model = 1
 
     c.model = ml_collections.ConfigDict()
-    c.model.arch = "mae"  # mae (encoder on visible patches + decoder) | simmim (mask token in the encoder, linear head, L1)
-    c.model.name = "mae_vit_base_patch16"  # the encoder, "mae_<vit>" for every arch
+    c.model.arch = "mae"
+    c.model.name = "mae_vit_base_patch16"
     c.model.img_size = 224
-    c.model.patch_size = 0  # 0: from the name; likewise width / depth / num_heads
+    c.model.patch_size = 0
     c.model.width = 0
     c.model.depth = 0
     c.model.num_heads = 0
-    c.model.decoder_width = 512  # decoder_* and gpa_head_late_start: MAE only
+    c.model.decoder_width = 512
     c.model.decoder_depth = 8
     c.model.decoder_heads = 16
     c.model.norm_pix_loss = True
-    c.model.gpa_head = False  # "teacher + feature": predict the GPA map (docs/method.md §4)
-    c.model.gpa_head_late_start = False  # released-code quirk: head blocks only after t > 0.75
-    # The mixed-precision policy, one key (models/precision.py): the dtype of the
-    # operands of every matrix product, accumulated in float32; parameters, optimizer state,
-    # LayerNorm, softmax, losses and GPA scores are float32 whatever it is. "auto": bfloat16 on
-    # GPU/TPU and on CPUs with native bf16 (avx512_bf16 / amx_bf16), else float32.
-    c.model.dtype = "float32"  # float32 | bfloat16 | float16 | auto
-    c.model.remat = False  # activation checkpointing per block; recipes may hold "auto" (train/plan.py)
-    c.model.scan = False  # lax.scan over the blocks: one compiled block (ViT-L/H compile time)
-    c.model.attention = "auto"  # auto | explicit | xla | cudnn (cuDNN flash attention, GPU); see models/layers.py
-    c.model.init_from = ""  # start from: a run dir, an MAE / timm .pth / .safetensors (train/init_from.py)
+    c.model.gpa_head = False
+    c.model.gpa_head_late_start = False
+    c.model.dtype = "float32"
+    c.model.remat = False
+    c.model.scan = False
+    c.model.attention = "auto"
+    c.model.init_from = ""
 
     c.data = ml_collections.ConfigDict()
-    c.data.source = "tfds"  # tfds | folder | embedded | embedded_faces | synthetic | arrayrecord:PATH
-    c.data.name = "imagenet2012"  # TFDS name
+    c.data.source = "tfds"
+    c.data.name = "imagenet2012"
     c.data.split = "train"
-    c.data.data_dir = ""  # TFDS data_dir ("" = TFDS default)
-    c.data.manual_dir = ""  # where imagenet2012's tar files are, for its first preparation
-    c.data.folder = ""  # image folder (class-per-folder or flat)
+    c.data.data_dir = ""
+    c.data.manual_dir = ""
+    c.data.folder = ""
     c.data.synthetic_size = 1281167
-    c.data.num_examples = -1  # examples per epoch; -1: the source's length
-    c.data.prefetch = 2  # batches put on device ahead of the step
+    c.data.num_examples = -1
+    c.data.prefetch = 2
 
     c.masking = ml_collections.ConfigDict()
-    c.masking.strategy = "random"  # random (MAE) | gpa | high (AttMask on the teacher's cls attention)
+    c.masking.strategy = "random"
     c.masking.mask_ratio = 0.75
-    c.masking.hard = (0.0, 0.5)  # GPA hard share at progress 0 -> 1
-    c.masking.soft = (0.3, 0.0)  # GPA soft share at progress 0 -> 1
-    c.masking.progress = "epoch"  # epoch (authors: t = epoch / epochs) | step
+    c.masking.hard = (0.0, 0.5)
+    c.masking.soft = (0.3, 0.0)
+    c.masking.progress = "epoch"
 
     c.teacher = ml_collections.ConfigDict()
-    c.teacher.source = "none"  # none | checkpoint (frozen) | ema | self
-    c.teacher.path = ""  # checkpoint: a mimjax workdir or an imported teacher directory
-    c.teacher.name = "vit_base_patch16"  # architecture of a checkpoint teacher
-    c.teacher.block = 9  # GPA block, 0-indexed
-    c.teacher.head = 11  # GPA head; -1 = mean over heads (ours: the authors' code takes one head)
+    c.teacher.source = "none"
+    c.teacher.path = ""
+    c.teacher.name = "vit_base_patch16"
+    c.teacher.block = 9
+    c.teacher.head = 11
     c.teacher.ema_momentum = 0.996
 
     c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.blr = 1.5e-4  # lr = blr * batch_size / 256
-    c.optimizer.lr = -1.0  # absolute lr, overrides blr when > 0; -1 = unset (the only other value allowed)
+    c.optimizer.blr = 1.5e-4
+    c.optimizer.lr = -1.0
     c.optimizer.min_lr = 0.0
     c.optimizer.warmup_epochs = 40
-    c.optimizer.warmup_steps = -1  # overrides warmup_epochs when >= 0
+    c.optimizer.warmup_steps = -1
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.95
     c.optimizer.weight_decay = 0.05
-    c.optimizer.grad_clip = 0.0  # global-norm clipping; 0 = off
-    c.optimizer.accum_steps = 1  # gradient accumulation: micro-batches per step; recipes may hold "auto" (train/plan.py)
-    c.optimizer.nonfinite = "halt"  # non-finite loss/grads: halt (stop, keep last good checkpoint) | skip
+    c.optimizer.grad_clip = 0.0
+    c.optimizer.accum_steps = 1
+    c.optimizer.nonfinite = "halt"
 
     # Monitoring (mimjax.train.writers, knn_eval; none of it changes the training trajectory).
-    c.writers = "jsonl,tensorboard"  # comma-separated: jsonl (W/metrics.jsonl) | tensorboard (W/tb) | wandb ([wandb] extra)
+    c.writers = "jsonl,tensorboard"
     c.wandb = ml_collections.ConfigDict()
     c.wandb.project = "mimjax"
-    c.wandb.name = ""  # the run's display name ("" = W&B's)
+    c.wandb.name = ""
     c.wandb.entity = ""
-    c.wandb.mode = ""  # "" (WANDB_MODE or online) | online | offline (nothing sent; `wandb sync` later) | disabled
+    c.wandb.mode = ""
     c.eval = ml_collections.ConfigDict()
-    c.eval.every = 0  # steps between k-NN evaluations of the encoder (knn_top1 rows); 0 = off
-    c.eval.dataset = "embedded_faces"  # labelled set, as `mimjax eval knn --dataset`: embedded_faces | tfds:NAME | folder:PATH
-    c.eval.test_dataset = ""  # a separate test set (same forms); "" = the dataset's test split (or every 4th image)
+    c.eval.every = 0
+    c.eval.dataset = "embedded_faces"
+    c.eval.test_dataset = ""
     c.eval.train_split = "train"
-    c.eval.test_split = "test"  # TFDS: e.g. "validation" for imagenet2012
+    c.eval.test_split = "test"
     c.eval.data_dir = ""
-    c.eval.num_train = 10000  # first N images of each side (-1 = all): decoded once, kept in host memory
+    c.eval.num_train = 10000
     c.eval.num_test = 2000
     c.eval.k = 20
     c.eval.temperature = 0.07
-    c.eval.pool = "token"  # token (cls) | avg (mean patch token)
-    c.eval.batch_size = 256  # global, a multiple of the devices the batch is split over
+    c.eval.pool = "token"
+    c.eval.batch_size = 256
     c.profile = ml_collections.ConfigDict()
-    c.profile.start_step = 10  # jax.profiler trace of the steps start_step+1 .. start_step+num_steps
-    c.profile.num_steps = 0  # 0 = off; the trace lands in W/tb/plugins/profile/<run>/ (TensorBoard's profile tab)
+    c.profile.start_step = 10
+    c.profile.num_steps = 0
     return c
+
+
+# Each key of `base_config`, dotted, with its one-line meaning: the one place keys are
+# explained (`mimjax config show` prints them beside the values; docs/recipes.md groups them).
+MEANINGS = {
+    "seed": "all randomness: init, data order, augmentation, masks",
+    "batch_size": "global batch of one optimizer step, over all processes and devices",
+    "total_steps": "run length in steps; set exactly one of total_steps / total_epochs (-1 = unset)",
+    "total_epochs": "run length in epochs; set exactly one of total_steps / total_epochs (-1 = unset)",
+    "log_every": "steps between metrics fetches (the only host syncs) and log rows",
+    "checkpoint_every": "steps between checkpoints; also at the end and on SIGTERM",
+    "keep_checkpoints": "how many checkpoints are kept",
+    "snapshot_every": "steps between reconstruction PNGs in W/snapshots (0: only at the end)",
+    "parallelism.mode": "jit: mesh + sharding rules (mimjax/parallel/mesh.py) | pmap: replicated data-parallel",
+    "parallelism.data": "data-parallel mesh axis size for jit; -1 = all remaining devices",
+    "parallelism.fsdp": "mesh axis over which parameters and optimizer state are sharded (FSDP)",
+    "parallelism.model": "tensor-parallel mesh axis (attention heads, MLP hidden)",
+    "model.arch": "mae (encoder on visible patches + decoder) | simmim (mask token in the encoder, linear head, L1)",
+    "model.name": "the encoder, mae_<vit> for either arch (mae_vit_{tiny,small,base,large}_patch16, "
+                  "mae_vit_huge_patch14)",
+    "model.img_size": "input image size in pixels (square)",
+    "model.patch_size": "patch size in pixels; 0 = from model.name",
+    "model.width": "encoder width; 0 = from model.name",
+    "model.depth": "encoder blocks; 0 = from model.name",
+    "model.num_heads": "encoder attention heads; 0 = from model.name",
+    "model.decoder_width": "MAE decoder width",
+    "model.decoder_depth": "MAE decoder blocks",
+    "model.decoder_heads": "MAE decoder attention heads",
+    "model.norm_pix_loss": "the target is each patch normalised by its own mean and std (MAE's norm_pix_loss)",
+    "model.gpa_head": "predict the GPA map too: 'teacher + feature' (docs/method.md §4)",
+    "model.gpa_head_late_start": "MAE only: the GPA head's blocks run only once t > 0.75 (the released code)",
+    "model.dtype": "operand dtype of every matrix product (float32 accumulation): float32 | bfloat16 | float16 "
+                   "| auto (bfloat16 on GPU/TPU and CPUs with native bf16)",
+    "model.remat": "activation checkpointing per block: True | False | auto (the cheapest that fits)",
+    "model.scan": "one lax.scan over the blocks: one compiled block (ViT-L/H compile time)",
+    "model.attention": "auto | explicit | xla | cudnn (cuDNN flash attention, GPU); see models/layers.py",
+    "model.init_from": "start from these weights: a run dir or an MAE / timm .pth / .safetensors (fresh start only)",
+    "data.source": "tfds | folder | embedded | embedded_faces | synthetic | arrayrecord:PATH (mimjax prepare "
+                   "imagenet)",
+    "data.name": "TFDS dataset name",
+    "data.split": "the split trained on",
+    "data.data_dir": "TFDS data_dir ('' = TFDS default)",
+    "data.manual_dir": "where imagenet2012's tar files are, for its first TFDS preparation",
+    "data.folder": "image folder for data.source=folder (class-per-folder or flat)",
+    "data.synthetic_size": "epoch length of data.source=synthetic",
+    "data.num_examples": "examples per epoch; -1 = the source's length",
+    "data.prefetch": "batches put on the devices ahead of the step",
+    "masking.strategy": "random (MAE) | gpa | high (AttMask on the teacher's cls attention)",
+    "masking.mask_ratio": "fraction of the patches masked",
+    "masking.hard": "GPA hard share (start, end): masked by highest GPA score, at progress 0 -> 1",
+    "masking.soft": "GPA soft share (start, end): masked by sampling with GPA weights, at progress 0 -> 1",
+    "masking.progress": "epoch (authors: t = epoch / epochs) | step (t = step / steps)",
+    "teacher.source": "none | checkpoint (frozen) | ema (momentum copy of the student) | self (the student, "
+                      "no gradient)",
+    "teacher.path": "teacher.source=checkpoint: a mimjax run directory or a `mimjax import` directory",
+    "teacher.name": "architecture of a checkpoint teacher",
+    "teacher.block": "teacher block whose attention gives the GPA scores (0-indexed)",
+    "teacher.head": "attention head of the GPA scores; -1 = mean over heads",
+    "teacher.ema_momentum": "momentum of an ema teacher",
+    "optimizer.blr": "base learning rate: lr = blr * batch_size / 256",
+    "optimizer.lr": "absolute learning rate, used instead of blr when > 0; -1 = unset",
+    "optimizer.min_lr": "learning rate at the end of the cosine decay",
+    "optimizer.warmup_epochs": "linear warm-up length in epochs",
+    "optimizer.warmup_steps": "linear warm-up length in steps; used instead of warmup_epochs when >= 0",
+    "optimizer.b1": "AdamW beta1",
+    "optimizer.b2": "AdamW beta2",
+    "optimizer.weight_decay": "AdamW decoupled weight decay",
+    "optimizer.grad_clip": "global-norm gradient clipping; 0 = off",
+    "optimizer.accum_steps": "gradient accumulation: micro-batches per step; auto = the fewest that fit",
+    "optimizer.nonfinite": "a non-finite loss or gradient: halt (stop, keep the last good checkpoint) | skip",
+    "writers": "where metrics go, comma-separated: jsonl (W/metrics.jsonl) | tensorboard (W/tb) | wandb",
+    "wandb.project": "Weights & Biases project",
+    "wandb.name": "the run's W&B display name ('' = W&B's)",
+    "wandb.entity": "W&B entity (user or team; '' = the default)",
+    "wandb.mode": "'' (WANDB_MODE or online) | online | offline (nothing sent; wandb sync later) | disabled",
+    "eval.every": "steps between k-NN evaluations of the encoder (knn_top1 rows); 0 = off",
+    "eval.dataset": "k-NN labelled set, as mimjax eval knn --dataset: embedded_faces | tfds:NAME | folder:PATH",
+    "eval.test_dataset": "a separate k-NN test set (same forms); '' = the dataset's test split",
+    "eval.train_split": "k-NN training split (TFDS)",
+    "eval.test_split": "k-NN test split (TFDS: e.g. validation for imagenet2012)",
+    "eval.data_dir": "TFDS data_dir of the k-NN sets",
+    "eval.num_train": "k-NN training images: the first N, decoded once and kept in host memory (-1 = all)",
+    "eval.num_test": "k-NN test images: the first N (-1 = all)",
+    "eval.k": "neighbours that vote in the k-NN",
+    "eval.temperature": "each k-NN vote weighs exp(cosine / temperature)",
+    "eval.pool": "k-NN features: token (normed cls token) | avg (mean patch token)",
+    "eval.batch_size": "global k-NN batch, a multiple of the devices the batch is split over",
+    "profile.start_step": "the jax.profiler trace starts after this step",
+    "profile.num_steps": "steps traced into W/tb/plugins/profile (TensorBoard's profile tab); 0 = off",
+}
 
 
 def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
