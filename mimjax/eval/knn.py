@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 # The jitted scoring, shared with the k-NN during pre-training (mimjax.train never imports mimjax.eval).
-from mimjax.train.knn_eval import knn_scores
+from mimjax.train.knn_eval import FeatureProgress, knn_scores
 
 
 def knn_accuracy(train_feats, train_labels, test_feats, test_labels, *, k: int = 20,
@@ -46,13 +46,16 @@ def accuracy(top1_hits: int, top5_hits: int, n: int, num_classes: int) -> dict:
     return out
 
 
-def extract_features(encoder, enc_params, images_iter, pool: str = "token"):
-    """(features [M, D] float32, labels [M] int32) of every batch of an iterator."""
+def extract_features(encoder, enc_params, images_iter, pool: str = "token", progress: FeatureProgress | None = None):
+    """(features [M, D] float32, labels [M] int32) of every batch of an iterator; `progress`
+    counts the images (a line on stderr every few seconds)."""
     apply = jax.jit(lambda p, x: encoder.apply({"params": p}, x, pool=pool, method="features"))
     feats, labels = [], []
     for batch in images_iter:
-        feats.append(np.asarray(apply(enc_params, batch["image"])))
+        feats.append(np.asarray(apply(enc_params, batch["image"])))  # on the host: done when counted
         labels.append(np.asarray(batch["label"]))
+        if progress is not None:
+            progress.update(len(labels[-1]))
     return np.concatenate(feats), np.concatenate(labels)
 
 
@@ -83,10 +86,10 @@ def run_knn(workdir: str, dataset: str = "embedded_faces", *, test_dataset: str 
     train_src, test_src = labelled_sources(dataset, test_dataset=test_dataset, train_split=train_split,
                                            test_split=test_split, data_dir=data_dir)
     feats = []
-    for src in (train_src, test_src):
+    for what, src in (("train features", train_src), ("test features", test_src)):
         it = make_iterator(None, img_size=mc.img_size, global_batch_size=batch_size, seed=0,
                            train=False, source=src)
-        feats.append(extract_features(model.encoder, params["encoder"], it, pool))
+        feats.append(extract_features(model.encoder, params["encoder"], it, pool, FeatureProgress(what, len(src))))
     (tr_x, tr_y), (te_x, te_y) = feats
     result = knn_accuracy(tr_x, tr_y, te_x, te_y, k=k, temperature=temperature)
     from mimjax import paths

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +40,37 @@ def knn_scores(train_feats, train_labels, test_feats, *, k: int = 20, temperatur
     weights = jnp.exp(top_sim / temperature)
     onehot = jax.nn.one_hot(train_labels[top_idx], num_classes)  # [T, k, C]
     return jnp.einsum("tk,tkc->tc", weights, onehot)
+
+
+class FeatureProgress:
+    """`k-NN train features 2048/10000  20%  512.3 img/s  ETA 0:00:15`, the training progress
+    line's format (`metrics.ProgressBar`, on stderr), while a k-NN extracts features: a line
+    at most every `every_s` seconds, and once one was printed, the last one at 100%; a
+    shorter extraction prints nothing. `update(n, out)` after each batch of n images: `out`
+    (the batch's features, computed asynchronously) is waited for only when a line is due,
+    so the count is of images really encoded."""
+
+    def __init__(self, what: str, total: int, *, every_s: float = 5.0, stream=None, enabled: bool = True):
+        from mimjax.train.metrics import ProgressBar
+
+        self.total, self.every_s, self.enabled, self.done = total, every_s, enabled, 0
+        self._bar = ProgressBar(total, stream=stream, enabled=enabled, every_s=0.0, label=f"k-NN {what}")
+        self._start = self._last = time.perf_counter()
+        self._printed = False
+
+    def update(self, n: int, out=None):
+        self.done = min(self.done + n, self.total)
+        now = time.perf_counter()
+        finished = self.done >= self.total
+        if not self.enabled or not (now - self._last >= self.every_s or (finished and self._printed)):
+            return
+        if out is not None:
+            jax.block_until_ready(out)
+            now = time.perf_counter()
+        self._bar.update(self.done, images_per_sec=self.done / max(now - self._start, 1e-9))
+        self._last, self._printed = now, True
+        if finished:
+            self._bar.close()
 
 
 def _first(src, n: int):
@@ -70,7 +102,8 @@ class KnnEval:
     num_train, num_test, k, temperature, pool, batch_size). Raises ValueError for a
     dataset that cannot be read (the caller makes it a config error)."""
 
-    def __init__(self, ecfg, *, encoder, par, img_size: int, process_index: int = 0, process_count: int = 1):
+    def __init__(self, ecfg, *, encoder, par, img_size: int, process_index: int = 0, process_count: int = 1,
+                 progress_every_s: float = 5.0):
         from mimjax.data import make_iterator
         from mimjax.data.labelled import labelled_sources
         from mimjax.data.prefetch import device_put_fn
@@ -85,6 +118,7 @@ class KnnEval:
         self.n = (len(train), len(test))
         self.k, self.temperature, self.par = min(int(ecfg.k), len(train)), float(ecfg.temperature), par
         big, local = int(ecfg.batch_size), int(ecfg.batch_size) // process_count
+        self._batch, self._progress_every_s, self._is_main = big, progress_every_s, process_index == 0
         sharding = mesh_lib.batch_sharding(par.mesh)
         self._put = device_put_fn(sharding)
 
@@ -117,15 +151,21 @@ class KnnEval:
         hits = (jnp.argmax(scores, axis=-1) == test_labels) & (test_labels >= 0)
         return hits.sum() / self.n[1]
 
-    def features(self, enc_params, batches):
+    def features(self, enc_params, batches, progress: FeatureProgress | None = None):
         feats, labels = [], []
         for b in batches:
             b = self._put(b)
             feats.append(self._encode(enc_params, b["image"]))
             labels.append(b["label"])
+            if progress is not None:
+                progress.update(self._batch, feats[-1])
         return feats, labels
+
+    def _progress(self, what: str, total: int) -> FeatureProgress:
+        return FeatureProgress(what, total, every_s=self._progress_every_s, enabled=self._is_main)
 
     def __call__(self, step, state) -> dict:
         enc = self.par.to_global(state).params["encoder"]
-        top1 = self._top1(*self.features(enc, self._train), *self.features(enc, self._test))
+        top1 = self._top1(*self.features(enc, self._train, self._progress("train features", self.n[0])),
+                          *self.features(enc, self._test, self._progress("test features", self.n[1])))
         return {"knn_top1": float(np.asarray(top1.addressable_data(0)))}

@@ -155,11 +155,13 @@ class ProgressBar:
     `every_s` seconds, plus the last step. The ETA uses the rate since the first update,
     not since `start_step`, so compilation (before the first update) does not distort it;
     the first line has none. Scalars are printed with 4 significant digits, trailing zeros
-    kept (`loss 1.320`), so the columns do not jump from row to row."""
+    kept (`loss 1.320`), so the columns do not jump from row to row. `label` names what is
+    counted (`k-NN train features 2048/10000  20%  ...`: mimjax.train.knn_eval.FeatureProgress)."""
 
     def __init__(self, total_steps: int, start_step: int = 0, *, stream=None, enabled: bool = True,
-                 every_s: float = 10.0):
+                 every_s: float = 10.0, label: str = "step"):
         self.total, self.start_step, self.enabled, self.every_s = total_steps, start_step, enabled, every_s
+        self.label = label
         self.stream = stream if stream is not None else sys.stderr
         self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self._first = None  # (step, time) of the first update
@@ -176,7 +178,7 @@ class ProgressBar:
         done, elapsed = step - self._first[0], now - self._first[1]
         if done > 0 and elapsed > 0:
             eta = str(datetime.timedelta(seconds=round(max(self.total - step, 0) * elapsed / done)))
-        parts = [f"step {step}/{self.total}", f"{100 * step / max(self.total, 1):3.0f}%"]
+        parts = [f"{self.label} {step}/{self.total}", f"{100 * step / max(self.total, 1):3.0f}%"]
         parts += [f"{k} {_four_digits(v)}" for k, v in scalars.items()]
         if images_per_sec is not None:
             parts.append(f"{images_per_sec:.1f} img/s")

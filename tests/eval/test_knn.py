@@ -1,6 +1,9 @@
+import io
 import json
 import os
+import re
 
+import flax.linen as nn
 import numpy as np
 import pytest
 
@@ -60,3 +63,65 @@ def test_eval_knn_cli_on_a_trained_workdir(trained_run, run_cli):
     baseline = json.loads(out.stdout.strip().splitlines()[-1])
     assert baseline["random_init"] and json.load(open(os.path.join(trained_run, "knn_random_init.json"))) == baseline
     assert json.load(open(os.path.join(trained_run, "knn.json")))["top1"] == res["top1"]  # the trained result is kept
+
+
+PROGRESS = re.compile(r"^k-NN (train|test) features (\d+)/(\d+) +(\d+)%  (\d+\.\d) img/s(  ETA \d+:\d\d:\d\d)?$")
+
+
+def progress_lines(text: str) -> list[tuple]:
+    """(what, done, total, percent) of each progress line; every line must be one."""
+    out = []
+    for line in text.splitlines():
+        m = PROGRESS.match(line)
+        assert m, line
+        out.append((m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4))))
+    return out
+
+
+def test_feature_progress_prints_counts_rate_and_eta_at_most_every_interval():
+    buf = io.StringIO()
+    p = evaluate.FeatureProgress("train features", 10, every_s=0.0, stream=buf)
+    for n in (4, 4, 4):  # the last batch is counted up to the total
+        p.update(n)
+    lines = buf.getvalue().splitlines()
+    assert progress_lines(buf.getvalue()) == [("train", 4, 10, 40), ("train", 8, 10, 80), ("train", 10, 10, 100)]
+    assert "ETA" not in lines[0] and "ETA" in lines[1]  # the rate is known from the second line on
+    quiet = io.StringIO()
+    p = evaluate.FeatureProgress("test features", 10, every_s=3600.0, stream=quiet)
+    for _ in range(5):
+        p.update(2)
+    assert quiet.getvalue() == ""  # shorter than the interval: nothing, not even the 100% line
+
+
+class MeanColour(nn.Module):
+    """A parameter-free 'encoder': the mean colour of each image."""
+
+    def features(self, x, pool="token"):
+        return x.mean(axis=(1, 2))  # [B, H, W, 3] -> [B, 3]
+
+
+def test_eval_knn_features_report_progress(capsys):
+    images = np.random.default_rng(0).normal(size=(10, 4, 4, 3)).astype(np.float32)
+    batches = [{"image": images[i:i + 4], "label": np.arange(i, min(i + 4, 10))} for i in range(0, 10, 4)]
+    feats, labels = evaluate.extract_features(MeanColour(), {}, iter(batches),
+                                              progress=evaluate.FeatureProgress("train features", 10, every_s=0.0))
+    np.testing.assert_allclose(feats, images.mean(axis=(1, 2)), atol=1e-6)
+    assert progress_lines(capsys.readouterr().err) == [("train", 4, 10, 40), ("train", 8, 10, 80),
+                                                       ("train", 10, 10, 100)]
+
+
+def test_knn_during_training_reports_progress(capsys):
+    """KnnEval (eval.every) on 24 train / 12 test faces in batches of 16, with MeanColour as encoder."""
+    from types import SimpleNamespace
+
+    from mimjax import parallel
+    from mimjax.train import config as config_lib, knn_eval
+
+    ecfg = config_lib.base_config().eval
+    ecfg.update(dict(dataset="embedded_faces", num_train=24, num_test=12, batch_size=16, k=5))
+    par = parallel.make(config_lib.base_config().parallelism, {})
+    ev = knn_eval.KnnEval(ecfg, encoder=MeanColour(), par=par, img_size=8, progress_every_s=0.0)
+    capsys.readouterr()
+    assert 0 <= ev(0, SimpleNamespace(params={"encoder": {}}))["knn_top1"] <= 1
+    assert progress_lines(capsys.readouterr().err) == [("train", 16, 24, 67), ("train", 24, 24, 100),
+                                                       ("test", 12, 12, 100)]
