@@ -8,10 +8,13 @@ one torchvision calls for PIL images, so crops match torchvision pixel for pixel
 
 The pipeline's training path for encoded JPEGs (`train_crop_uint8`) decodes with
 libjpeg-turbo through simplejpeg (the same pixels as PIL's decoder, measured equal, but
-without PIL's buffer copies), draws the box from the header's size, and uses libjpeg's
+without PIL's buffer copies), draws the box from the header's size, uses libjpeg's
 DCT scaling (1/2, 1/4, 1/8: the SIMD ones; 3/4 etc. were measured slower than a full
-decode) when the crop stays >= 2 x `size` on both sides at that scale. It returns uint8:
-normalisation is `normalize` on a whole batch (host) or on the device (prefetch.py).
+decode) when the crop stays >= 2 x `size` on both sides at that scale, and resizes with
+OpenCV (`fast_resize`: 3-8x less CPU than PIL's bicubic, within `FAST_RESIZE_BOUND`
+uint8 levels of it on average, `FAST_RESIZE_BOUND_LARGE` for large photos). The boxes are torchvision's either way; decoded arrays
+(embedded photos, TFDS) keep PIL's bicubic, pixel for pixel torchvision's. It returns
+uint8: normalisation is `normalize` on a whole batch (host) or on the device (prefetch.py).
 """
 from __future__ import annotations
 
@@ -24,6 +27,10 @@ try:  # libjpeg-turbo without PIL's copies; optional: without it PIL decodes
     import simplejpeg
 except ImportError:  # pragma: no cover - simplejpeg is in requirements.txt
     simplejpeg = None
+try:  # OpenCV's SIMD resize for the JPEG path; optional: without it PIL resizes
+    import cv2
+except ImportError:  # pragma: no cover - opencv-python-headless is in requirements.txt
+    cv2 = None
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -69,6 +76,34 @@ def resized_crop(image: np.ndarray, box, size: int) -> np.ndarray:
     return np.asarray(crop.resize((size, size), Image.BICUBIC))
 
 
+def fast_resize(crop: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [h, w, 3] -> uint8 [size, size, 3] with OpenCV's SIMD resize, close to PIL's
+    antialiased bicubic (within `FAST_RESIZE_BOUND` of it, `FAST_RESIZE_BOUND_LARGE` for
+    crops >= 2x the output size): an exact integer area
+    reduction (box averages, OpenCV's fast path) while a side is >= 4x `size`, down to
+    2-4x, then bicubic when enlarging and bilinear when shrinking. OpenCV's bicubic does
+    not antialias; its general area mode is as slow as PIL; reducing by area to < 2x
+    before the bilinear step was measured further from PIL (2.4 levels vs 1.7 on
+    2000x1500 photos). Without OpenCV, PIL's bicubic."""
+    if cv2 is None:
+        return np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((size, size), Image.BICUBIC))
+    h, w = crop.shape[:2]
+    ky, kx = max(1, h // (2 * size)), max(1, w // (2 * size))
+    if ky > 1 or kx > 1:  # an exact integer scale takes OpenCV's fast area path
+        crop = cv2.resize(crop, (0, 0), fx=1 / kx, fy=1 / ky, interpolation=cv2.INTER_AREA)
+        h, w = crop.shape[:2]
+    mode = cv2.INTER_CUBIC if max(h, w) <= size else cv2.INTER_LINEAR
+    return cv2.resize(crop, (size, size), interpolation=mode)  # a strided view is fine
+
+
+# Mean |fast_resize - PIL's bicubic| in uint8 levels over RandomResizedCrop crops of photos, tested
+# (tests/data/test_fast_decode.py; bench/input.py's pixel section measures it on the bench's JPEGs):
+# crops shrunk < 2x (ImageNet's usual 500x375 to 224) measured ~1.0; larger photos, decoded at a DCT
+# scale and reduced by area first, 1.8 (2000x1500 to 224) to 3.7 (1000x750 to 112, a sharper photo).
+FAST_RESIZE_BOUND = 1.5
+FAST_RESIZE_BOUND_LARGE = 4.0
+
+
 def jpeg_size(data: bytes) -> tuple[int, int] | None:
     """(height, width) of a JPEG that `decode_jpeg_crop` can decode as PIL would (baseline
     or progressive YCbCr / grayscale, no EXIF rotation), else None (use PIL)."""
@@ -111,21 +146,31 @@ def dct_factor(h: int, w: int, size: int) -> int:
 
 def decode_jpeg_crop(data: bytes, height: int, width: int, box, size: int) -> np.ndarray:
     """A JPEG of `height` x `width` -> uint8 [size, size, 3] of the crop `box` (top, left,
-    h, w in full-size pixels). At factor 1 this is exactly `resized_crop(decode(data))`;
-    with DCT scaling the box is mapped to the smaller image (fractional, PIL's
-    resize(box=...) on the crop's pixels plus the partial ones at its edge). Raises
-    ValueError on a corrupt or truncated JPEG (libjpeg warnings included)."""
-    top, left, h, w = box
-    f = dct_factor(h, w, size)
+    h, w in full-size pixels): decoded at `dct_factor`'s scale, the box mapped to that
+    scale (`scaled_crop`), resized by `fast_resize` (without OpenCV, at factor 1 exactly
+    `resized_crop(decode(data))`). Raises ValueError on a corrupt or truncated JPEG
+    (libjpeg warnings included)."""
+    return fast_resize(scaled_crop(decode_scaled(data, height, width, dct_factor(box[2], box[3], size)),
+                                   height, width, box), size)
+
+
+def decode_scaled(data: bytes, height: int, width: int, f: int) -> np.ndarray:
+    """A JPEG of `height` x `width` -> uint8 [ceil(height / f), ceil(width / f), 3] by
+    libjpeg-turbo's DCT scaling (f in 1, 2, 4, 8)."""
     if f == 1:
-        return resized_crop(simplejpeg.decode_jpeg(data, "RGB"), box, size)
-    a = simplejpeg.decode_jpeg(data, "RGB", min_height=-(-height // f), min_width=-(-width // f))
+        return simplejpeg.decode_jpeg(data, "RGB")
+    return simplejpeg.decode_jpeg(data, "RGB", min_height=-(-height // f), min_width=-(-width // f))
+
+
+def scaled_crop(a: np.ndarray, height: int, width: int, box) -> np.ndarray:
+    """The crop `box` (top, left, h, w of the full `height` x `width` image) of `a`, that
+    image decoded at a smaller scale: a view, its edges rounded to `a`'s pixels (at most
+    half a pixel of `a` off)."""
+    top, left, h, w = box
     sy, sx = a.shape[0] / height, a.shape[1] / width
-    fy0, fx0, fy1, fx1 = top * sy, left * sx, (top + h) * sy, (left + w) * sx
-    y0, x0 = int(fy0), int(fx0)
-    y1, x1 = min(a.shape[0], math.ceil(fy1)), min(a.shape[1], math.ceil(fx1))
-    crop = Image.fromarray(np.ascontiguousarray(a[y0:y1, x0:x1]))
-    return np.asarray(crop.resize((size, size), Image.BICUBIC, box=(fx0 - x0, fy0 - y0, fx1 - x0, fy1 - y0)))
+    y0, x0 = round(top * sy), round(left * sx)
+    y1, x1 = max(y0 + 1, round((top + h) * sy)), max(x0 + 1, round((left + w) * sx))
+    return a[y0:y1, x0:x1]
 
 
 def train_crop_uint8(image, size: int, rng: np.random.Generator, scale=(0.2, 1.0), decode=None) -> np.ndarray:
@@ -148,8 +193,14 @@ def train_crop_uint8(image, size: int, rng: np.random.Generator, scale=(0.2, 1.0
     else:
         out = random_resized_crop(image, size, rng, scale)
     if rng.uniform() < 0.5:
-        out = out[:, ::-1]
+        out = hflip(out)
     return out
+
+
+def hflip(image: np.ndarray) -> np.ndarray:
+    """uint8 [H, W, 3] mirrored left to right, contiguous: OpenCV's copy is ~10x faster than
+    NumPy's of a reversed view (which batching would otherwise make)."""
+    return cv2.flip(image, 1) if cv2 is not None else np.ascontiguousarray(image[:, ::-1])
 
 
 def normalize_coefficients(mean=IMAGENET_MEAN, std=IMAGENET_STD) -> tuple[np.ndarray, np.ndarray]:
