@@ -159,6 +159,9 @@ def _define_prepare_imagenet(fv, argv):
     flags.DEFINE_integer("workers", 0, "Threads that check (decode) images; 0 = the CPU count.", flag_values=fv)
     flags.DEFINE_boolean("strict", False, "An unreadable image is an error (default: skipped, counted, listed in "
                          "metadata.json and the summary).", flag_values=fv)
+    flags.DEFINE_integer("max_side", 0, "Store images whose longer side is over this many pixels shrunk to it "
+                         "(re-encoded JPEG, as FFCV; less to decode per step); 0 keeps the files' bytes.",
+                         flag_values=fv)
 
 
 def _define_visualize(fv, argv):
@@ -283,7 +286,7 @@ def _run_prepare_imagenet(fv) -> int:
 
     meta = imagenet.prepare(fv.out, train_tar=fv.train_tar, val_tar=fv.val_tar, val_labels=fv.val_labels,
                             folder=fv.folder, val_folder=fv.val_folder, examples_per_shard=fv.examples_per_shard,
-                            workers=fv.workers, strict=fv.strict)
+                            workers=fv.workers, strict=fv.strict, max_side=fv.max_side)
     print(imagenet.summary(meta, fv.out))
     return 0
 

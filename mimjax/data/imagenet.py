@@ -13,6 +13,16 @@ written with `array_record` (installed with grain) and read with grain's
 use. The JPEG bytes are kept as they are: decoding happens in the pipeline, where the
 crop is known (DCT-scaled decode, see augment.py).
 
+`--max_side N` (opt-in, as FFCV stores ImageNet) instead stores every image whose longer
+side is over N shrunk to N (antialiased bicubic, re-encoded as JPEG quality 90), so each
+training read decodes fewer pixels. What it changes in the augmentation: the crop box is
+drawn relative to the image (area fraction and aspect as torchvision's), so the boxes'
+distribution over the picture's content is the same; but a box now covers fewer source
+pixels, so a crop smaller than 224 px at the stored size is enlarged where it used to be
+shrunk (blurrier, no detail beyond N's resolution), and the picture went through one
+more JPEG encoding. At N = 512 (about FFCV's setting) ImageNet's usual 500x375 is kept
+as it is; only larger photos change. Validation is stored the same way.
+
 A record is: label (int32, little-endian), name length (uint16), the member's name
 (UTF-8; "n01440764/n01440764_10026.JPEG"), then the image file's bytes.
 
@@ -158,6 +168,38 @@ def check_image(data: bytes) -> str | None:
     return None
 
 
+def shrink_image(data: bytes, max_side: int, quality: int = 90) -> bytes:
+    """`data` if its longer side is <= max_side, else the image with its longer side
+    resized to max_side (PIL's antialiased bicubic, the aspect kept, EXIF rotation
+    applied), as an RGB JPEG of `quality` (FFCV's way of storing ImageNet). Raises if
+    unreadable."""
+    from PIL import Image
+
+    from mimjax.data import sources
+
+    with Image.open(io.BytesIO(data)) as im:
+        if max(im.size) <= max_side:
+            return data
+        a = sources.to_rgb_uint8(im)
+    h, w = a.shape[:2]
+    s = max_side / max(h, w)
+    size = (max(1, round(w * s)), max(1, round(h * s)))
+    buf = io.BytesIO()
+    Image.fromarray(a).resize(size, Image.BICUBIC).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def _check(data: bytes, max_side: int):
+    """-> (reason or None, the bytes to store)."""
+    reason = check_image(data)
+    if reason is None and max_side:
+        try:
+            data = shrink_image(data, max_side)
+        except Exception as e:  # noqa: BLE001 - any decoder failure is a reason
+            return f"{type(e).__name__}: {e}", data
+    return reason, data
+
+
 # --- Writing ---------------------------------------------------------------------------
 @dataclasses.dataclass
 class _Split:
@@ -194,18 +236,18 @@ class ShardWriter:
             self._writer = None
 
 
-def _write_split(out: str, split: _Split, items, per_shard: int, workers: int, strict: bool, classes: list):
-    """items: iterable of (label, name, bytes-or-reason) in the final order. Checks images
-    in a thread pool (in order), writes them; returns nothing, fills `split`."""
+def _write_split(out: str, split: _Split, items, per_shard: int, workers: int, strict: bool, classes: list,
+                 max_side: int = 0):
+    """items: iterable of (label, name, bytes-or-reason) in the final order. Checks (and
+    with max_side, shrinks) images in a thread pool (in order), writes them; returns
+    nothing, fills `split`."""
     writer = ShardWriter(out, split, per_shard)
     pending = []
 
     def drain(keep: int):
         while len(pending) > keep:
             label, name, data, fut = pending.pop(0)
-            reason = fut.result() if fut is not None else data
-            if isinstance(reason, bytes):
-                reason = None
+            reason, data = fut.result() if fut is not None else (data, None)
             if reason is None:
                 writer.write(encode_record(label, name, data))
                 split.per_class[classes[label]] = split.per_class.get(classes[label], 0) + 1
@@ -220,7 +262,7 @@ def _write_split(out: str, split: _Split, items, per_shard: int, workers: int, s
     try:
         with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
             for label, name, data in items:
-                fut = pool.submit(check_image, data) if isinstance(data, bytes) else None
+                fut = pool.submit(_check, data, max_side) if isinstance(data, bytes) else None
                 pending.append((label, name, data, fut))
                 drain(4 * max(1, workers))
             drain(0)
@@ -412,8 +454,11 @@ def iter_flat_folder(files: list[str], labels: dict, classes: list):
 
 
 def prepare(out: str, *, train_tar: str = "", val_tar: str = "", val_labels: str = "", folder: str = "",
-            val_folder: str = "", examples_per_shard: int = 1024, workers: int = 0, strict: bool = False) -> dict:
-    """Writes the splits given into `out` (new or empty) and metadata.json last; returns it."""
+            val_folder: str = "", examples_per_shard: int = 1024, workers: int = 0, strict: bool = False,
+            max_side: int = 0) -> dict:
+    """Writes the splits given into `out` (new or empty) and metadata.json last; returns it.
+    max_side > 0 stores images whose longer side exceeds it shrunk to it (`shrink_image`),
+    both splits; 0 keeps every file's bytes."""
     if bool(train_tar) == bool(folder):
         raise PrepareError("give exactly one of --train_tar (ILSVRC2012_img_train.tar) and --folder (class folders)")
     if val_tar and not val_labels:
@@ -423,6 +468,8 @@ def prepare(out: str, *, train_tar: str = "", val_tar: str = "", val_labels: str
         raise PrepareError("--val_labels needs --val_tar or a flat --val_folder")
     if val_tar and val_folder:
         raise PrepareError("give at most one of --val_tar and --val_folder")
+    if max_side < 0:
+        raise PrepareError(f"--max_side={max_side}: expected 0 (keep the images) or a size in pixels")
     if examples_per_shard < 1:
         raise PrepareError(f"--examples_per_shard={examples_per_shard}: expected a positive number")
     from mimjax import workdir as workdir_lib  # never inside a run directory's checkpoints/
@@ -466,13 +513,13 @@ def prepare(out: str, *, train_tar: str = "", val_tar: str = "", val_labels: str
         if items is None:
             continue
         split = _Split(name)
-        _write_split(out, split, items, examples_per_shard, workers, strict, classes)
+        _write_split(out, split, items, examples_per_shard, workers, strict, classes, max_side)
         splits.append(split)
         log.info("%s: %d images in %d shards, %d skipped", name, split.num_examples, len(split.shards),
                  len(split.skipped))
     meta = {"format": FORMAT,
             "record": "int32 label (little-endian), uint16 name length, name (UTF-8), encoded image bytes",
-            "classes": classes,
+            "classes": classes, "max_side": max_side,
             "source": {"train_tar": os.path.basename(train_tar) if train_tar else "", "folder": folder,
                        "val_tar": os.path.basename(val_tar) if val_tar else "", "val_folder": val_folder,
                        "val_labels": os.path.basename(val_labels) if val_labels else ""},

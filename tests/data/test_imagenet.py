@@ -287,3 +287,50 @@ def test_kaggle_layout_class_folders_and_a_flat_val_folder(mini, tmp_path):
     for split in ("train", "validation"):  # the same records as from the official tars
         assert [(r["label"], r["image"]) for r in _records(out, split)] == \
             [(r["label"], r["image"]) for r in _records(mini["out"], split)]
+
+
+def test_max_side_stores_larger_images_shrunk(mini, tmp_path, data_config):
+    """--max_side 100 on the miniature ImageNet (60-160 px a side): images with a longer
+    side over 100 are stored with it at 100, the aspect kept, close to PIL's antialiased
+    resize of the original (one more JPEG encoding); smaller ones keep their bytes; the
+    training pipeline reads the result."""
+    out = str(tmp_path / "small")
+    assert cli.main(["mimjax", "prepare", "imagenet", "--train_tar", str(mini["root"] / "train.tar"), "--out", out,
+                     "--examples_per_shard", "64", "--max_side", "100"]) == 0
+    assert json.loads(open_text(os.path.join(out, "metadata.json")))["max_side"] == 100
+    shrunk = 0
+    for r in _records(out, "train"):
+        original = Image.open(io.BytesIO(mini["train"][r["path"]][1])).convert("RGB")
+        stored = Image.open(io.BytesIO(r["image"]))
+        w, h = original.size
+        if max(w, h) <= 100:
+            assert r["image"] == mini["train"][r["path"]][1]
+            continue
+        shrunk += 1
+        s = 100 / max(w, h)
+        assert stored.format == "JPEG" and stored.size == (round(w * s), round(h * s))
+        want = np.asarray(original.resize(stored.size, Image.LANCZOS), np.float64)  # an independent filter
+        assert np.abs(np.asarray(stored.convert("RGB"), np.float64) - want).mean() < 6  # JPEG 4:2:0 at 100 px: ~4
+    assert 40 < shrunk < 200
+    it = make_pretrain_iterator(data_config(source=f"arrayrecord:{out}", split="train"), img_size=16,
+                                global_batch_size=20, seed=1)
+    assert next(it)["image"].shape == (20, 16, 16, 3)
+    with pytest.raises(imagenet.PrepareError, match="max_side"):
+        imagenet.prepare(str(tmp_path / "x"), train_tar=str(mini["root"] / "train.tar"), max_side=-1)
+
+
+def test_crop_boxes_relative_to_the_image_do_not_depend_on_its_size():
+    """What --max_side keeps: RandomResizedCrop's boxes as fractions of the image (area,
+    aspect, centre) have the same distribution on a 1500x2000 photo and on it shrunk to
+    375x500 (quantiles within 0.02; only the rounding to whole pixels differs)."""
+    from mimjax.data import augment
+
+    def rel(H, W, n=3000):
+        rng = np.random.default_rng(0)
+        b = np.array([augment.crop_box(rng, H, W) for _ in range(n)], np.float64)
+        return np.stack([b[:, 2] * b[:, 3] / (H * W), np.log(b[:, 3] / b[:, 2]),
+                         (b[:, 0] + b[:, 2] / 2) / H, (b[:, 1] + b[:, 3] / 2) / W], 1)
+
+    big, small = rel(1500, 2000), rel(375, 500)
+    for q in (0.1, 0.5, 0.9):
+        assert np.abs(np.quantile(big, q, axis=0) - np.quantile(small, q, axis=0)).max() < 0.02
