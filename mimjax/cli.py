@@ -172,7 +172,8 @@ def _define_visualize(fv, argv):
     flags.DEFINE_integer("num_images", 4, "Images taken from the dataset.", flag_values=fv)
     flags.DEFINE_float("progress", None, "Training progress in [0, 1] of the reconstruction's mask "
                        "(default: the checkpoint's).", flag_values=fv)
-    flags.DEFINE_float("mask_progress", 1.0, "Progress of the last column's mask.", flag_values=fv)
+    flags.DEFINE_float("mask_progress", None, "Progress of the last column's mask (default: 1.0, or 0.0 when "
+                       "--progress is past the middle, so that it differs from the input's mask).", flag_values=fv)
     flags.DEFINE_integer("seed", 0, "Which images and masks.", flag_values=fv)
 
 

@@ -7,7 +7,8 @@
 Writes DIR/reconstruction.png, one row per image: original | masked input (masked patches
 grey) | reconstruction (un-normalised with each patch's own statistics when the run used
 norm_pix_loss) | reconstruction pasted on the visible patches | the teacher's GPA heatmap
-(GPA runs) | the mask chosen at mask_progress (grey); and DIR/curves.png, the training
+(GPA runs) | the mask chosen at mask_progress (grey; by default 1.0, or 0.0 once progress
+is past the middle, so that it differs from the input's mask); and DIR/curves.png, the training
 curves of W/metrics.jsonl. The model is the latest checkpoint of W; the teacher is the
 run's own (its frozen checkpoint, the EMA copy saved with the state, or the student).
 progress is where in training the reconstruction's mask is drawn (None: where the
@@ -39,7 +40,7 @@ def _own_images(paths, img_size: int):
 
 
 def visualize(workdir: str, out: str, images=(), num_images: int = 4, progress: float | None = None,
-              mask_progress: float = 1.0, seed: int = 0) -> list[str]:
+              mask_progress: float | None = None, seed: int = 0) -> list[str]:
     """Writes OUT/reconstruction.png (and OUT/curves.png when WORKDIR has metrics.jsonl);
     returns the paths written. Raises UsageError (one line) for input that cannot be used."""
     paths_lib.check_reachable(workdir, "--workdir")  # gs://...: one line before any work
@@ -75,6 +76,8 @@ def visualize(workdir: str, out: str, images=(), num_images: int = 4, progress: 
         raise UsageError(str(e)) from e
     if progress is None:
         progress = float(built.schedule.progress(int(saved["step"]), cfg.masking.progress))
+    if mask_progress is None:
+        mask_progress = pictures.other_progress(progress)
     snapshot = jax.jit(built.snapshot)
     result = snapshot(saved["params"], saved.get("ema_params", {}), frozen, batch, jax.random.key(seed), progress,
                       mask_progress)

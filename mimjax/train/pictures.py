@@ -6,8 +6,10 @@ Grid geometry: one row per image, one column per view, every cell exactly the im
 grid[i*H:(i+1)*H, j*W:(j+1)*W]. Columns, in order:
   0 original | 1 masked input (masked patches grey 128) | 2 reconstruction (every patch
   predicted) | 3 reconstruction pasted on the visible patches | 4 GPA heatmap (only when
-  `gpa` is given) | last: the mask at another progress, grey (only when given).
-`with_titles` puts each column's name in a white band above (the PNGs people open);
+  `gpa` is given) | last: the mask at another progress, grey (only when given; training draws
+  it at `other_progress`, so it differs from the masked input's).
+`with_titles` puts each column's name in a white band above (the PNGs people open), and
+beside the GPA heatmap column its colour scale (`colorbar`, COLORBAR_PX wide);
 `plot_curves` draws metrics.jsonl with matplotlib (axes, ticks, labels).
 """
 from __future__ import annotations
@@ -22,6 +24,9 @@ from mimjax.models.mae import patchify, unpatchify  # MAE's layout; NumPy in, Nu
 
 GREY = 128
 HEAT_ALPHA = 0.6  # heatmap weight when blended over the image
+HEATMAP_TITLE = "GPA heatmap"
+COLORBAR_PX = 40  # the heatmap's colour scale: its width in the titled PNG
+BAR_COLUMNS = slice(3, 13)  # the gradient's columns inside the colour scale
 
 
 def _colormap_lut(stops, n=256):
@@ -41,6 +46,33 @@ def colormap(values):
     """values in [0, 1], any shape [...] -> uint8 [..., 3] (NaN shown as 0)."""
     v = np.nan_to_num(np.asarray(values, np.float64), nan=0.0)
     return VIRIDIS_LUT[np.round(np.clip(v, 0, 1) * 255).astype(int)]
+
+
+def colorbar(height: int, width: int = 0, font_px: int = 10) -> np.ndarray:
+    """The GPA heatmap's colour scale, uint8 [height, width (default COLORBAR_PX), 3]: white,
+    with a vertical gradient in columns BAR_COLUMNS, row r coloured `colormap(1 - r / (height -
+    1))` (score 1 at the top, 0 at the bottom), and the labels "1.0" at the top and "0.0" at the
+    bottom to its right."""
+    width = width or COLORBAR_PX
+    if height < 2 * (font_px + 2) or width < BAR_COLUMNS.stop + 2:
+        raise ValueError(f"colorbar of {height} x {width} px: too small for its labels")
+    values = 1.0 - np.arange(height) / (height - 1)  # [height]: 1 at the top -> 0 at the bottom
+    out = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(out)
+    font = ImageFont.load_default(size=font_px)
+    x = BAR_COLUMNS.stop + 3
+    draw.text((x, 0), "1.0", fill="black", font=font)
+    draw.text((x, height - font_px - 2), "0.0", fill="black", font=font)
+    out = np.asarray(out).copy()
+    out[:, BAR_COLUMNS] = colormap(values)[:, None]
+    return out
+
+
+def other_progress(progress: float) -> float:
+    """The progress of the last column's mask, for a snapshot at `progress`: the end of
+    training (1.0) until the middle, then the start (0.0). At progress 1.0 the GPA mask at
+    1.0 is the input's own mask, so a fixed 1.0 would repeat the "masked input" column."""
+    return 1.0 if progress < 0.5 else 0.0
 
 
 def _per_pixel(values, patch_size):
@@ -103,20 +135,23 @@ def reconstruction_grid(images, pred, mask, *, patch_size: int, norm_pix_loss: b
     return grid.repeat(upscale, axis=0).repeat(upscale, axis=1)
 
 
-def column_titles(gpa: bool, mask_at: float | None = None) -> list[str]:
+def column_titles(gpa: bool, mask_at: float | None = None, same_as_input: bool = False) -> list[str]:
     """The titles of `reconstruction_grid`'s columns, in order (mask_at: the progress of the
-    last column's mask, when it is drawn)."""
+    last column's mask, when it is drawn; same_as_input: that mask is the input's, as with
+    random masking, whose mask does not depend on the progress, and the title says so)."""
     titles = ["original", "masked input", "reconstruction", "recon. + visible"]
     if gpa:
-        titles.append("GPA heatmap")
+        titles.append(HEATMAP_TITLE)
     if mask_at is not None:
-        titles.append(f"mask at progress {mask_at:.2f}")
+        titles.append(f"mask at progress {mask_at:.2f}" + (" (= masked input)" if same_as_input else ""))
     return titles
 
 
 def with_titles(grid: np.ndarray, titles: list[str], font_px: int = 12) -> np.ndarray:
-    """uint8 grid [R*H, C*W, 3] -> [band + R*H, C*W, 3]: a white band on top with titles[j]
-    centred over column j (wrapped onto two lines when a title is wider than its column)."""
+    """uint8 grid [R*H, C*W, 3] -> [band + R*H, C*W (+ COLORBAR_PX), 3]: a white band on top
+    with titles[j] centred over column j (wrapped onto two lines when a title is wider than its
+    column); a "GPA heatmap" column gets its `colorbar` right beside it, below the band (the
+    columns after it move right by COLORBAR_PX)."""
     grid = np.asarray(grid)
     cols = len(titles)
     if grid.dtype != np.uint8 or grid.ndim != 3 or grid.shape[1] % cols:
@@ -141,7 +176,13 @@ def with_titles(grid: np.ndarray, titles: list[str], font_px: int = 12) -> np.nd
         for k, text in enumerate(wrapped):
             x = j * width + max(0, (width - font.getlength(text)) / 2)
             draw.text((x, 2 + k * line_h), text, fill="black", font=font)
-    return np.concatenate([np.asarray(band), grid], axis=0)
+    out = np.concatenate([np.asarray(band), grid], axis=0)
+    if HEATMAP_TITLE not in titles:
+        return out
+    x = (titles.index(HEATMAP_TITLE) + 1) * width
+    scale = np.full((out.shape[0], COLORBAR_PX, 3), 255, np.uint8)
+    scale[band.height:] = colorbar(grid.shape[0])
+    return np.concatenate([out[:, :x], scale, out[:, x:]], axis=1)
 
 
 def save_png(path: str, array: np.ndarray):

@@ -108,10 +108,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
 
     def write_snapshot(step, state, writer):  # every process computes (collectives), process 0 writes
         g = par.to_global(state)
-        out = snapshot_fn(g.params, g.ema_params, frozen_teacher, snap_images, snap_key,
-                          schedule.progress(step, cfg.masking.progress))
+        progress = schedule.progress(step, cfg.masking.progress)
+        mask_at = pictures.other_progress(progress)  # the last column: a mask the input's column does not show
+        out = snapshot_fn(g.params, g.ema_params, frozen_teacher, snap_images, snap_key, progress, mask_at)
         if is_main:
-            grid = snapshot_grid(cfg, enc, snap_images, out)
+            grid = snapshot_grid(cfg, enc, snap_images, out, mask_at=mask_at)
             pictures.save_png(paths.join(workdir, "snapshots", f"step_{step:07d}.png"), grid)
             writer.write_images(step, {"reconstruction": grid})
 

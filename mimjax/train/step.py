@@ -156,8 +156,10 @@ def snapshot_grid(cfg, enc, images, out, max_images: int = 4, mask_at: float = 1
         images, out["pred"], out["mask"], patch_size=enc.patch_size, norm_pix_loss=cfg.model.norm_pix_loss,
         gpa=out["gpa"], mask_at_progress=out["late_mask"], max_images=max_images,
         upscale=max(1, 128 // enc.img_size))
+    late = out["late_mask"]
+    same = late is not None and np.array_equal(late[:max_images], out["mask"][:max_images])
     return pictures.with_titles(grid, pictures.column_titles(
-        out["gpa"] is not None, mask_at if out["late_mask"] is not None else None))
+        out["gpa"] is not None, mask_at if late is not None else None, same_as_input=same))
 
 
 class RecompilationError(RuntimeError):

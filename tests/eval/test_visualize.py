@@ -1,5 +1,6 @@
 """Reconstruction grids and curve PNGs, checked against an independent NumPy patchify."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -144,27 +145,68 @@ def test_plot_curves(tmp_path):
     assert np.asarray(Image.open(tmp_path / "none.png")).shape == (300, 400, 3)
 
 
-def test_titles_band_names_every_column():
+BAR = visualize.COLORBAR_PX
+
+
+def test_titles_band_names_every_column_and_the_heatmap_gets_its_colour_scale():
     grid = np.zeros((2 * 32, 6 * 32, 3), np.uint8)
     titles = visualize.column_titles(gpa=True, mask_at=1.0)
     assert titles == ["original", "masked input", "reconstruction", "recon. + visible", "GPA heatmap", "mask at progress 1.00"]
     out = visualize.with_titles(grid, titles)
     band = out.shape[0] - grid.shape[0]
-    assert out.shape[1:] == grid.shape[1:] and band >= 12
-    np.testing.assert_array_equal(out[band:], grid)  # the cells are untouched, below the band
+    assert out.shape[1:] == (grid.shape[1] + BAR, 3) and band >= 12
+    # the cells are untouched below the band; the colour scale sits between the heatmap and the last column
+    np.testing.assert_array_equal(out[band:, :5 * 32], grid[:, :5 * 32])
+    np.testing.assert_array_equal(out[band:, 5 * 32 + BAR:], grid[:, 5 * 32:])
+    np.testing.assert_array_equal(out[band:, 5 * 32:5 * 32 + BAR], visualize.colorbar(grid.shape[0]))
+    assert (out[:band, 5 * 32:5 * 32 + BAR] == 255).all()  # no title over the scale
     for j in range(6):  # every column's part of the band has dark text in it
-        assert (out[:band, j * 32:(j + 1) * 32].max(-1) < 128).sum() > 5, titles[j]
-    assert visualize.column_titles(gpa=False) == titles[:4]
+        x = j * 32 + (BAR if j == 5 else 0)
+        assert (out[:band, x:x + 32].max(-1) < 128).sum() > 5, titles[j]
+    no_gpa = visualize.column_titles(gpa=False)
+    assert no_gpa == titles[:4]
+    assert visualize.with_titles(grid[:, :4 * 32], no_gpa).shape[1] == 4 * 32  # no heatmap: no scale
+    assert visualize.column_titles(gpa=False, mask_at=0.0, same_as_input=True)[-1] == \
+        "mask at progress 0.00 (= masked input)"
     with pytest.raises(ValueError, match="5 columns"):
         visualize.with_titles(grid, titles[:5])
 
 
+def viridis_like(v):
+    """The heatmap's colormap, interpolated channel by channel with NumPy between its 5 stops."""
+    stops = np.array([[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], float)
+    x = np.linspace(0, 1, 5)
+    return np.stack([np.interp(v, x, stops[:, c]) for c in range(3)], axis=-1)
+
+
+def test_colour_scale_follows_the_colormap_from_1_at_the_top_to_0_at_the_bottom():
+    h = 120
+    bar = visualize.colorbar(h)
+    assert bar.shape == (h, BAR, 3) and bar.dtype == np.uint8
+    strip = bar[:, visualize.BAR_COLUMNS].astype(int)  # [h, 10, 3], every column of the strip alike
+    assert (strip == strip[:, :1]).all() and strip.shape[1] >= 8
+    want = viridis_like(1 - np.arange(h) / (h - 1))  # row r shows the score 1 - r / (h - 1)
+    assert np.abs(strip[:, 0] - want).max() <= 2  # the LUT quantises scores to 1/255
+    assert strip[0, 0].tolist() == [253, 231, 37] and strip[-1, 0].tolist() == [68, 1, 84]
+    labels = bar[:, visualize.BAR_COLUMNS.stop + 1:]
+    top, bottom, middle = labels[:14], labels[-14:], labels[30:h - 30]
+    assert (top.max(-1) < 128).sum() > 5 and (bottom.max(-1) < 128).sum() > 5  # "1.0" and "0.0"
+    assert (middle == 255).all()
+    with pytest.raises(ValueError, match="too small"):
+        visualize.colorbar(10)
+
+
+def test_the_last_column_is_drawn_at_another_progress_than_the_input():
+    assert [visualize.other_progress(t) for t in (0.0, 0.3, 0.49, 0.5, 0.8, 1.0)] == [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_config):
-    """A 3-step GPA-MAE run (EMA teacher, 32 px images, 8 px patches: 16 patches)."""
+    """A 3-step GPA-MAE run (EMA teacher, 32 px images, 8 px patches: 16 patches), ending at
+    progress 1.0 (t = step / steps), where the GPA mask at 1.0 is the input's own."""
     from mimjax.train import pretrain as train
 
-    c = tiny_config(total_steps=3, log_every=1, checkpoint_every=3, masking=dict(strategy="gpa"),
+    c = tiny_config(total_steps=3, log_every=1, checkpoint_every=3, masking=dict(strategy="gpa", progress="step"),
                     teacher=dict(source="ema", block=1, head=-1))
     wd = str(tmp_path_factory.mktemp("run"))
     train.train(c, wd)
@@ -186,15 +228,24 @@ def test_visualize_command_writes_the_grid_and_curves(tiny_run, tmp_path):
     assert cli.main(["mimjax", "visualize", "--workdir", wd, "--out", str(tmp_path), "--num_images", "3"]) == 0
     png = np.asarray(Image.open(tmp_path / "reconstruction.png"))
     cell_px = 32 * (128 // 32)  # the 32 px images are magnified 4x
-    # a title band, then 3 rows; original | masked | reconstruction | pasted | GPA heatmap | mask at progress 1
+    # a title band, then 3 rows; original | masked | reconstruction | pasted | GPA heatmap | scale | mask at
+    # progress 0 (the checkpoint is at the end of training: the input's mask is the one at progress 1)
     band = png.shape[0] - 3 * cell_px
-    assert png.shape[1:] == (6 * cell_px, 3) and 12 <= band <= 40
+    assert png.shape[1:] == (6 * cell_px + BAR, 3) and 12 <= band <= 40
     assert (png[:band].max(-1) < 128).sum() > 50  # the titles are drawn
-    grid = png[band:]
+    grid = np.concatenate([png[band:, :5 * cell_px], png[band:, 5 * cell_px + BAR:]], axis=1)
     for row in range(3):  # 75% of 16 patches are masked, shown grey; the original has none
         assert grey_patches(grid, row, 1, cell_px, 4) == 12
         assert grey_patches(grid, row, 5, cell_px, 4) == 12
         assert grey_patches(grid, row, 0, cell_px, 4) == 0
+    assert not np.array_equal(cell(grid, 0, 1, cell_px), cell(grid, 0, 5, cell_px))
+    # the run's own last snapshot (written by training at its end) likewise
+    snap = np.asarray(Image.open(os.path.join(wd, "snapshots", "step_0000003.png")))
+    band = snap.shape[0] - 4 * cell_px  # 4 images
+    assert snap.shape[1] == 6 * cell_px + BAR
+    np.testing.assert_array_equal(snap[band:, 5 * cell_px:5 * cell_px + BAR], visualize.colorbar(4 * cell_px))
+    last = snap[band:, 5 * cell_px + BAR:]
+    assert not np.array_equal(cell(snap[band:], 0, 1, cell_px), last[:cell_px])
     curves = Image.open(tmp_path / "curves.png")
     assert curves.size[1] == 300 and curves.size[0] >= 400
 
@@ -208,7 +259,7 @@ def test_visualize_command_on_own_images_and_bad_input(tiny_run, tmp_path, capsy
     out = tmp_path / "out"
     assert cli.main(["mimjax", "visualize", "--workdir", wd, "--out", str(out), "--images", str(img), "--progress", "0"]) == 0
     shape = np.asarray(Image.open(out / "reconstruction.png")).shape
-    assert shape[1:] == (6 * 128, 3) and 128 + 12 <= shape[0] <= 128 + 40
+    assert shape[1:] == (6 * 128 + BAR, 3) and 128 + 12 <= shape[0] <= 128 + 40
     assert cli.main(["mimjax", "visualize", "--workdir", wd, "--out", str(out), "--progress", "1.5"]) == 2
     assert "--progress=1.5: expected a value in [0, 1]" in capsys.readouterr().err
     (tmp_path / "broken.jpg").write_bytes(b"not an image")
@@ -216,3 +267,23 @@ def test_visualize_command_on_own_images_and_bad_input(tiny_run, tmp_path, capsy
     assert "broken.jpg' is not a readable image" in capsys.readouterr().err
     assert cli.main(["mimjax", "visualize", "--workdir", str(tmp_path), "--out", str(out)]) == 2
     assert "has no config.json" in capsys.readouterr().err
+
+
+def test_snapshot_titles_a_last_mask_equal_to_the_input_s_as_such():
+    """Random masking (MAE) draws the same mask at every progress: the last column says so."""
+    from types import SimpleNamespace
+
+    from mimjax.train.step import snapshot_grid
+
+    raw, images, pred, mask = make_batch()
+    cfg, enc = SimpleNamespace(model=SimpleNamespace(norm_pix_loss=False)), SimpleNamespace(patch_size=P, img_size=S)
+    other = mask.copy()
+    other[:, 1] = True
+    for late, same in ((mask, True), (other, False)):
+        png = snapshot_grid(cfg, enc, images, dict(pred=pred, mask=mask, gpa=None, late_mask=late), mask_at=0.0)
+        grid = visualize.reconstruction_grid(images, pred, mask, patch_size=P, norm_pix_loss=False,
+                                             mask_at_progress=late, upscale=128 // S)
+        want = visualize.with_titles(grid, visualize.column_titles(False, 0.0, same_as_input=same))
+        np.testing.assert_array_equal(png, want)
+        assert not np.array_equal(png, visualize.with_titles(grid, visualize.column_titles(False, 0.0,
+                                                                                         same_as_input=not same)))
