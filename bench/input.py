@@ -1,25 +1,31 @@
-"""Host input pipeline, mimjax against torchvision, side by side.
+"""Host input pipeline, mimjax against torchvision, side by side, in wall time.
 
-    python -m bench.input                       # 2 rounds, workers = cores, 1000 JPEGs 500x375
-    python -m bench.input --workers 2 --rounds 3 --batch 64 --batches 12
-    python -m bench.input --randaugment         # RandAugment's cost per image only (~1 min)
+    python -m bench.input --workers 2                   # the full bench: 3 rounds, both sizes (~12 min on 2 cores)
+    python -m bench.input --workers 2 --sizes 500x375 --rounds 1 --batches 4 --images 256   # a smoke run
+    python -m bench.input --randaugment                 # RandAugment's cost per image only (~1 min)
+    python -m bench.input_profile                       # CPU ms per image by stage (bench/input_profile.py)
 
-The same JPEGs (ImageNet's typical 500x375, cut from scikit-image's bundled photos, quality
-90, 10 class folders) and the same augmentation (RandomResizedCrop 224, scale (0.2, 1),
-ratio (3/4, 4/3), bicubic; horizontal flip; ImageNet mean/std) through:
+The same JPEGs (cut from scikit-image's bundled photos, quality 90, 10 class folders; at
+ImageNet's typical 500x375 and at 2000x1500) and the same augmentation (RandomResizedCrop
+224, scale (0.2, 1), ratio (3/4, 4/3), bicubic; horizontal flip; ImageNet mean/std) through:
 
-- torchvision: `ImageFolder` + `DataLoader(num_workers=W, shuffle=True)`, PIL decode,
-  `RandomResizedCrop`, `RandomHorizontalFlip`, `ToTensor`, `Normalize` (float32 batches);
+- torchvision: `ImageFolder` + `DataLoader(num_workers=W)` (a shuffling sampler that runs
+  past one epoch), PIL decode, `RandomResizedCrop`, `RandomHorizontalFlip`, `ToTensor`,
+  `Normalize` (float32 batches);
 - mimjax: `mimjax.data.make_iterator` with W grain reader threads, on the folder and on the
   same images prepared as ArrayRecord (`mimjax prepare imagenet --folder`); `uint8` is what
-  the trainer gets (DevicePrefetcher normalises on the device), `float32` normalises on
-  the host as torchvision does.
+  the trainer gets (DevicePrefetcher normalises on the device), `float32` (not run by
+  default) normalises on the host as torchvision does.
 
-Each run is its own process, in alternating order, and times `--batches` batches after a
-first one (worker start-up excluded). img/s per core = img/s / the cores this process may
-use. A second section measures the pixel difference of mimjax's JPEG crops from
-torchvision's (PIL decode + crop + bicubic resize) for the same boxes. Results:
-bench/results/input_cpu_<n>cores.{json,md}.
+Each run is its own process, the implementations alternating in order from round to round,
+and times `--batches` batches (default 32 x 64 = 2048 images) after a first one (worker
+start-up excluded). Reported per size: wall img/s, best and median of the rounds; img/s
+per core = wall img/s / the cores this process may use (on a quiet machine, what a host
+gets per core); and CPU ms per image (all of the pipeline's processes and threads, the
+robust number on a shared machine). Then the pixel difference of mimjax's JPEG crops from
+torchvision's (PIL decode + crop + bicubic resize) for the same boxes, and the cores
+8 x H100 would need (bench/input_projection.py) from the median per-core rates on 500x375.
+Results: bench/results/input_cpu_<n>cores.{json,md}.
 
 `--randaugment` measures what fine-tuning's RandAugment (rand-m9-mstd0.5-inc1, on the
 224 px crop) adds per image, one thread, mimjax's against timm's on the same crops, and
@@ -42,7 +48,11 @@ import time
 
 import numpy as np
 
+from bench import input_projection
+
 IMPLS = ("torchvision", "mimjax_folder_uint8", "mimjax_arrayrecord_uint8", "mimjax_folder_float32")
+DEFAULT_IMPLS = IMPLS[:3]
+SIZES = ("500x375", "2000x1500")
 RANDAUGMENT_IMPL = "mimjax_folder_uint8_randaugment"
 SIZE, SCALE = 224, (0.2, 1.0)
 RANDAUGMENT = "rand-m9-mstd0.5-inc1"  # MAE's fine-tuning
@@ -85,6 +95,15 @@ def write_dataset(root: str, n: int, size=(500, 375), classes: int = 10, seed: i
             os.path.join(d, f"img_{i:05d}.JPEG"), quality=90)
 
 
+def save(base: str, res: dict, text: str):
+    """`res` as base.json, its markdown `text` as base.md (and on stdout)."""
+    os.makedirs(os.path.dirname(base), exist_ok=True)
+    for ext, body in (("json", json.dumps(res, indent=1)), ("md", text)):
+        with open(f"{base}.{ext}", "w") as f:
+            f.write(body)
+    print(text)
+
+
 # --- Children: one implementation per process ---------------------------------------------
 def _cpu_seconds(pids) -> float:
     """User + system CPU seconds of processes (all their threads), from /proc."""
@@ -116,8 +135,9 @@ def run_torchvision(folder: str, workers: int, batch: int, batches: int) -> dict
         transforms.RandomResizedCrop(SIZE, scale=SCALE, interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.RandomHorizontalFlip(), transforms.ToTensor(),
         transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
-    loader = torch.utils.data.DataLoader(datasets.ImageFolder(folder, tf), batch_size=batch, shuffle=True,
-                                         num_workers=workers, drop_last=True)
+    ds = datasets.ImageFolder(folder, tf)
+    sampler = torch.utils.data.RandomSampler(ds, num_samples=batch * (batches + 1))  # epochs back to back
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True)
     it = iter(loader)
     next(it)
     pids = [os.getpid()] + [w.pid for w in getattr(it, "_workers", [])]
@@ -153,29 +173,24 @@ def child(args) -> dict:
 
 
 # --- Pixel differences ---------------------------------------------------------------------
-def pixel_difference(d: str, draws: int = 200) -> list[dict]:
-    """mimjax's JPEG crop (`augment.decode_jpeg_crop`) against torchvision's
-    `F.resized_crop(PIL decode)` for the same boxes, on the 500x375 set and on 2000x1500
-    versions of its first images (where crops >= 896 px use libjpeg's DCT scaling)."""
+def pixel_difference(d: str, sizes, draws: int = 200) -> list[dict]:
+    """mimjax's JPEG crop (`augment.decode_jpeg_crop`: libjpeg-turbo, DCT scaling where the
+    crop is >= 448 px, OpenCV's resize) against torchvision's `F.resized_crop(PIL decode)`
+    for the same boxes, on the first 20 JPEGs of each size's set (`d/<size>/folder`)."""
     from PIL import Image
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms import functional as F
 
     from mimjax.data import augment
 
-    folder = os.path.join(d, "folder", "class_00")
-    files = sorted(os.listdir(folder))[:20]
     rows = []
-    for label, upscale in (("500x375", 1), ("2000x1500", 4)):
+    for label in sizes:
+        folder = os.path.join(d, label, "folder", "class_00")
+        files = sorted(os.listdir(folder))[:20]
         diffs, scaled, rng = [], 0, np.random.default_rng(0)
         for i in range(draws):
-            im = Image.open(os.path.join(folder, files[i % len(files)])).convert("RGB")
-            if upscale > 1:
-                buf = io.BytesIO()
-                im.resize((im.width * upscale, im.height * upscale), Image.BICUBIC).save(buf, "JPEG", quality=90)
-                data = buf.getvalue()
-            else:
-                data = open(os.path.join(folder, files[i % len(files)]), "rb").read()
+            with open(os.path.join(folder, files[i % len(files)]), "rb") as fh:
+                data = fh.read()
             pil = Image.open(io.BytesIO(data)).convert("RGB")
             box = augment.crop_box(rng, pil.height, pil.width, SCALE)
             ours = augment.decode_jpeg_crop(data, pil.height, pil.width, box, SIZE).astype(np.int16)
@@ -191,46 +206,6 @@ def pixel_difference(d: str, draws: int = 200) -> list[dict]:
                 rows.append({"images": label, "crops": name, "n": len(ds), "share_dct_scaled": scaled / draws,
                              "mean_abs_diff": float(a.mean()), "p99_abs_diff": float(np.percentile(a, 99)),
                              "max_abs_diff": int(a.max()), "equal_pixels": float((a == 0).mean())})
-    return rows
-
-
-def large_image_cost(d: str, n: int = 60) -> list[dict]:
-    """CPU ms per image, one thread, of the training crop of 500x375 and 2000x1500 JPEGs:
-    mimjax (`augment.train_crop_uint8` on the bytes; DCT scaling applies to big crops of
-    the big images) against torchvision's PIL decode + RandomResizedCrop + flip + ToTensor
-    + Normalize."""
-    import torch
-    from PIL import Image
-    from torchvision import transforms
-
-    from mimjax.data import augment, sources
-
-    torch.set_num_threads(1)
-    tf = transforms.Compose([
-        transforms.RandomResizedCrop(SIZE, scale=SCALE, interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
-    folder = os.path.join(d, "folder", "class_00")
-    small = [open(os.path.join(folder, f), "rb").read() for f in sorted(os.listdir(folder))[:4]]
-    big = []
-    for data in small:
-        buf = io.BytesIO()
-        Image.open(io.BytesIO(data)).resize((2000, 1500), Image.BICUBIC).save(buf, "JPEG", quality=90)
-        big.append(buf.getvalue())
-    rows = []
-    for label, datas in (("500x375", small), ("2000x1500", big)):
-        row, rng = {"images": label}, np.random.default_rng(0)
-        for name, fn in (("torchvision", lambda b: tf(Image.open(io.BytesIO(b)).convert("RGB"))),
-                         ("mimjax", lambda b: augment.normalize(
-                             augment.train_crop_uint8(b, SIZE, rng, SCALE, decode=sources.decode)))):
-            best = 1e9
-            for _ in range(3):
-                t = time.process_time()
-                for i in range(n):
-                    fn(datas[i % len(datas)])
-                best = min(best, (time.process_time() - t) / n)
-            row[name] = 1e3 * best
-        rows.append(row)
     return rows
 
 
@@ -310,29 +285,35 @@ def run_randaugment(args, base: str):
                     "workers": args.workers, "batch": args.batch, "batches": args.batches, "pillow": PIL.__version__,
                     "timm": timm.__version__},
            "load_average": os.getloadavg(), "per_image": per_image, "summary": summary}
-    os.makedirs(args.out, exist_ok=True)
-    for ext, text in (("json", json.dumps(res, indent=1)), ("md", randaugment_markdown(res))):
-        with open(f"{base}.{ext}", "w") as f:
-            f.write(text)
-    print(randaugment_markdown(res))
+    save(base, res, randaugment_markdown(res))
 
 
 # --- Parent ----------------------------------------------------------------------------------
+def summarize(rates: list[float], cpu_ms: list[float], n_cores: int) -> dict:
+    """Wall img/s of the rounds -> best, median, median per core; CPU ms per image median."""
+    med = statistics.median(rates)
+    return {"rounds": rates, "best": max(rates), "median": med, "per_core": med / n_cores,
+            "cpu_ms_per_img": cpu_ms, "cpu_ms_median": statistics.median(cpu_ms)}
+
+
 def markdown(res: dict) -> str:
     m = res["meta"]
     out = [f"# Host input pipeline: mimjax vs torchvision ({m['cores']} cores)",
            f"{m['date']}; CPU: {m['cpu']} ({m['cores']} cores usable, {m['workers']} workers each); "
-           f"{m['images']} JPEGs {m['image_size']}, batch {m['batch']}, {m['batches']} timed batches after one, "
-           f"{m['rounds']} rounds alternating; torch {m['torch']}, torchvision {m['torchvision']}, "
-           f"grain {m['grain']}, Pillow {m['pillow']}, simplejpeg {m['simplejpeg']}; run took {m['seconds']:.0f} s.",
-           f"Load average at the end: {', '.join(f'{x:.1f}' for x in res['load_average'])}.",
-           "", "| pipeline | CPU ms / img (median) | per round | img/s per busy core | vs torchvision (CPU) | "
-           "img/s wall (median) | per round | vs torchvision (wall) |", "|---|---|---|---|---|---|---|---|"]
-    tv, tv_cpu = res["summary"]["torchvision"]["median"], res["summary"]["torchvision"]["cpu_ms_median"]
-    for impl, s in res["summary"].items():
-        out.append(f"| {impl} | {s['cpu_ms_median']:.2f} | {', '.join(f'{x:.2f}' for x in s['cpu_ms_per_img'])} | "
-                   f"{1e3 / s['cpu_ms_median']:.0f} | {tv_cpu / s['cpu_ms_median']:.2f}x | {s['median']:.1f} | "
-                   f"{', '.join(f'{x:.0f}' for x in s['rounds'])} | {s['median'] / tv:.2f}x |")
+           f"{m['images']} JPEGs per size, batch {m['batch']}, {m['batches']} timed batches "
+           f"({m['batch'] * m['batches']} images) after one, {m['rounds']} rounds alternating; "
+           f"torch {m['torch']}, torchvision {m['torchvision']}, grain {m['grain']}, Pillow {m['pillow']}, "
+           f"simplejpeg {m['simplejpeg']}, OpenCV {m['opencv']}; run took {m['seconds']:.0f} s.",
+           f"Load average at the end: {', '.join(f'{x:.1f}' for x in res['load_average'])}."]
+    for size, impls in res["summary"].items():
+        tv = impls.get("torchvision")
+        out += ["", f"## {size} JPEGs", "",
+                "| pipeline | img/s wall, best | median | per round | img/s per core (median) | vs torchvision "
+                "(median) | CPU ms / img (median) | img/s per busy core |", "|---|---|---|---|---|---|---|---|"]
+        for impl, x in impls.items():
+            vs = f"{x['median'] / tv['median']:.2f}x" if tv else "-"
+            out.append(f"| {impl} | {x['best']:.1f} | {x['median']:.1f} | {', '.join(f'{v:.0f}' for v in x['rounds'])} "
+                       f"| {x['per_core']:.1f} | {vs} | {x['cpu_ms_median']:.2f} | {1e3 / x['cpu_ms_median']:.0f} |")
     if res.get("pixels"):
         out += ["", "Pixel difference of mimjax's JPEG crop from torchvision's (PIL decode, crop, bicubic "
                 "resize; same boxes; uint8 levels):", "",
@@ -342,27 +323,29 @@ def markdown(res: dict) -> str:
             out.append(f"| {r['images']} | {r['crops']} | {r['n']} | {r['share_dct_scaled']:.0%} | "
                        f"{r['mean_abs_diff']:.3f} | {r['p99_abs_diff']:.0f} | {r['max_abs_diff']} | "
                        f"{r['equal_pixels']:.2%} |")
-    if res.get("per_image"):
-        out += ["", "CPU ms per image, one thread, the training crop alone (decode, crop, resize, flip, normalise; "
-                "best of 3 x 60 images; mimjax normalises on the host here too):", "",
-                "| images | torchvision | mimjax | ratio |", "|---|---|---|---|"]
-        for r in res["per_image"]:
-            out.append(f"| {r['images']} | {r['torchvision']:.2f} | {r['mimjax']:.2f} | "
-                       f"{r['torchvision'] / r['mimjax']:.2f}x |")
+    if res.get("projection"):
+        out += ["", input_projection.markdown(res["projection"], res["projection_rates"])]
     return "\n".join(out) + "\n"
+
+
+def projection_rates(summary: dict) -> dict:
+    """img/s per core (median) on 500x375 of torchvision and of mimjax's folder pipeline."""
+    impls = summary.get("500x375", {})
+    names = {"torchvision": "torchvision", "mimjax_folder_uint8": "mimjax"}
+    return {names[k]: impls[k]["per_core"] for k in names if k in impls}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--images", type=int, default=1000)
+    ap.add_argument("--images", type=int, default=1000, help="JPEGs per size (epochs repeat)")
+    ap.add_argument("--sizes", nargs="+", default=list(SIZES), choices=SIZES)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--batches", type=int, default=12)
+    ap.add_argument("--batches", type=int, default=32, help="timed batches after the first")
     ap.add_argument("--workers", type=int, default=0, help="0: the usable cores")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS + (RANDAUGMENT_IMPL,))
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--impls", nargs="+", default=list(DEFAULT_IMPLS), choices=IMPLS + (RANDAUGMENT_IMPL,))
     ap.add_argument("--randaugment", action="store_true", help=f"only RandAugment's cost ({RANDAUGMENT})")
     ap.add_argument("--no-pixels", action="store_true")
-    ap.add_argument("--pixels-only", action="store_true", help="redo the pixel section of an existing result")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     ap.add_argument("--tag", default="")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
@@ -375,66 +358,52 @@ def main(argv=None):
     base = os.path.join(args.out, f"input_cpu_{cores()}cores{'_' + args.tag if args.tag else ''}")
     if args.randaugment:
         return run_randaugment(args, base.replace("input_cpu", "input_randaugment_cpu"))
-    if args.pixels_only:
-        with open(base + ".json") as f:
-            res = json.load(f)
-        with tempfile.TemporaryDirectory(prefix="bench_input_") as d:
-            write_dataset(os.path.join(d, "folder"), 40)
-            res["pixels"] = pixel_difference(d)
-            res["per_image"] = large_image_cost(d)
-        with open(base + ".json", "w") as f:
-            json.dump(res, f, indent=1)
-        with open(base + ".md", "w") as f:
-            f.write(markdown(res))
-        print(markdown(res))
-        return
-    start = time.time()
+    start, n = time.time(), cores()
     with tempfile.TemporaryDirectory(prefix="bench_input_") as d:
-        write_dataset(os.path.join(d, "folder"), args.images)
         from mimjax.data import imagenet
 
-        imagenet.prepare(os.path.join(d, "arrayrecord"), folder=os.path.join(d, "folder"))
-        rates = {impl: [] for impl in args.impls}
-        cpu = {impl: [] for impl in args.impls}
+        for size in args.sizes:
+            w, h = map(int, size.split("x"))
+            write_dataset(os.path.join(d, size, "folder"), args.images, size=(w, h))
+            if any("arrayrecord" in i for i in args.impls):
+                imagenet.prepare(os.path.join(d, size, "arrayrecord"), folder=os.path.join(d, size, "folder"))
+        rates = {size: {impl: [] for impl in args.impls} for size in args.sizes}
+        cpu = {size: {impl: [] for impl in args.impls} for size in args.sizes}
         env = {**os.environ, "GLIBC_TUNABLES": os.environ.get("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")}
         for r in range(args.rounds):
             order = args.impls if r % 2 == 0 else list(reversed(args.impls))
-            for impl in order:
-                cmd = [sys.executable, "-m", "bench.input", "--child", impl, "--dir", d, "--workers",
-                       str(args.workers), "--batch", str(args.batch), "--batches", str(args.batches)]
-                p = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                                   cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-                if p.returncode:
-                    raise SystemExit(f"{impl} failed:\n{p.stderr[-3000:]}")
-                row = json.loads(p.stdout.strip().splitlines()[-1])
-                rates[impl].append(row["img_per_s"])
-                cpu[impl].append(row["cpu_ms_per_img"])
-                print(f"round {r}: {impl}: {row['img_per_s']:.1f} img/s, {row['cpu_ms_per_img']:.2f} CPU ms/img, "
-                      f"{row['cores_busy']:.2f} cores busy", flush=True)
-        pixels = [] if args.no_pixels else pixel_difference(d)
-        per_image = [] if args.no_pixels else large_image_cost(d)
+            for size in args.sizes:
+                for impl in order:
+                    cmd = [sys.executable, "-m", "bench.input", "--child", impl, "--dir", os.path.join(d, size),
+                           "--workers", str(args.workers), "--batch", str(args.batch), "--batches", str(args.batches)]
+                    p = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                    if p.returncode:
+                        raise SystemExit(f"{impl} failed:\n{p.stderr[-3000:]}")
+                    row = json.loads(p.stdout.strip().splitlines()[-1])
+                    rates[size][impl].append(row["img_per_s"])
+                    cpu[size][impl].append(row["cpu_ms_per_img"])
+                    print(f"round {r}: {size}: {impl}: {row['img_per_s']:.1f} img/s, {row['cpu_ms_per_img']:.2f} "
+                          f"CPU ms/img, {row['cores_busy']:.2f} cores busy", flush=True)
+        pixels = [] if args.no_pixels else pixel_difference(d, args.sizes)
+    import cv2
     import grain
     import PIL
     import simplejpeg
     import torch
     import torchvision
 
-    n = cores()
+    summary = {size: {impl: summarize(rates[size][impl], cpu[size][impl], n) for impl in args.impls}
+               for size in args.sizes}
+    prates = projection_rates(summary)
     res = {"meta": {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "cpu": cpu_model(), "cores": n,
-                    "workers": args.workers, "images": args.images, "image_size": "500x375", "batch": args.batch,
+                    "workers": args.workers, "images": args.images, "sizes": args.sizes, "batch": args.batch,
                     "batches": args.batches, "rounds": args.rounds, "torch": torch.__version__,
                     "torchvision": torchvision.__version__, "grain": grain.__version__, "pillow": PIL.__version__,
-                    "simplejpeg": simplejpeg.__version__, "seconds": time.time() - start},
-           "load_average": os.getloadavg(),
-           "summary": {impl: {"median": statistics.median(v), "rounds": v, "cpu_ms_per_img": cpu[impl],
-                              "cpu_ms_median": statistics.median(cpu[impl])} for impl, v in rates.items()},
-           "pixels": pixels, "per_image": per_image}
-    os.makedirs(args.out, exist_ok=True)
-    with open(base + ".json", "w") as f:
-        json.dump(res, f, indent=1)
-    with open(base + ".md", "w") as f:
-        f.write(markdown(res))
-    print(markdown(res))
+                    "simplejpeg": simplejpeg.__version__, "opencv": cv2.__version__, "seconds": time.time() - start},
+           "load_average": os.getloadavg(), "summary": summary, "pixels": pixels,
+           "projection_rates": prates, "projection": input_projection.projection(prates) if prates else []}
+    save(base, res, markdown(res))
 
 
 if __name__ == "__main__":

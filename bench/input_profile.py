@@ -1,0 +1,156 @@
+"""Where the host pipeline's CPU time goes, stage by stage, per image, one thread.
+
+    python -m bench.input_profile                 # ~1 min; bench/results/input_profile_cpu.{json,md}
+    python -m bench.input_profile --images 64 --reps 2
+    python -m bench.input_profile --no-opencv --tag before_opencv   # PIL's resize, NumPy's flip copy
+
+On 500x375 and 2000x1500 JPEGs (`bench.input.write_dataset`: cut from the bundled photos,
+quality 90), each stage of mimjax's training crop (`augment.train_crop_uint8` on the bytes)
+is timed alone in CPU time of this thread (`time.thread_time`, so other processes on a
+shared machine do not count), best of `--reps` passes over `--images` images: read the
+file, parse the header, draw the box, decode (at `dct_factor`'s DCT scale), crop (a view),
+resize (PIL's bicubic, as torchvision, and OpenCV's `fast_resize`, what the pipeline uses),
+flip (a view), batch (`np.stack` of 64 flipped crops, per image), normalise (host float32,
+per image; the trainer normalises on the device instead). The last rows time the whole
+crop through `train_crop_uint8`, torchvision's transform (PIL open + convert +
+RandomResizedCrop + flip + ToTensor + Normalize) and the pipeline itself with 1 grain
+thread (`make_iterator`, uint8 batches; what it adds beyond the stages is grain's
+bookkeeping and the thread hand-off).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+from bench.input import SCALE, SIZE, cpu_model, run_mimjax, save, write_dataset
+from mimjax.data import augment, sources
+
+SIZES = ((500, 375), (2000, 1500))
+BATCH = 64
+
+
+def _best(fn, items, reps: int) -> float:
+    """CPU ms of this thread per item, best of `reps` passes of fn over items."""
+    best = float("inf")
+    for _ in range(reps):
+        t = time.thread_time()
+        for x in items:
+            fn(x)
+        best = min(best, (time.thread_time() - t) / len(items))
+    return 1e3 * best
+
+
+def stage_costs(paths: list[str], reps: int) -> dict:
+    """CPU ms per image of each stage (module docstring) over the JPEG files `paths`."""
+    datas = [open(p, "rb").read() for p in paths]
+    hws = [augment.jpeg_size(d) for d in datas]
+    rng = np.random.default_rng(0)
+    boxes = [augment.crop_box(rng, h, w, SCALE) for h, w in hws]
+    factors = [augment.dct_factor(b[2], b[3], SIZE) for b in boxes]
+    decoded = [augment.decode_scaled(d, h, w, f) for d, (h, w), f in zip(datas, hws, factors)]
+    crops = [augment.scaled_crop(a, h, w, b) for a, (h, w), b in zip(decoded, hws, boxes)]
+    outs = [augment.fast_resize(c, SIZE) for c in crops]
+    flipped = [augment.hflip(o) for o in outs]
+    batches = [flipped[i:i + BATCH] for i in range(0, len(flipped) - BATCH + 1, BATCH)] or [flipped]
+    per_batch = len(batches[0])
+    idx = range(len(datas))
+    tv = _torchvision_transform()
+    return {
+        "dct_scaled_share": float(np.mean([f > 1 for f in factors])),
+        "read file": _best(lambda p: open(p, "rb").read(), paths, reps),
+        "header (simplejpeg + EXIF check)": _best(augment.jpeg_size, datas, reps),
+        "crop box (torchvision's draw)": _best(lambda hw: augment.crop_box(rng, hw[0], hw[1], SCALE), hws, reps),
+        "decode (libjpeg-turbo, DCT scale)": _best(lambda i: augment.decode_scaled(datas[i], *hws[i], factors[i]),
+                                                   idx, reps),
+        "decode (PIL open + load + RGB, torchvision's)": _best(sources.decode, datas, reps),
+        "crop (view)": _best(lambda i: augment.scaled_crop(decoded[i], *hws[i], boxes[i]), idx, reps),
+        "resize: PIL bicubic (torchvision's)": _best(
+            lambda c: np.asarray(Image.fromarray(np.ascontiguousarray(c)).resize((SIZE, SIZE), Image.BICUBIC)),
+            crops, reps),
+        "resize: OpenCV fast_resize": _best(lambda c: augment.fast_resize(c, SIZE), crops, reps),
+        "flip (draw, then OpenCV's copy half the time)": _best(
+            lambda o: augment.hflip(o) if rng.uniform() < 0.5 else o, outs, reps),
+        "flip: NumPy's copy of the reversed view, half the time": _best(
+            lambda o: np.ascontiguousarray(o[:, ::-1]) if rng.uniform() < 0.5 else o, outs, reps),
+        "batch (np.stack of 64 contiguous crops)": _best(np.stack, batches, reps) / per_batch,
+        "normalise on the host (float32; the trainer does it on the device)": _best(
+            augment.normalize, [np.stack(b) for b in batches], reps) / per_batch,
+        "total: train_crop_uint8 (header to flip)": _best(
+            lambda d: augment.train_crop_uint8(d, SIZE, rng, SCALE, decode=sources.decode), datas, reps),
+        "total: torchvision transform (float32 tensor)": _best(
+            lambda d: tv(Image.open(io.BytesIO(d)).convert("RGB")), datas, reps),
+    }
+
+
+def _torchvision_transform():
+    import torch
+    from torchvision import transforms
+
+    torch.set_num_threads(1)
+    return transforms.Compose([
+        transforms.RandomResizedCrop(SIZE, scale=SCALE, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+        transforms.Normalize(augment.IMAGENET_MEAN, augment.IMAGENET_STD)])
+
+
+def pipeline_cost(folder: str, images: int) -> float:
+    """CPU ms per image of `make_iterator` with one grain thread (uint8 batches, the whole
+    process), over the batches that fit after a first one."""
+    batch = 32
+    return run_mimjax(("folder", folder), 1, batch, max(1, images // batch - 1), uint8=True)["cpu_ms_per_img"]
+
+
+def markdown(res: dict) -> str:
+    m, cols = res["meta"], list(res["stages"])
+    out = [f"# Host input pipeline, CPU ms per image by stage (one thread)",
+           f"{m['date']}; CPU: {m['cpu']}; {m['images']} JPEGs per size, best of {m['reps']} passes, "
+           f"CPU time of the thread (`time.thread_time`); load average at the end: "
+           f"{', '.join(f'{x:.1f}' for x in res['load_average'])}."
+           + ("" if m.get("opencv", True) else " Without OpenCV (--no-opencv): the 'OpenCV' rows ran PIL's "
+              "bicubic and NumPy's flip copy, as the pipeline did before it."), "",
+           "| stage | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for stage in res["stages"][cols[0]]:
+        if stage in ("dct_scaled_share", "pipeline_1_thread"):
+            continue
+        out.append(f"| {stage} | " + " | ".join(f"{res['stages'][c][stage]:.3f}" for c in cols) + " |")
+    out.append("| pipeline, 1 grain thread, uint8 batches (whole process) | "
+               + " | ".join(f"{res['stages'][c]['pipeline_1_thread']:.3f}" for c in cols) + " |")
+    out.append("| share of crops decoded at a DCT scale | "
+               + " | ".join(f"{res['stages'][c]['dct_scaled_share']:.0%}" for c in cols) + " |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--no-opencv", action="store_true",
+                    help="without OpenCV: fast_resize is PIL's bicubic, hflip NumPy's copy (the pipeline before it)")
+    args = ap.parse_args(argv)
+    if args.no_opencv:
+        augment.cv2 = None  # read at each call by fast_resize and hflip
+    stages = {}
+    with tempfile.TemporaryDirectory(prefix="bench_profile_") as d:
+        for w, h in SIZES:
+            folder = os.path.join(d, f"{w}x{h}")
+            write_dataset(folder, args.images, size=(w, h), classes=1)
+            paths = sorted(os.path.join(folder, "class_00", f) for f in os.listdir(os.path.join(folder, "class_00")))
+            row = stage_costs(paths, args.reps)
+            row["pipeline_1_thread"] = pipeline_cost(folder, args.images)
+            stages[f"{w}x{h}"] = row
+    res = {"meta": {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "cpu": cpu_model(), "images": args.images,
+                    "reps": args.reps, "opencv": augment.cv2 is not None}, "load_average": os.getloadavg(), "stages": stages}
+    base = os.path.join(args.out, f"input_profile_cpu{'_' + args.tag if args.tag else ''}")
+    save(base, res, markdown(res))
+
+
+if __name__ == "__main__":
+    main()
