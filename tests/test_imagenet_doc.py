@@ -44,10 +44,11 @@ CLASSIFY_TINY = ["--config.batch_size=8", "--config.eval_batch_size=8", "--confi
 TINY = {"train": TRAIN_TINY, "finetune": CLASSIFY_TINY, "eval linprobe": CLASSIFY_TINY, "eval knn": [],
         "visualize": [], "prepare imagenet": ["--examples_per_shard", "64", "--workers", "1"], "export": [],
         "import": ["--name", "vit_tiny_patch16", "--img_size", "64"]}  # the official file's tiny twin
+# What each command writes that the next one reads: (its flag naming the directory, the file).
 OUTPUT = {"train": ("workdir", "checkpoints/2"), "prepare imagenet": ("out", "metadata.json"),
           "import": ("out", "config.json"), "finetune": ("out", "finetune.json"),
           "eval linprobe": ("workdir", "linprobe.json"), "eval knn": ("workdir", "knn.json"),
-          "visualize": ("out", "reconstruction.png"), "export": ("out", "model.safetensors")}  # what a command writes that the next one reads
+          "visualize": ("out", "reconstruction.png"), "export": ("out", "model.safetensors")}
 STEPS = [("plan", "gpa_mae:vit_base_patch16,feature"), ("prepare imagenet", ""), ("train", "mae:vit_base_patch16"),
          ("import", ""), ("train", "gpa_mae:vit_base_patch16"), ("train", "gpa_mae:vit_base_patch16,feature"),
          ("finetune", "finetune:vit_base_patch16,gpa"), ("eval linprobe", "linprobe"), ("eval knn", ""),
