@@ -1,7 +1,7 @@
 """Where the host pipeline's CPU time goes, stage by stage, per image, one thread.
 
     python -m bench.input_profile                 # ~1 min; bench/results/input_profile_cpu.{json,md}
-    python -m bench.input_profile --images 64 --reps 2
+    python -m bench.input_profile --images 64 --reps 2 --workers 0     # no threads-vs-processes section
     python -m bench.input_profile --no-opencv --tag before_opencv   # PIL's resize, NumPy's flip copy
 
 On 500x375 and 2000x1500 JPEGs (`bench.input.write_dataset`: cut from the bundled photos,
@@ -15,13 +15,17 @@ per image; the trainer normalises on the device instead). The last rows time the
 crop through `train_crop_uint8`, torchvision's transform (PIL open + convert +
 RandomResizedCrop + flip + ToTensor + Normalize) and the pipeline itself with 1 grain
 thread (`make_iterator`, uint8 batches; what it adds beyond the stages is grain's
-bookkeeping and the thread hand-off).
+bookkeeping and the thread hand-off). With `--workers W` (default 2), last: grain's W reader
+threads against W worker processes (`threads_vs_processes`) on the 500x375 set.
 """
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -106,6 +110,80 @@ def pipeline_cost(folder: str, images: int) -> float:
     return run_mimjax(("folder", folder), 1, batch, max(1, images // batch - 1), uint8=True)["cpu_ms_per_img"]
 
 
+class _Record:
+    """position -> (position, record): picklable, for grain's worker processes."""
+
+    def __init__(self, src):
+        self.src = src
+
+    def __call__(self, m):
+        return m, self.src[m % len(self.src)]
+
+
+class _Crop:
+    """The pipeline's training transform, built in the process that runs it (its lock
+    does not pickle)."""
+
+    def __init__(self):
+        self.transform = None
+
+    def __getstate__(self):
+        return {"transform": None}
+
+    def __call__(self, item):
+        if self.transform is None:
+            from mimjax.data import pipeline
+
+            self.transform = pipeline._Transform(SIZE, True, 0)
+        return self.transform(item)
+
+
+def worker_rate(folder: str, mode: str, workers: int = 2, batch: int = 64, batches: int = 24) -> dict:
+    """Wall img/s and CPU ms per image (this process and its children) of the pipeline's
+    transform over `folder` through grain with `workers` reader threads in this process
+    (mode "threads", what `make_iterator` does) or `workers` worker processes of one reader
+    thread each (mode "processes", `mp_prefetch`); uint8 batches, timed after two batches."""
+    import grain
+    import ml_collections
+    import psutil
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()  # grain's worker processes read their absl flags
+    cfg = ml_collections.ConfigDict(dict(source="folder", folder=folder, split="train", name="", data_dir="",
+                                         manual_dir="", synthetic_size=1))
+    ds = grain.MapDataset.range(10 ** 7).map(_Record(sources.make_source(cfg))).map(_Crop())
+    if mode == "threads":
+        it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=workers, prefetch_buffer_size=4 * batch))
+                  .batch(batch))
+    else:
+        it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=batch)).batch(batch)
+        it = iter(it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers)))
+    me = psutil.Process()
+
+    def cpu():
+        return sum(sum(p.cpu_times()[:2]) for p in [me] + me.children(recursive=True))
+
+    next(it), next(it)
+    c, t = cpu(), time.perf_counter()
+    for _ in range(batches):
+        next(it)
+    wall, c = time.perf_counter() - t, cpu() - c
+    return {"img_per_s": batch * batches / wall, "cpu_ms_per_img": 1e3 * c / (batch * batches)}
+
+
+def threads_vs_processes(folder: str, workers: int = 2, rounds: int = 3) -> dict:
+    """`worker_rate` of both modes, each run in its own process, alternating, `rounds` each."""
+    out = {"threads": [], "processes": []}
+    for r in range(rounds):
+        for mode in ("threads", "processes") if r % 2 == 0 else ("processes", "threads"):
+            p = subprocess.run([sys.executable, "-m", "bench.input_profile", "--worker-mode", mode, "--folder", folder,
+                                "--workers", str(workers)], capture_output=True, text=True, check=True,
+                               cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            out[mode].append(json.loads(p.stdout.strip().splitlines()[-1]))
+    return out
+
+
 def markdown(res: dict) -> str:
     m, cols = res["meta"], list(res["stages"])
     out = [f"# Host input pipeline, CPU ms per image by stage (one thread)",
@@ -123,6 +201,14 @@ def markdown(res: dict) -> str:
                + " | ".join(f"{res['stages'][c]['pipeline_1_thread']:.3f}" for c in cols) + " |")
     out.append("| share of crops decoded at a DCT scale | "
                + " | ".join(f"{res['stages'][c]['dct_scaled_share']:.0%}" for c in cols) + " |")
+    if res.get("workers"):
+        out += ["", f"grain reader threads against worker processes, {m['workers']} each, 500x375, uint8 batches of "
+                "64, 24 timed (wall img/s; CPU ms per image of the process and its children):", "",
+                "| mode (each round its own process, alternating) | img/s per round | CPU ms / img per round |", "|---|---|---|"]
+        for mode, rows in res["workers"].items():
+            rates = ", ".join(f"{x['img_per_s']:.0f}" for x in rows)
+            cpu = ", ".join(f"{x['cpu_ms_per_img']:.2f}" for x in rows)
+            out.append(f"| {mode} | {rates} | {cpu} |")
     return "\n".join(out) + "\n"
 
 
@@ -132,12 +218,18 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
     ap.add_argument("--tag", default="")
+    ap.add_argument("--workers", type=int, default=2, help="threads against processes with this many (0: skip)")
     ap.add_argument("--no-opencv", action="store_true",
                     help="without OpenCV: fast_resize is PIL's bicubic, hflip NumPy's copy (the pipeline before it)")
+    ap.add_argument("--worker-mode", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--folder", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker_mode:
+        print(json.dumps(worker_rate(args.folder, args.worker_mode, args.workers)))
+        return
     if args.no_opencv:
         augment.cv2 = None  # read at each call by fast_resize and hflip
-    stages = {}
+    stages, workers = {}, {}
     with tempfile.TemporaryDirectory(prefix="bench_profile_") as d:
         for w, h in SIZES:
             folder = os.path.join(d, f"{w}x{h}")
@@ -146,8 +238,11 @@ def main(argv=None):
             row = stage_costs(paths, args.reps)
             row["pipeline_1_thread"] = pipeline_cost(folder, args.images)
             stages[f"{w}x{h}"] = row
+            if args.workers and (w, h) == SIZES[0]:
+                workers = threads_vs_processes(folder, args.workers)
     res = {"meta": {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "cpu": cpu_model(), "images": args.images,
-                    "reps": args.reps, "opencv": augment.cv2 is not None}, "load_average": os.getloadavg(), "stages": stages}
+                    "reps": args.reps, "opencv": augment.cv2 is not None, "workers": args.workers}, "load_average": os.getloadavg(), "stages": stages,
+           "workers": workers}
     base = os.path.join(args.out, f"input_profile_cpu{'_' + args.tag if args.tag else ''}")
     save(base, res, markdown(res))
 

@@ -86,3 +86,12 @@ def test_profile_stages_and_table(tmp_path):
                                  "load_average": (0.0, 0.0, 0.0), "stages": {"120x90": row}})
     assert "| pipeline, 1 grain thread, uint8 batches (whole process) | 2.500 |" in md
     assert "| share of crops decoded at a DCT scale | 0% |" in md
+
+
+def test_threads_and_processes_rates(tmp_path):
+    from bench import input_profile
+
+    input_bench.write_dataset(str(tmp_path / "f"), 16, size=(80, 60), classes=2)
+    for mode in ("threads", "processes"):
+        r = input_profile.worker_rate(str(tmp_path / "f"), mode, workers=2, batch=4, batches=2)
+        assert r["img_per_s"] > 0 and r["cpu_ms_per_img"] > 0, mode
