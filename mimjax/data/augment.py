@@ -79,12 +79,11 @@ def resized_crop(image: np.ndarray, box, size: int) -> np.ndarray:
 def fast_resize(crop: np.ndarray, size: int) -> np.ndarray:
     """uint8 [h, w, 3] -> uint8 [size, size, 3] with OpenCV's SIMD resize, close to PIL's
     antialiased bicubic (within `FAST_RESIZE_BOUND` of it, `FAST_RESIZE_BOUND_LARGE` for
-    crops >= 2x the output size): an exact integer area
-    reduction (box averages, OpenCV's fast path) while a side is >= 4x `size`, down to
-    2-4x, then bicubic when enlarging and bilinear when shrinking. OpenCV's bicubic does
-    not antialias; its general area mode is as slow as PIL; reducing by area to < 2x
-    before the bilinear step was measured further from PIL (2.4 levels vs 1.7 on
-    2000x1500 photos). Without OpenCV, PIL's bicubic."""
+    crops >= 2x the output size): an exact integer area reduction (box averages, OpenCV's
+    fast path) while a side is >= 4x `size`, down to 2-4x, then bicubic when enlarging and
+    bilinear when shrinking. OpenCV's bicubic does not antialias; its general area mode is
+    as slow as PIL; reducing by area to < 2x before the bilinear step was measured further
+    from PIL (2.4 levels vs 1.7 on 2000x1500 photos). Without OpenCV, PIL's bicubic."""
     if cv2 is None:
         return np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((size, size), Image.BICUBIC))
     h, w = crop.shape[:2]
