@@ -77,7 +77,8 @@ def write_dataset(root: str, n: int, size=(500, 375), classes: int = 10, seed: i
     """n JPEGs of `size` in `classes` class folders: random crops of the bundled photos."""
     from PIL import Image
 
-    from mimjax.data.sources import EMBEDDED_PHOTOS, _skimage_dir, to_rgb_uint8
+    from mimjax.data.images import to_rgb_uint8
+    from mimjax.data.sources import EMBEDDED_PHOTOS, _skimage_dir
 
     photos = []
     for name in EMBEDDED_PHOTOS:
@@ -217,13 +218,13 @@ def randaugment_cost(d: str, n: int = 200) -> dict:
     from PIL import Image
     from timm.data.auto_augment import rand_augment_transform
 
-    from mimjax.data import augment, sources
+    from mimjax.data import augment, images
     from mimjax.data.randaugment import FILL, RandAugment
 
     folder = os.path.join(d, "folder", "class_00")
     datas = [open(os.path.join(folder, f), "rb").read() for f in sorted(os.listdir(folder))[:8]]
     rng = np.random.default_rng(0)
-    crops = [augment.train_crop_uint8(b, SIZE, rng, (0.08, 1.0), decode=sources.decode) for b in datas]
+    crops = [augment.train_crop_uint8(b, SIZE, rng, (0.08, 1.0), decode=images.decode) for b in datas]
     pil_crops = [Image.fromarray(np.ascontiguousarray(c)) for c in crops]
     ours = RandAugment(RANDAUGMENT)
     theirs = rand_augment_transform(RANDAUGMENT, {"translate_const": int(SIZE * 0.45), "img_mean": FILL,
@@ -239,7 +240,7 @@ def randaugment_cost(d: str, n: int = 200) -> dict:
     random.seed(0)
     np.random.seed(0)
     for name, fn in (("crop", lambda i: augment.train_crop_uint8(datas[i % 8], SIZE, rng, (0.08, 1.0),
-                                                                 decode=sources.decode)),
+                                                                 decode=images.decode)),
                      ("mimjax", lambda i: ours(crops[i % 8], rng)), ("timm", timm_op)):
         best = 1e9
         for _ in range(3):

@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from bench.input import SCALE, SIZE, cpu_model, run_mimjax, save, write_dataset
-from mimjax.data import augment, sources
+from mimjax.data import augment, images, sources
 
 SIZES = ((500, 375), (2000, 1500))
 BATCH = 64
@@ -72,7 +72,7 @@ def stage_costs(paths: list[str], reps: int) -> dict:
         "crop box (torchvision's draw)": _best(lambda hw: augment.crop_box(rng, hw[0], hw[1], SCALE), hws, reps),
         "decode (libjpeg-turbo, DCT scale)": _best(lambda i: augment.decode_scaled(datas[i], *hws[i], factors[i]),
                                                    idx, reps),
-        "decode (PIL open + load + RGB, torchvision's)": _best(sources.decode, datas, reps),
+        "decode (PIL open + load + RGB, torchvision's)": _best(images.decode, datas, reps),
         "crop (view)": _best(lambda i: augment.scaled_crop(decoded[i], *hws[i], boxes[i]), idx, reps),
         "resize: PIL bicubic (torchvision's)": _best(
             lambda c: np.asarray(Image.fromarray(np.ascontiguousarray(c)).resize((SIZE, SIZE), Image.BICUBIC)),
@@ -86,7 +86,7 @@ def stage_costs(paths: list[str], reps: int) -> dict:
         "normalise on the host (float32; the trainer does it on the device)": _best(
             augment.normalize, [np.stack(b) for b in batches], reps) / per_batch,
         "total: train_crop_uint8 (header to flip)": _best(
-            lambda d: augment.train_crop_uint8(d, SIZE, rng, SCALE, decode=sources.decode), datas, reps),
+            lambda d: augment.train_crop_uint8(d, SIZE, rng, SCALE, decode=images.decode), datas, reps),
         "total: torchvision transform (float32 tensor)": _best(
             lambda d: tv(Image.open(io.BytesIO(d)).convert("RGB")), datas, reps),
     }

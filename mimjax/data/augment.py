@@ -115,7 +115,7 @@ def jpeg_size(data: bytes) -> tuple[int, int] | None:
     if colorspace not in ("YCbCr", "Gray"):  # CMYK / YCCK: PIL's Adobe handling
         return None
     if b"Exif\x00\x00" in data[:65536] and _exif_orientation(data) not in (0, 1):
-        return None  # the folder path rotates by EXIF (sources.to_rgb_uint8)
+        return None  # the folder path rotates by EXIF (images.to_rgb_uint8)
     return h, w
 
 

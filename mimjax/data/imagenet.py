@@ -175,12 +175,12 @@ def shrink_image(data: bytes, max_side: int, quality: int = 90) -> bytes:
     unreadable."""
     from PIL import Image
 
-    from mimjax.data import sources
+    from mimjax.data import images
 
     with Image.open(io.BytesIO(data)) as im:
         if max(im.size) <= max_side:
             return data
-        a = sources.to_rgb_uint8(im)
+        a = images.to_rgb_uint8(im)
     h, w = a.shape[:2]
     s = max_side / max(h, w)
     size = (max(1, round(w * s)), max(1, round(h * s)))

@@ -12,7 +12,7 @@ import grain
 import numpy as np
 
 from mimjax import errors
-from mimjax.data import augment, sources
+from mimjax.data import augment, images, sources
 from mimjax.data.randaugment import RandAugment
 
 log = logging.getLogger("mimjax")
@@ -94,9 +94,9 @@ class _Transform:
                 return None
             try:
                 if self.train:
-                    x = augment.train_crop_uint8(image, self.img_size, rng, self.crop_scale, decode=sources.decode)
+                    x = augment.train_crop_uint8(image, self.img_size, rng, self.crop_scale, decode=images.decode)
                 else:
-                    x = augment.eval_crop_uint8(sources.decode(image), self.img_size)
+                    x = augment.eval_crop_uint8(images.decode(image), self.img_size)
             except Exception as e:  # noqa: BLE001 - any decoder failure: skip this file
                 self._skip(path, _unreadable_reason(image, e))
                 return None

@@ -23,11 +23,12 @@ counted there instead of failing inside a source. Sources:
 """
 from __future__ import annotations
 
-import io
 import os
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
+
+from mimjax.data.images import to_rgb_uint8
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 # Photographs among scikit-image's bundled files (not: horse (binary mask), logo, text,
@@ -38,28 +39,6 @@ EMBEDDED_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "
                    "cell.png")
 EMBEDDED_CROPS_PER_PHOTO = 64  # virtual epoch: 17 photos x 64 crops
 SOURCES = ("embedded", "embedded_faces", "tfds", "folder", "synthetic", "arrayrecord:PATH")
-
-
-def to_rgb_uint8(im: Image.Image) -> np.ndarray:
-    """Any PIL image (RGB, RGBA, L, LA, P, CMYK, I;16, I, F, ...) -> uint8 [H, W, 3]."""
-    im = ImageOps.exif_transpose(im)  # camera photos store their rotation in EXIF
-    if im.mode.startswith("I;16") or im.mode in ("I", "F"):
-        # PIL's convert("RGB") clips these at 255 (a 16-bit image turns white): rescale.
-        a = np.asarray(im, np.float64)
-        if im.mode.startswith("I;16") or (im.mode == "I" and a.max() > 255):
-            a = a / 257.0  # 16-bit range -> 8-bit
-        elif im.mode == "F" and a.max() <= 1.0:
-            a = a * 255.0  # float images in [0, 1]
-        im = Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8))
-    return np.asarray(im.convert("RGB"))
-
-
-def decode(data: bytes) -> np.ndarray:
-    """Encoded image bytes -> uint8 [H, W, 3]; raises (OSError, ValueError, ...) if unreadable,
-    truncated included (PIL's LOAD_TRUNCATED_IMAGES stays off)."""
-    with Image.open(io.BytesIO(data)) as im:
-        im.load()
-        return to_rgb_uint8(im)
 
 
 def _skimage_dir() -> str:

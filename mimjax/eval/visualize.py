@@ -27,7 +27,7 @@ def _own_images(paths, img_size: int):
     from PIL import Image
 
     from mimjax.data.augment import eval_transform
-    from mimjax.data.sources import to_rgb_uint8
+    from mimjax.data.images import to_rgb_uint8
 
     out = []
     for p in paths:

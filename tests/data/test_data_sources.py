@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mimjax.data import make_pretrain_iterator, make_source, sources
+from mimjax.data import images, make_pretrain_iterator, make_source, sources
 
 
 def write_images(d, rng):
@@ -44,9 +44,9 @@ def test_folder_class_per_folder_decodes_odd_images(tmp_path, data_config):
         name = rec["path"].rsplit("/", 1)[-1]
         if name in ("corrupt.jpg", "truncated.jpg"):
             with pytest.raises(Exception):
-                sources.decode(rec["image"])
+                images.decode(rec["image"])
             continue
-        decoded[name] = sources.decode(rec["image"])
+        decoded[name] = images.decode(rec["image"])
         assert decoded[name].dtype == np.uint8 and decoded[name].shape[2] == 3
     assert decoded["gray.JPG"].shape == (20, 24, 3) and decoded["tiny.bmp"].shape == (4, 4, 3)
     assert decoded["palette.gif"].shape == (9, 7, 3) and decoded["alpha.webp"].shape == (8, 8, 3)
@@ -78,7 +78,7 @@ def test_exif_rotation_is_applied(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees
     im.save(tmp_path / "phone.jpg", exif=exif)
-    assert sources.decode((tmp_path / "phone.jpg").read_bytes()).shape == (30, 10, 3)
+    assert images.decode((tmp_path / "phone.jpg").read_bytes()).shape == (30, 10, 3)
 
 
 def test_source_errors(tmp_path, data_config):

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mimjax.data import augment, sources
+from mimjax.data import augment, images, sources
 from mimjax.data.prefetch import normalize_images
 
 
 def photo(h=375, w=500, seed=0):
     """A real photo (scikit-image's astronaut) cut and resized to h x w."""
     with Image.open(f"{sources._skimage_dir()}/astronaut.png") as im:
-        a = sources.to_rgb_uint8(im)
+        a = images.to_rgb_uint8(im)
     return np.asarray(Image.fromarray(a[seed:, seed:]).resize((w, h), Image.BICUBIC))
 
 
@@ -30,9 +30,9 @@ def test_jpeg_crops_take_the_decoded_paths_boxes_and_flips():
     the PIL-decoded path (and so as torchvision, test_augment), resized by `fast_resize`."""
     data = jpeg(photo())
     assert augment.jpeg_size(data) == (375, 500)
-    decoded = sources.decode(data)
+    decoded = images.decode(data)
     for seed in range(40):
-        fast = augment.train_crop_uint8(data, 224, np.random.default_rng(seed), decode=sources.decode)
+        fast = augment.train_crop_uint8(data, 224, np.random.default_rng(seed), decode=images.decode)
         assert fast.dtype == np.uint8 and fast.shape == (224, 224, 3) and fast.flags["C_CONTIGUOUS"]
         np.testing.assert_array_equal(fast, fast_crop(decoded, 224, seed))
 
@@ -88,7 +88,7 @@ def test_fast_resize_paths_against_pil():
 
 def test_dct_scaled_crops_are_close_to_the_full_decode():
     big = jpeg(photo(750, 1000))
-    decoded = sources.decode(big)
+    decoded = images.decode(big)
     rng, diffs, scaled = np.random.default_rng(0), [], 0
     for _ in range(30):
         box = augment.crop_box(rng, 750, 1000)
@@ -119,18 +119,18 @@ def test_other_formats_cmyk_and_exif_rotation_take_pils_path():
     for data, fast in ((png.getvalue(), False), (cmyk.getvalue(), False), (rotated, False),
                        (jpeg(a, exif=upright.tobytes()), True), (jpeg(a[..., 0]), True)):  # grayscale JPEG
         assert (augment.jpeg_size(data) is not None) == fast
-        decoded = sources.decode(data)
+        decoded = images.decode(data)
         want = fast_crop(decoded, 32, 1) if fast else augment.train_crop_uint8(decoded, 32, np.random.default_rng(1))
-        got = augment.train_crop_uint8(data, 32, np.random.default_rng(1), decode=sources.decode)
+        got = augment.train_crop_uint8(data, 32, np.random.default_rng(1), decode=images.decode)
         np.testing.assert_array_equal(got, want)
-    assert sources.decode(rotated).shape[:2] == (80, 60)  # EXIF rotation is applied
+    assert images.decode(rotated).shape[:2] == (80, 60)  # EXIF rotation is applied
 
 
 def test_truncated_jpeg_raises_through_pil():
     data = jpeg(photo(100, 120))[:1500]
     assert augment.jpeg_size(data) == (100, 120)
     with pytest.raises(OSError, match="truncated"):
-        augment.train_crop_uint8(data, 32, np.random.default_rng(0), decode=sources.decode)
+        augment.train_crop_uint8(data, 32, np.random.default_rng(0), decode=images.decode)
 
 
 def test_crop_box_statistics_match_torchvision():

@@ -13,7 +13,8 @@ from PIL import Image
 
 from mimjax import cli
 from mimjax.data import imagenet, make_pretrain_iterator
-from mimjax.data.sources import EMBEDDED_PHOTOS, _skimage_dir, to_rgb_uint8
+from mimjax.data.images import to_rgb_uint8
+from mimjax.data.sources import EMBEDDED_PHOTOS, _skimage_dir
 
 SYNSETS = [f"n{1440764 + 1000 * i:08d}" for i in range(10)]  # n01440764-style ids, sorted
 PER_CLASS, VAL_PER_CLASS = 20, 3
