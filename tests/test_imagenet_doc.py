@@ -7,8 +7,8 @@ what can be checked here: pins, flags, the config against the target's devices. 
 seen before (the platforms share most of them) is not run again: its outputs exist.
 
 The chain runs in one child process (this file as a script: `python tests/test_imagenet_doc.py
-DIR`), each command through the `mimjax` command's own `main`, with XLA's CPU backend at
-its lowest optimisation level: the programs run two steps, compiling them is the cost."""
+DIR`), each command through the `mimjax` command's own `main`, compiled for speed as
+tests/conftest.py sets up: the programs run two steps, compiling them is the cost."""
 from __future__ import annotations
 
 import importlib.util
@@ -38,6 +38,8 @@ TRAIN_TINY = ["--config.batch_size=8", "--config.total_epochs=-1", "--config.tot
               "--config.model.decoder_depth=1", "--config.model.decoder_heads=4", "--config.model.remat=False",
               "--config.model.dtype=float32"]
 GPA_TINY = ["--config.teacher.block=0", "--config.teacher.head=3"]
+EVAL_TINY = ["--config.eval.every=2", "--config.eval.num_train=64", "--config.eval.num_test=32",
+             "--config.eval.batch_size=8"]  # k-NN inside a run that sets eval.every: at its last step
 CLASSIFY_TINY = ["--config.batch_size=8", "--config.eval_batch_size=8", "--config.total_epochs=-1",
                  "--config.total_steps=2", "--config.optimizer.warmup_steps=1", "--config.log_every=1",
                  "--config.checkpoint_every=2"]
@@ -179,6 +181,7 @@ def run_guide(root: Path) -> list[str]:
                 cli.parse(cli.COMMANDS["import"], args[1:])  # reading a .pth needs PyTorch
             elif tuple(args) not in done:
                 tiny = TINY[name] + (GPA_TINY if any(a.startswith("gpa_mae:") for a in args) else [])
+                tiny += EVAL_TINY if any(a.startswith("--config.eval.every=") for a in args) else []
                 start = time.perf_counter()
                 assert cli.main(["mimjax", *args, *tiny]) == 0, f"{platform}: {line!r} failed"
                 flag, written = OUTPUT[name]
@@ -194,8 +197,7 @@ def run_guide(root: Path) -> list[str]:
 def test_the_imagenet_guide_runs_on_every_platform(tmp_path):
     from scaffold import cli_env
 
-    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0".strip()
-    out = subprocess.run([sys.executable, __file__, str(tmp_path)], env=cli_env(env={"XLA_FLAGS": flags}),
+    out = subprocess.run([sys.executable, __file__, str(tmp_path)], env=cli_env(),
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-6000:]
     ran = json.loads(out.stdout.splitlines()[-1])
@@ -203,6 +205,7 @@ def test_the_imagenet_guide_runs_on_every_platform(tmp_path):
     assert len(ran) == 9 + torch_here, ran  # each distinct command once: the platforms' blocks agree
     rows = [json.loads(x) for x in (tmp_path / "runs" / "gpa_f_b16" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+    assert [r["step"] for r in rows if "knn_top1" in r] == [2]  # k-NN on the prepared validation shards
     assert json.loads((tmp_path / "runs" / "gpa_f_b16_ft" / "finetune.json").read_text())["top1"] >= 0
     if torch_here:
         config = json.loads((tmp_path / "runs" / "mae_b16_official" / "config.json").read_text())

@@ -200,7 +200,8 @@ MEANINGS = {
     "wandb.entity": "W&B entity (user or team; '' = the default)",
     "wandb.mode": "'' (WANDB_MODE or online) | online | offline (nothing sent; wandb sync later) | disabled",
     "eval.every": "steps between k-NN evaluations of the encoder (knn_top1 rows); 0 = off",
-    "eval.dataset": "k-NN labelled set, as mimjax eval knn --dataset: embedded_faces | tfds:NAME | folder:PATH",
+    "eval.dataset": ("k-NN labelled set, as mimjax eval knn --dataset: embedded_faces | tfds:NAME | folder:PATH | "
+                     "arrayrecord:PATH (mimjax prepare imagenet; eval.test_split=validation)"),
     "eval.test_dataset": "a separate k-NN test set (same forms); '' = the dataset's test split",
     "eval.train_split": "k-NN training split (TFDS)",
     "eval.test_split": "k-NN test split (TFDS: e.g. validation for imagenet2012)",
@@ -415,8 +416,9 @@ def _validate_monitoring(c, batch_devices: int, process_count: int) -> None:
         _fail("eval.every", c.eval.every, "steps between k-NN evaluations, >= 0 (0 = off)")
     if c.eval.every:
         kind, _, arg = c.eval.dataset.partition(":")
-        if not (c.eval.dataset == "embedded_faces" or (kind in ("tfds", "folder") and arg)):
-            _fail("eval.dataset", c.eval.dataset, "a labelled set: embedded_faces, tfds:NAME or folder:PATH")
+        if not (c.eval.dataset == "embedded_faces" or (kind in ("tfds", "folder", "arrayrecord") and arg)):
+            _fail("eval.dataset", c.eval.dataset,
+                  "a labelled set: embedded_faces, tfds:NAME, folder:PATH or arrayrecord:PATH")
         if c.eval.pool not in ("token", "avg"):
             _fail("eval.pool", c.eval.pool, "token or avg")
         if c.eval.k < 1:
