@@ -30,10 +30,13 @@ fi
 JAX_COMPILATION_CACHE_DIR=$(mktemp -d "${TMPDIR:-/tmp}/mimjax-tests-jax-cache-XXXXXX")
 export JAX_COMPILATION_CACHE_DIR
 trap 'rm -rf "$JAX_COMPILATION_CACHE_DIR"' EXIT
+# Both parts in MIMJAX_TEST_WORKERS processes (pytest-xdist; default 2, one per core of the CI
+# machine), each taking the next test when it is free.
+workers=(-n "${MIMJAX_TEST_WORKERS:-2}" --dist worksteal)
 fast=0 slow=0
 echo "== fast tests (-m 'not slow')"
-run_pytest -m "not slow" || fast=$?
+run_pytest "${workers[@]}" -m "not slow" || fast=$?
 echo "== slow tests (-m slow)"
-run_pytest -m slow || slow=$?
+run_pytest "${workers[@]}" -m slow || slow=$?
 echo "== fast tests: exit $fast; slow tests: exit $slow"
 [ "$fast" -eq 0 ] && [ "$slow" -eq 0 ]
