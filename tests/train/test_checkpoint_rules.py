@@ -22,8 +22,8 @@ TINY = ("--config.model.width=192", "--config.model.num_heads=3", "--config.mode
 
 def error_line(p) -> str:
     """The command's error: exit 2 and exactly one line on stderr starting 'mimjax' (besides
-    the run's own log lines, e.g. train's 'I1129 10:49:19.78 ... model ...'), no traceback."""
-    lines = [ln for ln in p.stderr.splitlines() if ln.strip() and not re.match(r"[IWE]\d{4} ", ln)]
+    the run's own INFO log lines, e.g. train's '10:49:19 model ...'), no traceback."""
+    lines = [ln for ln in p.stderr.splitlines() if ln.strip() and not re.match(r"\d\d:\d\d:\d\d (?!WARNING|ERROR)", ln)]
     assert p.returncode == 2, p.stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith("mimjax"), p.stderr[-3000:]
     return lines[0]
