@@ -256,9 +256,10 @@ def randaugment_markdown(res: dict) -> str:
     m, r = res["meta"], res["per_image"]
     out = [f"# RandAugment {r['spec']} on the host ({m['cores']} cores)",
            f"{m['date']}; CPU: {m['cpu']}; Pillow {m['pillow']}, timm {m['timm']}; load average at the end: "
-           f"{', '.join(f'{x:.1f}' for x in res['load_average'])} (a shared machine: CPU time, not wall time).", "",
+           f"{', '.join(f'{x:.1f}' for x in res['load_average'])} (CPU time per image holds on a shared machine; "
+           "the pipeline's wall img/s below does not).", "",
            f"CPU ms per image, one thread, best of 3 x {r['n']} 224 px crops of {r['images']} JPEGs:", "",
-           "| training crop (decode, crop, resize, flip) | + RandAugment, mimjax | RandAugment, timm (PIL in/out) |",
+           "| training crop (decode, crop, resize, flip) | RandAugment, mimjax (uint8 array in/out) | RandAugment, timm (PIL in/out) |",
            "|---|---|---|", f"| {r['crop_ms']:.2f} | {r['mimjax_ms']:.2f} | {r['timm_ms']:.2f} |", "",
            f"timm raised ValueError on {r['timm_errors']} of {3 * r['n']} images (ImageOps.posterize to 0 bits, "
            "which Pillow 13 refuses; mimjax gives black, as older Pillow did)."]
