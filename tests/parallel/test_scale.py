@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mimjax.train import metrics
+from scaffold import cli_env  # tests/scaffold.py
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Equal up to float32 reassociation of the reductions over differently split batches.
@@ -51,9 +52,8 @@ print("RESULT" + json.dumps(out))
 
 
 def run_script(tmp_path, devices, names):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path), *names], capture_output=True,
-                         text=True, env=env, cwd=REPO, timeout=900)
+                         text=True, env=cli_env(devices), cwd=REPO, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.split("RESULT")[-1])
 
