@@ -11,10 +11,11 @@ libjpeg-turbo through simplejpeg (the same pixels as PIL's decoder, measured equ
 without PIL's buffer copies), draws the box from the header's size, uses libjpeg's
 DCT scaling (1/2, 1/4, 1/8: the SIMD ones; 3/4 etc. were measured slower than a full
 decode) when the crop stays >= 2 x `size` on both sides at that scale, and resizes with
-OpenCV (`fast_resize`: 3-8x less CPU than PIL's bicubic, within `FAST_RESIZE_BOUND`
-uint8 levels of it on average, `FAST_RESIZE_BOUND_LARGE` for large photos). The boxes are torchvision's either way; decoded arrays
-(embedded photos, TFDS) keep PIL's bicubic, pixel for pixel torchvision's. It returns
-uint8: normalisation is `normalize` on a whole batch (host) or on the device (prefetch.py).
+OpenCV (`fast_resize`: 7-10x less CPU than PIL's bicubic, measured on two CPUs, within
+`FAST_RESIZE_BOUND` uint8 levels of it on average, `FAST_RESIZE_BOUND_LARGE` for large
+photos). The boxes are torchvision's either way; decoded arrays (embedded photos, TFDS)
+keep PIL's bicubic, pixel for pixel torchvision's. It returns uint8: normalisation is
+`normalize` on a whole batch (host) or on the device (prefetch.py).
 """
 from __future__ import annotations
 
