@@ -32,7 +32,7 @@ import time
 import numpy as np
 from PIL import Image
 
-from bench.input import SCALE, SIZE, cpu_model, run_mimjax, save, write_dataset
+from bench.input import SCALE, SIZE, cpu_model, cpu_seconds, run_mimjax, save, write_dataset
 from mimjax.data import augment, images, sources
 
 SIZES = ((500, 375), (2000, 1500))
@@ -161,8 +161,8 @@ def worker_rate(folder: str, mode: str, workers: int = 2, batch: int = 64, batch
         it = iter(it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers)))
     me = psutil.Process()
 
-    def cpu():  # this process at the clock's resolution (psutil's is a 10 ms tick), its workers by psutil
-        return time.process_time() + sum(sum(p.cpu_times()[:2]) for p in me.children(recursive=True))
+    def cpu():  # this process and its worker processes (those alive now)
+        return cpu_seconds([me.pid] + [p.pid for p in me.children(recursive=True)])
 
     next(it), next(it)
     c, t = cpu(), time.perf_counter()

@@ -10,6 +10,26 @@ from bench import input as input_bench
 from bench import input_projection
 
 
+def test_cpu_seconds_sees_a_millisecond_of_this_process_and_reads_others_from_proc():
+    """This process by its own clock: 2 ms of work are not lost to /proc's 10 ms ticks (the
+    pipeline's CPU per image read 0 on a fast CPU that way); other processes from /proc."""
+    import subprocess
+    import time
+
+    before, t = input_bench.cpu_seconds([os.getpid()]), time.process_time()
+    while time.process_time() - t < 0.002:
+        pass
+    assert 0.002 <= input_bench.cpu_seconds([os.getpid()]) - before < 0.009  # a tick reads 0 or 0.01
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                              "while time.process_time() - t < 0.3: pass\nprint(flush=True)\ninput()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        child.stdout.readline()  # its 0.3 s of work are done
+        assert 0.29 <= input_bench.cpu_seconds([child.pid]) < 5.0  # and its start-up
+    finally:
+        child.communicate(b"\n", timeout=30)
+
+
 def test_dataset_run_and_report(tmp_path):
     input_bench.write_dataset(str(tmp_path / "folder"), 24, size=(80, 60), classes=3)
     assert sorted(os.listdir(tmp_path / "folder")) == ["class_00", "class_01", "class_02"]
