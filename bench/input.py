@@ -121,7 +121,19 @@ def cpu_seconds(pids) -> float:
     return total
 
 
-def _timed(next_batch, pids, batch: int, batches: int) -> dict:
+def best_ms(fn, items, reps: int) -> float:
+    """CPU ms of this thread per item (`time.thread_time`: other processes on a shared
+    machine do not count), best of `reps` passes of fn over items."""
+    best = float("inf")
+    for _ in range(reps):
+        t = time.thread_time()
+        for x in items:
+            fn(x)
+        best = min(best, (time.thread_time() - t) / len(items))
+    return 1e3 * best
+
+
+def timed(next_batch, pids, batch: int, batches: int) -> dict:
     """img/s (wall) and CPU ms per image (all the pipeline's processes and threads) over
     `batches` batches; on a shared machine the CPU cost per image is the robust number."""
     c, t = cpu_seconds(pids), time.perf_counter()
@@ -132,22 +144,31 @@ def _timed(next_batch, pids, batch: int, batches: int) -> dict:
     return {"img_per_s": n / wall, "cpu_ms_per_img": 1e3 * cpu / n, "cores_busy": cpu / wall}
 
 
-def run_torchvision(folder: str, workers: int, batch: int, batches: int) -> dict:
+def torchvision_transform():
+    """torchvision's ImageNet training transform (PIL image -> normalised float32 tensor),
+    with torch on one thread per process, as DataLoader workers run it."""
     import torch
-    from torchvision import datasets, transforms
+    from torchvision import transforms
+
+    from mimjax.data.augment import IMAGENET_MEAN, IMAGENET_STD
 
     torch.set_num_threads(1)
-    tf = transforms.Compose([
+    return transforms.Compose([
         transforms.RandomResizedCrop(SIZE, scale=SCALE, interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-        transforms.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
-    ds = datasets.ImageFolder(folder, tf)
+        transforms.RandomHorizontalFlip(), transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+
+
+def run_torchvision(folder: str, workers: int, batch: int, batches: int) -> dict:
+    import torch
+    from torchvision import datasets
+
+    ds = datasets.ImageFolder(folder, torchvision_transform())
     sampler = torch.utils.data.RandomSampler(ds, num_samples=batch * (batches + 1))  # epochs back to back
     loader = torch.utils.data.DataLoader(ds, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True)
     it = iter(loader)
     next(it)
     pids = [os.getpid()] + [w.pid for w in getattr(it, "_workers", [])]
-    return _timed(lambda: next(it), pids, batch, batches)
+    return timed(lambda: next(it), pids, batch, batches)
 
 
 def run_mimjax(source: str, workers: int, batch: int, batches: int, uint8: bool, randaugment: str = "") -> dict:
@@ -162,7 +183,7 @@ def run_mimjax(source: str, workers: int, batch: int, batches: int, uint8: bool,
     it.host_uint8 = uint8
     b = next(it)
     assert b["image"].dtype == (np.uint8 if uint8 else np.float32)
-    return _timed(lambda: next(it), [os.getpid()], batch, batches)
+    return timed(lambda: next(it), [os.getpid()], batch, batches)
 
 
 def child(args) -> dict:
@@ -247,13 +268,7 @@ def randaugment_cost(d: str, n: int = 200) -> dict:
     for name, fn in (("crop", lambda i: augment.train_crop_uint8(datas[i % 8], SIZE, rng, (0.08, 1.0),
                                                                  decode=images.decode)),
                      ("mimjax", lambda i: ours(crops[i % 8], rng)), ("timm", timm_op)):
-        best = 1e9
-        for _ in range(3):
-            t = time.process_time()
-            for i in range(n):
-                fn(i)
-            best = min(best, (time.process_time() - t) / n)
-        row[f"{name}_ms"] = 1e3 * best
+        row[f"{name}_ms"] = best_ms(fn, range(n), 3)
     return row
 
 

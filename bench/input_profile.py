@@ -32,22 +32,11 @@ import time
 import numpy as np
 from PIL import Image
 
-from bench.input import SCALE, SIZE, cpu_model, cpu_seconds, run_mimjax, save, write_dataset
+from bench.input import SCALE, SIZE, best_ms, cpu_model, run_mimjax, save, timed, torchvision_transform, write_dataset
 from mimjax.data import augment, images, sources
 
 SIZES = ((500, 375), (2000, 1500))
 BATCH = 64
-
-
-def _best(fn, items, reps: int) -> float:
-    """CPU ms of this thread per item, best of `reps` passes of fn over items."""
-    best = float("inf")
-    for _ in range(reps):
-        t = time.thread_time()
-        for x in items:
-            fn(x)
-        best = min(best, (time.thread_time() - t) / len(items))
-    return 1e3 * best
 
 
 def stage_costs(paths: list[str], reps: int) -> dict:
@@ -64,43 +53,32 @@ def stage_costs(paths: list[str], reps: int) -> dict:
     batches = [flipped[i:i + BATCH] for i in range(0, len(flipped) - BATCH + 1, BATCH)] or [flipped]
     per_batch = len(batches[0])
     idx = range(len(datas))
-    tv = _torchvision_transform()
+    tv = torchvision_transform()
     return {
         "dct_scaled_share": float(np.mean([f > 1 for f in factors])),
-        "read file": _best(lambda p: open(p, "rb").read(), paths, reps),
-        "header (simplejpeg + EXIF check)": _best(augment.jpeg_size, datas, reps),
-        "crop box (torchvision's draw)": _best(lambda hw: augment.crop_box(rng, hw[0], hw[1], SCALE), hws, reps),
-        "decode (libjpeg-turbo, DCT scale)": _best(lambda i: augment.decode_scaled(datas[i], *hws[i], factors[i]),
+        "read file": best_ms(lambda p: open(p, "rb").read(), paths, reps),
+        "header (simplejpeg + EXIF check)": best_ms(augment.jpeg_size, datas, reps),
+        "crop box (torchvision's draw)": best_ms(lambda hw: augment.crop_box(rng, hw[0], hw[1], SCALE), hws, reps),
+        "decode (libjpeg-turbo, DCT scale)": best_ms(lambda i: augment.decode_scaled(datas[i], *hws[i], factors[i]),
                                                    idx, reps),
-        "decode (PIL open + load + RGB, torchvision's)": _best(images.decode, datas, reps),
-        "crop (view)": _best(lambda i: augment.scaled_crop(decoded[i], *hws[i], boxes[i]), idx, reps),
-        "resize: PIL bicubic (torchvision's)": _best(
+        "decode (PIL open + load + RGB, torchvision's)": best_ms(images.decode, datas, reps),
+        "crop (view)": best_ms(lambda i: augment.scaled_crop(decoded[i], *hws[i], boxes[i]), idx, reps),
+        "resize: PIL bicubic (torchvision's)": best_ms(
             lambda c: np.asarray(Image.fromarray(np.ascontiguousarray(c)).resize((SIZE, SIZE), Image.BICUBIC)),
             crops, reps),
-        "resize: OpenCV fast_resize": _best(lambda c: augment.fast_resize(c, SIZE), crops, reps),
-        "flip (draw, then OpenCV's copy half the time)": _best(
+        "resize: OpenCV fast_resize": best_ms(lambda c: augment.fast_resize(c, SIZE), crops, reps),
+        "flip (draw, then OpenCV's copy half the time)": best_ms(
             lambda o: augment.hflip(o) if rng.uniform() < 0.5 else o, outs, reps),
-        "flip: NumPy's copy of the reversed view, half the time": _best(
+        "flip: NumPy's copy of the reversed view, half the time": best_ms(
             lambda o: np.ascontiguousarray(o[:, ::-1]) if rng.uniform() < 0.5 else o, outs, reps),
-        "batch (np.stack of 64 contiguous crops)": _best(np.stack, batches, reps) / per_batch,
-        "normalise on the host (float32; the trainer does it on the device)": _best(
+        "batch (np.stack of 64 contiguous crops)": best_ms(np.stack, batches, reps) / per_batch,
+        "normalise on the host (float32; the trainer does it on the device)": best_ms(
             augment.normalize, [np.stack(b) for b in batches], reps) / per_batch,
-        "total: train_crop_uint8 (header to flip)": _best(
+        "total: train_crop_uint8 (header to flip)": best_ms(
             lambda d: augment.train_crop_uint8(d, SIZE, rng, SCALE, decode=images.decode), datas, reps),
-        "total: torchvision transform (float32 tensor)": _best(
+        "total: torchvision transform (float32 tensor)": best_ms(
             lambda d: tv(Image.open(io.BytesIO(d)).convert("RGB")), datas, reps),
     }
-
-
-def _torchvision_transform():
-    import torch
-    from torchvision import transforms
-
-    torch.set_num_threads(1)
-    return transforms.Compose([
-        transforms.RandomResizedCrop(SIZE, scale=SCALE, interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-        transforms.Normalize(augment.IMAGENET_MEAN, augment.IMAGENET_STD)])
 
 
 def pipeline_cost(folder: str, images: int) -> float:
@@ -159,17 +137,9 @@ def worker_rate(folder: str, mode: str, workers: int = 2, batch: int = 64, batch
     else:
         it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=batch)).batch(batch)
         it = iter(it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers)))
-    me = psutil.Process()
-
-    def cpu():  # this process and its worker processes (those alive now)
-        return cpu_seconds([me.pid] + [p.pid for p in me.children(recursive=True)])
-
-    next(it), next(it)
-    c, t = cpu(), time.perf_counter()
-    for _ in range(batches):
-        next(it)
-    wall, c = time.perf_counter() - t, cpu() - c
-    return {"img_per_s": batch * batches / wall, "cpu_ms_per_img": 1e3 * c / (batch * batches)}
+    next(it), next(it)  # the worker processes are up
+    pids = [os.getpid()] + [p.pid for p in psutil.Process().children(recursive=True)]
+    return timed(lambda: next(it), pids, batch, batches)
 
 
 def threads_vs_processes(folder: str, workers: int = 2, rounds: int = 3) -> dict:
@@ -204,7 +174,8 @@ def markdown(res: dict) -> str:
     if res.get("workers"):
         out += ["", f"grain reader threads against worker processes, {m['workers']} each, 500x375, uint8 batches of "
                 "64, 24 timed (wall img/s; CPU ms per image of the process and its children):", "",
-                "| mode (each round its own process, alternating) | img/s per round | CPU ms / img per round |", "|---|---|---|"]
+                "| mode (each round its own process, alternating) | img/s per round | CPU ms / img per round |",
+                "|---|---|---|"]
         for mode, rows in res["workers"].items():
             rates = ", ".join(f"{x['img_per_s']:.0f}" for x in rows)
             cpu = ", ".join(f"{x['cpu_ms_per_img']:.2f}" for x in rows)
@@ -241,8 +212,8 @@ def main(argv=None):
             if args.workers and (w, h) == SIZES[0]:
                 workers = threads_vs_processes(folder, args.workers)
     res = {"meta": {"date": time.strftime("%Y-%m-%dT%H:%M:%S"), "cpu": cpu_model(), "images": args.images,
-                    "reps": args.reps, "opencv": augment.cv2 is not None, "workers": args.workers}, "load_average": os.getloadavg(), "stages": stages,
-           "workers": workers}
+                    "reps": args.reps, "opencv": augment.cv2 is not None, "workers": args.workers},
+           "load_average": os.getloadavg(), "stages": stages, "workers": workers}
     base = os.path.join(args.out, f"input_profile_cpu{'_' + args.tag if args.tag else ''}")
     save(base, res, markdown(res))
 
