@@ -83,7 +83,10 @@ def expand(line: str, env: dict) -> list[str]:
 
 
 def command_name(args: list[str]) -> str:
-    return " ".join(args[:2]) if args[0] in ("eval", "prepare") else args[0]
+    """`mimjax ARGS`'s command, as cli.py reads it: two words for a group (`eval knn`)."""
+    from mimjax import cli
+
+    return " ".join(args[:2]) if args[0] in cli.GROUPS else args[0]
 
 
 def launched(script_args: list[str]) -> list[str]:
