@@ -104,9 +104,16 @@ def _define_classifier(example: str, out_help: str):
     return define
 
 
+def _define_study(fv, argv):
+    _define_config(fv, argv, "study:fashion_mnist or study:fashion_mnist,runlocal")
+    flags.DEFINE_string("out", None, "The study's directory: one run directory per arm and seed, study.json, "
+                        "study.md, study.png. The same command again skips what finished and resumes the rest.",
+                        flag_values=fv)
+
+
 def _define_knn(fv, argv):
     flags.DEFINE_string("workdir", None, "The pre-training workdir (or `mimjax import` directory).", flag_values=fv)
-    flags.DEFINE_string("dataset", "embedded_faces", "embedded_faces | tfds:NAME | arrayrecord:PATH (mimjax prepare "
+    flags.DEFINE_string("dataset", "embedded_faces", "embedded_faces | tfds:NAME | idx:DIR | arrayrecord:PATH (mimjax prepare "
                         "imagenet; --test_split validation) | folder:PATH. embedded_faces "
                         "(100 faces, 100 other crops) is split deterministically: every 4th image is a test "
                         "image.", flag_values=fv)
@@ -242,6 +249,18 @@ def _run_linprobe(fv) -> int:
     return 0
 
 
+def _run_study(fv) -> int:
+    from mimjax.study import run
+
+    doc = run.study(fv.config, fv.out)
+    print(f"wrote {os.path.join(fv.out, 'study.md')}, study.json and study.png")
+    failed = [f"{arm} seed {seed}" for arm, runs in doc["failed"].items() for seed in runs]
+    if failed:
+        return _fail("mimjax study", f"{len(failed)} arm x seed run(s) failed ({', '.join(failed)}; their errors "
+                     f"are in study.md); the same command again retries them", 1)
+    return 0
+
+
 def _run_knn(fv) -> int:
     from mimjax.eval import knn
 
@@ -335,6 +354,12 @@ COMMANDS = {c.name: c for c in [
                                "Output directory: checkpoints, metrics.jsonl, the result JSON "
                                "(default: WORKDIR/linprobe)."),
             _run_linprobe, required=("config", "workdir"), config_keys="mimjax/eval/config.py"),
+    Command("study", "Does GPA learn better features than MAE? Every arm x seed pre-trained and evaluated "
+            "(linear probe, fine-tune, k-NN), with paired 95% intervals; writes OUT/study.{json,md,png}.",
+            ("mimjax study --config study:fashion_mnist --out studies/fmnist",
+             "mimjax study --config study:fashion_mnist --out S --config.seeds=0,1,2,3,4 "
+             "--config.data.source=idx:/path/to/mnist"),
+            _define_study, _run_study, required=("config", "out"), config_keys="mimjax/configs/study.py"),
     Command("export", "Write a run's weights for PyTorch (timm or the official MAE layout).",
             ("mimjax export --workdir W --format timm --out vit_b16 [--pool avg]   # timm.create_model('local-dir:vit_b16')",
              "mimjax export --workdir W --format mae --out mae_full.pth"),

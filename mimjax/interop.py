@@ -95,7 +95,6 @@ def import_checkpoint(inp: str, out: str, name: str = "vit_base_patch16", img_si
     whether it holds the MAE decoder too."""
     from mimjax import export
     from mimjax.export import hub
-    from mimjax.train import checkpoint
     from mimjax.train import config as config_lib
 
     paths.check_reachable(inp, "--in")
@@ -111,9 +110,19 @@ def import_checkpoint(inp: str, out: str, name: str = "vit_base_patch16", img_si
     if "decoder_blocks" in params:
         c.model.decoder_width = int(params["mask_token"].shape[-1])
         c.model.decoder_depth = len(params["decoder_blocks"])
-    workdir_lib.write_config(out, c)
+    write_params_dir(out, c, params, {"imported_from": paths.absolute(inp)})
+    return "decoder_blocks" in params
+
+
+def write_params_dir(out: str, config, params, meta: dict) -> None:
+    """A directory of weights that is not a training run (an import, the study's random
+    encoder): OUT/config.json (the pre-training `config`) + OUT/checkpoints/0 holding
+    {"params": params} and `meta`; readable wherever a run directory is (teacher.path,
+    --workdir of the evaluations)."""
+    from mimjax.train import checkpoint
+
+    workdir_lib.write_config(out, config)
     ck = checkpoint.Checkpointer(workdir_lib.checkpoints_dir(out), async_save=False)
-    ck.save(0, {"params": params}, {"imported_from": paths.absolute(inp)})
+    ck.save(0, {"params": params}, meta)
     ck.wait()
     ck.close()
-    return "decoder_blocks" in params

@@ -20,13 +20,13 @@ class _Subset:
 def labelled_sources(dataset: str, *, test_dataset: str = "", train_split: str = "train",
                      test_split: str = "test", data_dir: str = ""):
     """(train, test) random-access labelled sources of a dataset spec: `embedded_faces`,
-    `tfds:NAME` or `arrayrecord:PATH` (`mimjax prepare imagenet`; their train_split /
+    `tfds:NAME`, `idx:DIR` (train / test) or `arrayrecord:PATH` (`mimjax prepare imagenet`; their train_split /
     test_split, e.g. validation) or `folder:PATH` (class-per-folder). Without
     a test_dataset, a source with no test split is split here: every 4th image is a test
     image. Shared by k-NN, the linear probe and fine-tuning."""
     def source(spec, split):
         kind, _, arg = spec.partition(":")  # the fields make_source reads for each kind
-        if kind == "arrayrecord":
+        if kind in ("arrayrecord", "idx"):
             kind = spec  # make_source takes the path in data.source
         return make_source(types.SimpleNamespace(source=kind, name=arg, split=split, data_dir=data_dir,
                                                  manual_dir="", folder=arg, synthetic_size=1000))
@@ -34,7 +34,7 @@ def labelled_sources(dataset: str, *, test_dataset: str = "", train_split: str =
     train = source(dataset, train_split)
     if test_dataset:
         return train, source(test_dataset, test_split)
-    if dataset.startswith(("tfds:", "arrayrecord:")):
+    if dataset.startswith(("tfds:", "arrayrecord:", "idx:")):
         return train, source(dataset, test_split)
     n = len(train)
     return _Subset(train, [i for i in range(n) if i % 4]), _Subset(train, range(0, n, 4))

@@ -20,6 +20,8 @@ counted there instead of failing inside a source. Sources:
 - arrayrecord:PATH: a directory written by `mimjax prepare imagenet` (ArrayRecord shards of
   the encoded images + labels, metadata.json; `data.split` picks train or validation). Items
   are file bytes as for folders (mimjax/data/imagenet.py).
+- idx:DIR: an IDX data set (MNIST's format; Fashion-MNIST from the Debian package
+  dataset-fashion-mnist), `data.split` train or test (mimjax/data/idx.py).
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ EMBEDDED_PHOTOS = ("astronaut.png", "coffee.png", "chelsea.png", "rocket.jpg", "
                    "coins.png", "moon.png", "grass.png", "gravel.png", "brick.png", "clock_motion.png",
                    "cell.png")
 EMBEDDED_CROPS_PER_PHOTO = 64  # virtual epoch: 17 photos x 64 crops
-SOURCES = ("embedded", "embedded_faces", "tfds", "folder", "synthetic", "arrayrecord:PATH")
+SOURCES = ("embedded", "embedded_faces", "tfds", "folder", "synthetic", "arrayrecord:PATH", "idx:DIR")
 
 
 def _skimage_dir() -> str:
@@ -187,8 +189,12 @@ def tfds_source(name: str, split: str = "train", data_dir: str | None = None, ma
 def make_source(data_config):
     """The source a `data` config names. Keys read (attribute access; "" and None both mean
     unset): source, and per source: tfds: name, split, data_dir, manual_dir; folder:
-    folder; synthetic: synthetic_size; arrayrecord:PATH: split."""
+    folder; synthetic: synthetic_size; arrayrecord:PATH and idx:DIR: split."""
     kind = data_config.source
+    if kind.startswith("idx:"):
+        from mimjax.data.idx import IdxImages
+
+        return IdxImages(kind.partition(":")[2], data_config.split or "train")
     if kind.startswith("arrayrecord:"):
         from mimjax.data.imagenet import ArrayRecordImages
 

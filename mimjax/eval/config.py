@@ -35,7 +35,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"
     c.model.remat = False
     c.data = ml_collections.ConfigDict()
-    c.data.source = "tfds"  # tfds | folder | embedded_faces (every 4th image is a test image)
+    c.data.source = "tfds"  # tfds | folder | embedded_faces (every 4th image is a test image) | idx:DIR | arrayrecord:PATH
     c.data.name = "imagenet2012"
     c.data.train_split = "train"
     c.data.test_split = "validation"
@@ -143,8 +143,8 @@ def validate(c, *, num_devices: int = 1, process_count: int = 1) -> None:
         parse_randaugment(d.randaugment)
     except ValueError as e:  # "'<spec>': <what is wrong>; expected ..."
         raise ConfigError(f"config.data.randaugment={e}") from None
-    if d.source not in SOURCES and not (d.source.startswith("arrayrecord:") and len(d.source) > 12):
-        _fail("data.source", d.source, ", ".join(SOURCES) + ", arrayrecord:PATH (labelled data)")
+    if d.source not in SOURCES and not (d.source.startswith(("arrayrecord:", "idx:")) and d.source.partition(":")[2]):
+        _fail("data.source", d.source, ", ".join(SOURCES) + ", arrayrecord:PATH or idx:DIR (labelled data)")
     for key in ("folder", "test_folder"):
         if (d[key] or (key == "folder" and d.source == "folder")) and not os.path.isdir(d[key]):
             _fail(f"data.{key}", d[key], "an existing class-per-folder directory of images")

@@ -161,7 +161,8 @@ MEANINGS = {
     "model.scan": "one lax.scan over the blocks: one compiled block (ViT-L/H compile time)",
     "model.attention": "auto | explicit | xla | cudnn (cuDNN flash attention, GPU); see models/layers.py",
     "model.init_from": "start from these weights: a run dir or an MAE / timm .pth / .safetensors (fresh start only)",
-    "data.source": "tfds | folder | embedded | embedded_faces | synthetic | arrayrecord:PATH (mimjax prepare "
+    "data.source": "tfds | folder | embedded | embedded_faces | synthetic | idx:DIR (MNIST format, e.g. "
+                   "Fashion-MNIST) | arrayrecord:PATH (mimjax prepare "
                    "imagenet)",
     "data.name": "TFDS dataset name",
     "data.split": "the split trained on",
@@ -351,9 +352,9 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_coun
 
     check_learning_rates(c.optimizer)
     if c.data.source not in ("tfds", "folder", "embedded", "embedded_faces", "synthetic") and not (
-            c.data.source.startswith("arrayrecord:") and len(c.data.source) > len("arrayrecord:")):
+            c.data.source.startswith(("arrayrecord:", "idx:")) and len(c.data.source.partition(":")[2]) > 0):
         _fail("data.source", c.data.source, "tfds, folder, embedded, embedded_faces, synthetic or "
-              "arrayrecord:PATH (`mimjax prepare imagenet`)")
+              "arrayrecord:PATH (`mimjax prepare imagenet`) or idx:DIR (an IDX data set)")
     _validate_monitoring(c, batch_devices, process_count)
 
 
@@ -416,9 +417,9 @@ def _validate_monitoring(c, batch_devices: int, process_count: int) -> None:
         _fail("eval.every", c.eval.every, "steps between k-NN evaluations, >= 0 (0 = off)")
     if c.eval.every:
         kind, _, arg = c.eval.dataset.partition(":")
-        if not (c.eval.dataset == "embedded_faces" or (kind in ("tfds", "folder", "arrayrecord") and arg)):
+        if not (c.eval.dataset == "embedded_faces" or (kind in ("tfds", "folder", "arrayrecord", "idx") and arg)):
             _fail("eval.dataset", c.eval.dataset,
-                  "a labelled set: embedded_faces, tfds:NAME, folder:PATH or arrayrecord:PATH")
+                  "a labelled set: embedded_faces, tfds:NAME, folder:PATH, idx:DIR or arrayrecord:PATH")
         if c.eval.pool not in ("token", "avg"):
             _fail("eval.pool", c.eval.pool, "token or avg")
         if c.eval.k < 1:
