@@ -2,8 +2,9 @@
 patch token, one forward pass), the linear probe and weighted k-NN on them, and the GPA
 premise (does the teacher's per-patch score find the garment?).
 
-The linear probe is MAE's head (BatchNorm without affine + linear, `LinearProbeHead`) and
-optimizer (LARS, momentum 0.9, no weight decay, warm-up then cosine), trained on features
+The linear probe is MAE's head (BatchNorm without affine + linear, `LinearProbeHead`) with
+the GPA authors' optimizer (SGD, momentum 0.9, no weight decay, warm-up then cosine; LARS
+is a config value away), trained on features
 computed once from the centre crops: on a CPU the encoder cannot be run on fresh random
 crops every step for 90 epochs of 60,000 images, so the probe sees no augmentation
 (docs/eval_interop.md says so beside the table). Fine-tuning, which does train the encoder
@@ -55,9 +56,9 @@ def extract(encoder, params, src, batch: int = 500) -> tuple[dict, np.ndarray]:
 
 
 def probe_config(epochs: int = 90, batch_size: int = 1024, blr: float = 0.1, warmup_epochs: int = 10,
-                 optimizer: str = "lars") -> ml_collections.ConfigDict:
-    """The probe's settings: MAE's main_linprobe.py (LARS, blr 0.1, no weight decay, 90
-    epochs, 10 warm-up) at a batch sized for 60,000 images."""
+                 optimizer: str = "sgd") -> ml_collections.ConfigDict:
+    """The probe's settings (configs/study.py's `probe`): blr 0.1, 90 epochs, 10 warm-up as
+    MAE's main_linprobe.py; SGD as the GPA authors' (optimizer "lars" for MAE's)."""
     return ml_collections.ConfigDict({"epochs": epochs, "batch_size": batch_size, "blr": blr,
                                       "warmup_epochs": warmup_epochs, "optimizer": optimizer})
 

@@ -191,6 +191,7 @@ def _load(path: str) -> dict:
 def _save(path: str, result: dict) -> None:
     import json
 
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     paths.write_text(path, json.dumps(result, indent=2, default=float))
 
 
