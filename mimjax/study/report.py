@@ -113,17 +113,30 @@ def markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def metrics_rows(run_dir: str) -> list[dict]:
+    """The complete rows of a run's metrics.jsonl ([] without one)."""
+    rows = []
+    try:
+        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+            for line in f:
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:  # a line cut by a kill
+                    pass
+    except OSError:
+        pass
+    return rows
+
+
 def loss_curves(out: str, results: dict) -> dict:
     """{arm: (steps, mean loss over seeds)} from each run's metrics.jsonl."""
     curves = {}
     for arm, runs in results.items():
         per_seed = []
         for seed in runs:
-            f = os.path.join(out, arm, f"seed_{seed}", "metrics.jsonl")
-            if not os.path.isfile(f):
-                continue
-            rows = [json.loads(line) for line in open(f) if line.strip()]
-            per_seed.append({r["step"]: r["loss"] for r in rows if "loss" in r and "step" in r})
+            rows = metrics_rows(os.path.join(out, arm, f"seed_{seed}"))
+            if rows:
+                per_seed.append({r["step"]: r["loss"] for r in rows if "loss" in r and "step" in r})
         common = sorted(set.intersection(*(set(d) for d in per_seed))) if per_seed else []
         if common:
             curves[arm] = (common, [float(np.mean([d[s] for d in per_seed])) for s in common])

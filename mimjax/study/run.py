@@ -216,11 +216,14 @@ def _stage_pretrain(c, arm, seed, out, path, res) -> None:
             random_encoder_dir(c, seed, path)
         res["pretrain"] = {"steps": 0, "wall_s": 0.0}
         return
+    from mimjax.train.checkpoint import complete_steps
+
     t0 = time.monotonic()
-    metrics = pretrain.train(pretrain_config(c, arm, seed, out), path)
-    prev = res.get("pretrain_partial_s", 0.0)
-    res["pretrain"] = {"wall_s": prev + time.monotonic() - t0, "final_loss": metrics.get("loss"),
-                       "steps": metrics.get("step")}
+    pretrain.train(pretrain_config(c, arm, seed, out), path)
+    losses = [r["loss"] for r in report.metrics_rows(path) if "loss" in r]
+    res["pretrain"] = {"wall_s": res.get("pretrain_partial_s", 0.0) + time.monotonic() - t0,
+                       "final_loss": losses[-1] if losses else None,
+                       "steps": max(complete_steps(workdir_lib.checkpoints_dir(path)))}
 
 
 def _stage_probe(c, arm, seed, out, path, res) -> None:
@@ -258,7 +261,7 @@ STAGE_RUNNERS = {"pretrain": _stage_pretrain, "probe": _stage_probe, "finetune":
 
 def _stage_config(c, stage: str) -> dict:
     """The settings a stage's stored result depends on beyond its run (a change reruns it)."""
-    return {"probe": {"probe": c.probe.to_dict(), "knn": c.knn.to_dict()},
+    return {"probe": {"probe": c.probe.to_dict(), "knn": c.knn.to_dict()}, "finetune": c.finetune.to_dict(),
             "premise": c.premise.to_dict()}.get(stage, {})
 
 

@@ -174,7 +174,8 @@ def test_study_end_to_end_rerun_and_kill_9(idx, tmp_path):
     assert os.path.getmtime(out / "mae" / "seed_1" / run.RESULT) == before
     # kill -9 in the middle of a pre-training, then the same command finishes the study
     out2 = tmp_path / "S2"
-    args2 = (*args[:4], out2, *args[5:], "--config.pretrain.total_steps=60", "--config.pretrain.checkpoint_every=20")
+    args2 = (*args[:4], out2, f"--config.data.source=idx:{idx}", "--config.arms=mae,random", "--config.seeds=0",
+             "--config.pretrain.total_steps=60", "--config.pretrain.checkpoint_every=20")
     p = start_cli_process(*args2)
     metrics = out2 / "mae" / "seed_0" / "metrics.jsonl"
     deadline = time.time() + 300
@@ -188,4 +189,4 @@ def test_study_end_to_end_rerun_and_kill_9(idx, tmp_path):
     assert "mae seed 0: pretrain" in _log_stages(r.stderr)[0]
     assert "resum" in r.stderr.lower()
     doc = json.load(open(out2 / "study.json"))
-    assert doc["runs"]["mae"]["0"]["pretrain"]["steps"] == 60 and doc["summary"]["gpa_teacher"]["linprobe"]["n"] == 2
+    assert doc["runs"]["mae"]["0"]["pretrain"]["steps"] == 60 and doc["summary"]["random"]["finetune"]["n"] == 1
