@@ -109,9 +109,11 @@ def validate(c) -> tuple[list[str], list[int]]:
     if not (math.isfinite(c.probe.blr) and c.probe.blr > 0) or c.probe.optimizer not in ("lars", "sgd", "adamw"):
         raise ConfigError(f"config.probe: blr={c.probe.blr!r}, optimizer={c.probe.optimizer!r}: expected a positive "
                           f"blr and lars, sgd or adamw")
-    if c.knn.k < 1 or not (math.isfinite(c.knn.temperature) and c.knn.temperature > 0):
+    from mimjax.eval.knn import MIN_TEMPERATURE
+
+    if c.knn.k < 1 or not (math.isfinite(c.knn.temperature) and c.knn.temperature > MIN_TEMPERATURE):
         raise ConfigError(f"config.knn: k={c.knn.k}, temperature={c.knn.temperature}: expected k >= 1 and a finite "
-                          f"temperature > 0")
+                          f"temperature > {MIN_TEMPERATURE:.4g} (below it exp(1 / temperature) overflows float32)")
     if c.premise.num_images < 1:
         raise ConfigError(f"config.premise.num_images={c.premise.num_images}: expected >= 1")
     if not c.data.source.startswith(("idx:", "tfds:", "folder:", "arrayrecord:")):

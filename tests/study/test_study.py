@@ -46,9 +46,10 @@ def test_bad_study_keys_are_one_line(idx, key, value, expected):
 
 def test_bad_evaluation_settings_and_data_are_one_line(idx, tmp_path):
     c = small(idx)
-    c.knn.temperature = 0.0
-    with pytest.raises(ConfigError, match="temperature > 0"):
-        run.validate(c)
+    for t in (0.0, float("nan"), 1e-30):
+        c.knn.temperature = t
+        with pytest.raises(ConfigError, match="a finite temperature >"):
+            run.validate(c)
     c = small(idx)
     c.finetune.batch_size = 0
     with pytest.raises(ConfigError, match="config.finetune.batch_size=0"):
