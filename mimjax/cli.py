@@ -123,9 +123,10 @@ def _define_knn(fv, argv):
     flags.DEFINE_string("data_dir", "", "TFDS data directory.", flag_values=fv)
     flags.DEFINE_enum("pool", "token", ["token", "avg"], "Features: the normed cls token or the mean patch token.",
                       flag_values=fv)
-    flags.DEFINE_integer("k", 20, "Neighbours that vote.", flag_values=fv)
-    flags.DEFINE_float("temperature", 0.07, "Each vote weighs exp(cosine / temperature).", flag_values=fv)
-    flags.DEFINE_integer("batch_size", 256, "Images per forward pass.", flag_values=fv)
+    flags.DEFINE_integer("k", 20, "Neighbours that vote (at least 1).", flag_values=fv)
+    flags.DEFINE_float("temperature", 0.07, "Each vote weighs exp(cosine / temperature); above about 0.0113, where "
+                       "it stays finite in float32.", flag_values=fv)
+    flags.DEFINE_integer("batch_size", 256, "Images per forward pass (at least 1).", flag_values=fv)
     flags.DEFINE_boolean("random_init", False, "Evaluate a randomly initialised encoder of the same "
                          "architecture (the baseline).", flag_values=fv)
 
@@ -210,7 +211,12 @@ def _run_plan(fv) -> int:
         jax.config.update("jax_platforms", env["JAX_PLATFORMS"])
     from mimjax.train import config as config_lib, plan
 
-    cfg = config_lib.fill_missing(fv.config)
+    cfg = fv.config
+    if "arms" in cfg:  # a study (configs/study.py): its costliest pre-training, a teacher pass every step
+        from mimjax.study import run as study_run
+
+        cfg = study_run.pretrain_config(cfg, "gpa_ema", 0, "")
+    cfg = config_lib.fill_missing(cfg)
     config_lib.validate(cfg, num_devices=target.num_devices)  # the pure check: plan reads no data, no teacher
     try:
         report = plan.plan(cfg, target, config_name=configs.config_arg(sys.argv) or "")

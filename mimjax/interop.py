@@ -9,6 +9,8 @@ joins them to workdirs and checkpoints.
 """
 from __future__ import annotations
 
+import os
+
 from mimjax import paths
 from mimjax import workdir as workdir_lib
 from mimjax.errors import UsageError
@@ -22,7 +24,7 @@ def export_weights(workdir: str, fmt: str, out: str, pool: str = "token") -> int
     `mimjax.export.hub`), or the single file OUT.safetensors / OUT.pth with OUT.json
     (architecture, normalisation, the checkpoint step); returns (number of tensors, step).
     OUT may not be a run directory or lie in one's checkpoints/, and replaces only an
-    earlier export."""
+    earlier export (`_check_not_a_user_file`)."""
     from mimjax import export
     from mimjax.data.augment import EVAL_CROP_FRACTION, IMAGENET_MEAN, IMAGENET_STD
     from mimjax.export import hub
@@ -73,26 +75,40 @@ def _is_export_record(path: str) -> bool:
 
 
 def _check_not_a_user_file(out: str) -> None:
-    """An export replaces an earlier export, never another kind of file: UsageError when the
-    folder's config.json, or the file's `.json` sidecar, exists and is not an export's, or
-    when a file output is a directory."""
+    """An export replaces an earlier export, never another file, and writes through no link.
+    A file is an export's when its record says so: a file output F's sidecar F.json, or a
+    folder's config.json, holding the `format` and `source_workdir` every export writes
+    (`_is_export_record`). UsageError, before anything is written, when a file the export
+    would write (F and F.json; DIR/model.safetensors and DIR/config.json) is a symbolic link,
+    or exists without an export's record beside it, or when a file output is a directory."""
     from mimjax.export import hub
 
     if hub.is_folder_output(out):
         record = paths.join(out, hub.CONFIG_NAME)
+        targets = [paths.join(out, hub.WEIGHTS_NAME), record]
     else:
-        if paths.isdir(out):
-            raise UsageError(f"--out {out!r} is a directory: expected a file name ending in .safetensors or .pth")
         record = out + ".json"
+        targets = [out, record]
+    for p in targets:
+        if not paths.is_remote(p) and os.path.islink(p):
+            raise UsageError(f"--out {out!r}: {p} is a symbolic link (to {os.readlink(p)!r}); export never writes "
+                             f"through a link: choose another path")
+    if not hub.is_folder_output(out) and paths.isdir(out):
+        raise UsageError(f"--out {out!r} is a directory: expected a file name ending in .safetensors or .pth")
     if paths.exists(record) and not _is_export_record(record):
         raise UsageError(f"--out {out!r}: {record} exists and was not written by `mimjax export`; it is not "
                          f"overwritten: choose another path")
+    taken = [p for p in targets if paths.exists(p)]
+    if taken and not paths.exists(record):
+        raise UsageError(f"--out {out!r}: {taken[0]} exists and was not written by `mimjax export` (no export "
+                         f"record {record} beside it); it is not overwritten: choose another path")
 
 
 def import_checkpoint(inp: str, out: str, name: str = "vit_base_patch16", img_size: int = 224) -> bool:
     """Converts a timm / MAE checkpoint (F.pth, loaded weights-only, or F.safetensors) into a
     mimjax directory OUT (config.json + checkpoints/0) usable as teacher.path; returns
-    whether it holds the MAE decoder too."""
+    whether it holds the MAE decoder too. Weights with a NaN or inf are a UsageError, before
+    anything is written."""
     from mimjax import export
     from mimjax.export import hub
     from mimjax.train import config as config_lib
@@ -102,9 +118,13 @@ def import_checkpoint(inp: str, out: str, name: str = "vit_base_patch16", img_si
     if paths.exists(workdir_lib.checkpoints_dir(out)):
         raise UsageError(f"{out!r} already holds checkpoints; choose a new directory")
     try:
-        params = export.from_torch_state_dict(export.load_state_dict(hub.weights_in(inp)), name, img_size=img_size)
+        state_dict = export.load_state_dict(hub.weights_in(inp))
+        params = export.from_torch_state_dict(state_dict, name, img_size=img_size)
     except ValueError as e:
         raise UsageError(str(e)) from e
+    if bad := export.nonfinite(state_dict):
+        raise UsageError(f"--in {inp!r} holds non-finite weights: {bad}; expected finite weights (the scores "
+                         f"of NaN or inf weights say nothing)")
     c = config_lib.base_config()
     c.model.name, c.model.img_size = "mae_" + name, img_size
     if "decoder_blocks" in params:

@@ -52,3 +52,13 @@ def run_cli_process(*args, devices=None, env=None, cwd=REPO, timeout=900, **run_
     """`mimjax ARGS` in a fresh process, waited for: a CompletedProcess with text stdout and stderr."""
     return subprocess.run([sys.executable, "-m", "mimjax.cli", *map(str, args)], env=cli_env(devices, env), cwd=cwd,
                           capture_output=True, text=True, timeout=timeout, **run_kwargs)
+
+
+def run_cli_here(capsys, *args):
+    """(exit status, stdout, the `mimjax ...:` lines of stderr) of `mimjax ARGS` run by
+    mimjax.cli.main in this process (capsys: pytest's fixture, which captures both)."""
+    from mimjax import cli
+
+    status = cli.main(["mimjax", *map(str, args)])
+    out, err = capsys.readouterr()
+    return status, out, [line for line in err.splitlines() if line.startswith("mimjax ")]

@@ -9,6 +9,7 @@ are L2-normalised, and every test image votes with its k nearest training images
 from __future__ import annotations
 
 import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +60,27 @@ def extract_features(encoder, enc_params, images_iter, pool: str = "token", prog
     return np.concatenate(feats), np.concatenate(labels)
 
 
+# The smallest temperature whose best vote, exp(1 / temperature) (cosine 1), is finite in float32.
+MIN_TEMPERATURE = 1 / math.log(float(np.finfo(np.float32).max))
+
+
+def check_args(k: int, temperature: float, batch_size: int) -> None:
+    """UsageError, one line, for `run_knn`'s numbers outside their domain: k >= 1,
+    batch_size >= 1, temperature finite and > MIN_TEMPERATURE (about 0.0113)."""
+    from mimjax.errors import UsageError
+
+    if k < 1:
+        raise UsageError(f"--k={k}: expected at least 1 neighbour")
+    if batch_size < 1:
+        raise UsageError(f"--batch_size={batch_size}: expected at least 1 image per forward pass")
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise UsageError(f"--temperature={temperature}: expected a finite number > 0 (each vote weighs "
+                         f"exp(cosine / temperature))")
+    if temperature <= MIN_TEMPERATURE:
+        raise UsageError(f"--temperature={temperature}: expected > {MIN_TEMPERATURE:.6g}; below it a vote's weight "
+                         f"exp(cosine / temperature) overflows float32 to inf and the votes no longer rank")
+
+
 def run_knn(workdir: str, dataset: str = "embedded_faces", *, test_dataset: str = "", train_split: str = "train",
             test_split: str = "test", data_dir: str = "", pool: str = "token", k: int = 20,
             temperature: float = 0.07, batch_size: int = 256, random_init: bool = False,
@@ -68,21 +90,24 @@ def run_knn(workdir: str, dataset: str = "embedded_faces", *, test_dataset: str 
     embedded set is split deterministically: every 4th image is a test image. Writes
     WORKDIR/knn.json (random_init: a randomly initialised encoder of the same architecture,
     the baseline, into WORKDIR/knn_random_init.json; write=False: the caller saves it with
-    `write_result`)
-    and returns the result. A gs:// workdir whose bucket cannot be reached is a ConfigError
-    before any work."""
+    `write_result`) and returns the result, which records k, temperature and the checkpoint
+    step evaluated (None for random_init). A k, temperature or batch size outside its domain
+    (`check_args`) is a UsageError, and a gs:// workdir whose bucket cannot be reached a
+    ConfigError, before any work."""
     from mimjax import workdir as workdir_lib
     from mimjax.data import make_iterator
     from mimjax.data.labelled import labelled_sources
     from mimjax.errors import UsageError
     from mimjax.models import init_model, model_from_config
 
+    check_args(k, temperature, batch_size)
     workdir_lib.require_path(workdir, "--workdir")  # gs://...: one line before any work
     mc = workdir_lib.model_config(workdir)
     if mc is None:
         raise UsageError(f"{workdir!r} has no config.json; is it a mimjax workdir?")
     model = model_from_config(mc)
-    params = init_model(model, jax.random.key(0)) if random_init else workdir_lib.load_params(workdir)
+    step, params = (None, init_model(model, jax.random.key(0))) if random_init else \
+        workdir_lib.load_latest_params(workdir)
     train_src, test_src = labelled_sources(dataset, test_dataset=test_dataset, train_split=train_split,
                                            test_split=test_split, data_dir=data_dir)
     feats = []
@@ -94,7 +119,8 @@ def run_knn(workdir: str, dataset: str = "embedded_faces", *, test_dataset: str 
     result = knn_accuracy(tr_x, tr_y, te_x, te_y, k=k, temperature=temperature)
     from mimjax import paths
 
-    result.update(workdir=paths.absolute(workdir), dataset=dataset, pool=pool, random_init=random_init)
+    result.update(workdir=paths.absolute(workdir), dataset=dataset, pool=pool, temperature=temperature,
+                  step=None if step is None else int(step), random_init=random_init)
     if write:
         write_result(workdir, result)
     return result

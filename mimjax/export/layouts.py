@@ -235,3 +235,30 @@ def shape_mismatches(got: dict, expected: dict) -> list[str]:
     return [f"{label}: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''} ({len(names)} in all)"
             for label, names in (("missing keys", missing), ("unexpected keys", extra),
                                  ("wrong shapes", wrong)) if names]
+
+
+def nonfinite(tensors) -> str:
+    """'' when every value of `tensors` (name -> array, or nested dicts of them, named by
+    dotted paths) is finite; else a phrase naming the first tensor holding a NaN or inf and
+    how many of its values do, with the totals when several do."""
+    bad = []
+    for name, v in _dotted(tensors):
+        a = np.asarray(v)
+        n = a.size - int(np.count_nonzero(np.isfinite(a)))
+        if n:
+            bad.append((name, n, a.size))
+    if not bad:
+        return ""
+    name, n, size = bad[0]
+    more = (f" ({len(bad)} tensors hold {sum(b[1] for b in bad)} non-finite values in all)" if len(bad) > 1
+            else "")
+    return f"{name} has {n} of its {size} values NaN or inf{more}"
+
+
+def _dotted(tree, prefix: str = ""):
+    """(dotted name, leaf) of nested dicts, in their order."""
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _dotted(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v

@@ -20,7 +20,10 @@ def gpa_scores(attn, *, head: int | None = 11, num_prefix_tokens: int = 1):
     head: which head (negative counts from the end); None averages the logits over heads.
     r_j = sum over all queries i (prefix included) of attn[b, h, i, j]; the prefix keys
     are dropped; per image min-max to [0, 1]. A constant row gives 0 (the denominator
-    carries float32's smallest normal number), never NaN.
+    carries float32's smallest normal number), never NaN. A non-finite r_j (NaN, inf: a
+    teacher with non-finite weights) scores 0, the lowest, so a row with none finite is all
+    0 and `gpa_mask` then draws no patch soft and puts its hard picks on the first patches by
+    index (why `mimjax import` and a checkpoint teacher refuse non-finite weights).
     """
     if attn.ndim != 4 or attn.shape[-1] != attn.shape[-2]:
         raise ValueError(f"attn must be [B, H, T, T] pre-softmax logits, got shape {attn.shape}")
@@ -56,7 +59,7 @@ def gpa_scores_from_qk(q, k, *, head: int | None = 11, num_prefix_tokens: int = 
     head: which head (negative counts from the end); None averages over heads.
     Column sums of A are r_j = hd^-0.5 * k_j . (sum_i q_i) (per head; mean over heads for
     None): O(T hd) per head instead of O(T^2 hd), and nothing [T, T] is formed. Then the
-    same prefix drop and per-image min-max as `gpa_scores`.
+    same prefix drop and per-image min-max as `gpa_scores`, non-finite values scoring 0.
     """
     q, k = check_qk(q, k, num_prefix_tokens)
     num_heads = q.shape[2]

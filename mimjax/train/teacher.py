@@ -72,7 +72,7 @@ class Teacher:
 
     def load_frozen(self):
         """The frozen checkpoint's encoder params (a "checkpoint" teacher in use), else None;
-        a missing or mismatched checkpoint raises ValueError naming what differs."""
+        a missing, mismatched or non-finite checkpoint raises ValueError naming what is wrong."""
         if self.in_use and self.source == "checkpoint":
             return load_checkpoint_params(self.tcfg.path, self.model)
         return None
@@ -144,8 +144,10 @@ def load_checkpoint_params(path: str, teacher: VisionTransformer):
     """Encoder params of a frozen teacher from a mimjax workdir (latest checkpoint).
 
     Shapes are checked against the teacher architecture; mismatches are listed by name.
+    Weights with a NaN or inf are a ValueError naming the first such tensor.
     """
     from mimjax import paths
+    from mimjax.export import nonfinite
 
     if not paths.isdir(workdir.checkpoints_dir(path)):
         raise ValueError(f"teacher.path={path!r} is not a mimjax workdir (no checkpoints/ inside); "
@@ -155,6 +157,9 @@ def load_checkpoint_params(path: str, teacher: VisionTransformer):
     expected = jax.eval_shape(lambda: teacher.init(
         jax.random.key(0), jnp.zeros((1, teacher.img_size, teacher.img_size, 3))))["params"]
     check_shapes(enc, expected, f"teacher checkpoint {path!r}")
+    if bad := nonfinite(enc):
+        raise ValueError(f"teacher checkpoint {path!r} holds non-finite weights: {bad}; expected finite weights "
+                         f"(the scores of NaN or inf weights say nothing)")
     return jax.tree.map(jnp.asarray, enc)
 
 

@@ -8,18 +8,11 @@ import stat
 
 import pytest
 
-from mimjax import cli
 from mimjax import workdir as workdir_lib
+from scaffold import run_cli_here as mimjax  # tests/scaffold.py: `mimjax ARGS` in this process
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GPA = os.path.join(REPO, "configs/gpa_mae.py") + ":vit_tiny_patch16,runlocal"
-
-
-def mimjax(capsys, *args):
-    """(exit status, stdout, the `mimjax ...:` lines of stderr) of `mimjax ARGS` in this process."""
-    status = cli.main(["mimjax", *map(str, args)])
-    out, err = capsys.readouterr()
-    return status, out, [line for line in err.splitlines() if line.startswith("mimjax ")]
 
 
 @pytest.fixture(scope="module")
