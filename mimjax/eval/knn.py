@@ -92,8 +92,10 @@ def run_knn(workdir: str, dataset: str = "embedded_faces", *, test_dataset: str 
     the baseline, into WORKDIR/knn_random_init.json; write=False: the caller saves it with
     `write_result`) and returns the result, which records k, temperature and the checkpoint
     step evaluated (None for random_init). A k, temperature or batch size outside its domain
-    (`check_args`) is a UsageError, and a gs:// workdir whose bucket cannot be reached a
-    ConfigError, before any work."""
+    (`check_args`) is a UsageError, and so is a result file that is a symbolic link (never
+    written through); a gs:// workdir whose bucket cannot be reached is a ConfigError; all
+    before any work."""
+    from mimjax import paths
     from mimjax import workdir as workdir_lib
     from mimjax.data import make_iterator
     from mimjax.data.labelled import labelled_sources
@@ -102,14 +104,18 @@ def run_knn(workdir: str, dataset: str = "embedded_faces", *, test_dataset: str 
 
     check_args(k, temperature, batch_size)
     workdir_lib.require_path(workdir, "--workdir")  # gs://...: one line before any work
+    paths.refuse_link(result_path(workdir, random_init))  # never written through a link
     mc = workdir_lib.model_config(workdir)
     if mc is None:
         raise UsageError(f"{workdir!r} has no config.json; is it a mimjax workdir?")
     model = model_from_config(mc)
     step, params = (None, init_model(model, jax.random.key(0))) if random_init else \
         workdir_lib.load_latest_params(workdir)
-    train_src, test_src = labelled_sources(dataset, test_dataset=test_dataset, train_split=train_split,
-                                           test_split=test_split, data_dir=data_dir)
+    try:  # a missing folder, an IDX set not installed: one line, as train says it
+        train_src, test_src = labelled_sources(dataset, test_dataset=test_dataset, train_split=train_split,
+                                               test_split=test_split, data_dir=data_dir)
+    except ValueError as e:
+        raise UsageError(f"--dataset {dataset}: {e}") from None
     feats = []
     for what, src in (("train features", train_src), ("test features", test_src)):
         it = make_iterator(None, img_size=mc.img_size, global_batch_size=batch_size, seed=0,
@@ -117,8 +123,6 @@ def run_knn(workdir: str, dataset: str = "embedded_faces", *, test_dataset: str 
         feats.append(extract_features(model.encoder, params["encoder"], it, pool, FeatureProgress(what, len(src))))
     (tr_x, tr_y), (te_x, te_y) = feats
     result = knn_accuracy(tr_x, tr_y, te_x, te_y, k=k, temperature=temperature)
-    from mimjax import paths
-
     result.update(workdir=paths.absolute(workdir), dataset=dataset, pool=pool, temperature=temperature,
                   step=None if step is None else int(step), random_init=random_init)
     if write:

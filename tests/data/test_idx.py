@@ -95,3 +95,14 @@ def test_train_refuses_a_corrupt_set_in_one_line(tmp_path):
     last = r.stderr.strip().splitlines()[-1]
     assert "truncated" in last and "train-images-idx3-ubyte.gz" in last
     assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("dataset, expected", [
+    ("idx:/no/such/fashion-mnist", "apt-get install dataset-fashion-mnist"),
+    ("folder:/no/such/dir", "expected an existing directory of images"),
+])
+def test_eval_knn_with_a_missing_dataset_is_one_line(trained_run, capsys, dataset, expected):
+    from scaffold import run_cli_here
+
+    status, out, lines = run_cli_here(capsys, "eval", "knn", "--workdir", trained_run, "--dataset", dataset)
+    assert status == 2 and not out and len(lines) == 1 and expected in lines[0], lines
