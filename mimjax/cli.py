@@ -32,7 +32,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from mimjax import configs, procenv, schema
-from mimjax.errors import DiskFullError, Interrupted, NonFiniteError, UsageError
+from mimjax.errors import Interrupted, NonFiniteError, UsageError, WriteError
 from mimjax.schema import ConfigError
 
 EXIT_USAGE, EXIT_NONFINITE, EXIT_DISK_FULL = 2, 3, 4
@@ -502,7 +502,7 @@ def _execute(cmd: Command, fv) -> int:
         return _fail(prog, str(e))
     except NonFiniteError as e:
         return _fail(prog, str(e), EXIT_NONFINITE)
-    except DiskFullError as e:
+    except WriteError as e:  # a full disk, or a checkpoint folder that cannot be written
         if cmd.name == "train":
             procenv.exit_with_last_line(prog, str(e), EXIT_DISK_FULL)  # the run is closed
         return _fail(prog, str(e), EXIT_DISK_FULL)

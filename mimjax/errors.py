@@ -10,8 +10,10 @@ before anything heavy is loaded.
 - `Interrupted` (130): Ctrl-C (SIGINT) stopped a run; the current step was checkpointed
   and the same command resumes it (`mimjax/train/loop.py`).
 - `NonFiniteError` (3): the loss or gradients became non-finite (optimizer.nonfinite = 'halt').
-- `DiskFullError` (4): the disk filled up while the run was writing; the last complete
-  checkpoint is intact.
+- `WriteError` (4): a checkpoint could not be written (its folder became unwritable, a file
+  stands where Orbax makes a directory); the run stops at once and the last complete
+  checkpoint is intact. `DiskFullError` (4, a `WriteError`): the disk filled up while the
+  run was writing.
 """
 from __future__ import annotations
 
@@ -32,5 +34,9 @@ class NonFiniteError(RuntimeError):
     """A step's loss or gradients were not finite (optimizer.nonfinite = 'halt')."""
 
 
-class DiskFullError(RuntimeError):
+class WriteError(RuntimeError):
+    """A run's checkpoint could not be written; the last complete checkpoint is intact."""
+
+
+class DiskFullError(WriteError):
     """The disk filled up while the run was writing; the last complete checkpoint is intact."""

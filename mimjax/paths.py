@@ -12,16 +12,23 @@ Object stores differ from a disk in ways the callers account for:
 - no flock (mimjax.workdir.RunLock skips it on gs://, with a warning);
 - no disk_usage (checkpoint's free-space check is local only).
 
+Locally, a file mimjax writes is never written through a symbolic link (`refuse_link`,
+`open_nofollow`): a link planted where a run, an evaluation or an export writes is a
+UsageError naming it, and its target is left as it was.
+
 Listings are not cached (gcsfs would otherwise keep a directory listing it made once,
 and miss the checkpoints that tensorstore or another process wrote since).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
 
 from etils import epath
+
+from mimjax.errors import UsageError
 
 try:  # gcsfs: list the store every time (see above); set before any gs:// filesystem exists
     import fsspec.config
@@ -121,29 +128,63 @@ def read_bytes(p) -> bytes:
 
 def write_bytes(p, data: bytes) -> None:
     """The whole file at once: a reader sees the old content or the new, never a part
-    (local: a temporary file renamed over `p`; an object appears when its upload ends)."""
+    (local: a temporary file renamed over `p`; an object appears when its upload ends).
+    A symbolic link at `p` is refused (`refuse_link`), not replaced nor written through."""
     if is_remote(p):
         with open_file(p, "wb") as f:
             f.write(data)
         return
+    refuse_link(p)
     tmp = f"{p}.tmp.{os.getpid()}"
     try:
-        with open(tmp, "wb") as f:
+        if os.path.lexists(tmp):  # left by a killed process of the same pid
+            os.remove(tmp)
+        with os.fdopen(open_nofollow(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL), "wb") as f:
             f.write(data)
-        os.replace(tmp, p)
+        os.replace(tmp, p)  # (a link planted since the check is replaced, its target untouched)
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.remove(tmp)
 
 
 def append_text(p, text: str) -> None:
-    """Appends `text`; on an object store (no append) the object is read and rewritten."""
+    """Appends `text` (locally never through a symbolic link: `open_nofollow`); on an object
+    store (no append) the object is read and rewritten."""
     if not is_remote(p):
-        with open(p, "a") as f:
+        with open_append(p) as f:
             f.write(text)
         return
     old = read_text(p) if exists(p) else ""
     write_text(p, old + text)
+
+
+def open_append(p):
+    """The local text file `p` opened for appending (created if missing), never through a
+    symbolic link (`open_nofollow`)."""
+    return os.fdopen(open_nofollow(p, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a")
+
+
+def _link_error(p) -> UsageError:
+    return UsageError(f"{p} is a symbolic link (to {os.readlink(p)!r}); mimjax never writes through a link: "
+                      f"remove it or choose another directory")
+
+
+def refuse_link(p) -> None:
+    """UsageError naming `p` and its target when the local path `p` is a symbolic link (a
+    file or folder mimjax is about to write); nothing for other paths and remote ones."""
+    if not is_remote(p) and os.path.islink(p):
+        raise _link_error(p)
+
+
+def open_nofollow(p, flags: int, mode: int = 0o666) -> int:
+    """os.open(p, flags) never through a symbolic link at `p` (O_NOFOLLOW): a link is a
+    UsageError naming it (`refuse_link`), even one planted after a check."""
+    try:
+        return os.open(p, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EEXIST) and os.path.islink(p):
+            raise _link_error(p) from None
+        raise
 
 
 def move(src, dst) -> None:

@@ -184,6 +184,10 @@ SAFE = {
 }
 HISTORY = "config_history.jsonl"  # one line per start: {"started", "host", "pid", "changes", "config"}
 LOCK = "run.lock"
+# What a run writes in its directory (mimjax/train/loop.py, pretrain.py, writers.py); the folders'
+# own files (snapshots/*.png, tb/ events) are checked one level down.
+RUN_FILES = (LOCK, CONFIG, HISTORY, "metrics.jsonl", "curves.png", "wandb_run_id")
+RUN_FOLDERS = ("snapshots", "tb")  # folders whose files a run writes (a linked folder is fine: its files are checked)
 
 
 def safe_effect(key: str) -> str | None:
@@ -281,6 +285,36 @@ def write_config_history(workdir: str, config, changes: list[str]) -> None:
     paths.append_text(path, "".join(json.dumps(line) + "\n" for line in lines))
 
 
+def check_writable(workdir: str, flag: str = "--workdir", outputs=()) -> None:
+    """Before a run writes anything in the local `workdir`: ConfigError, one line naming the
+    path, when a file it would write there (RUN_FILES, then `outputs`, and the files in
+    snapshots/ and tb/) is a symbolic link (never written through), or when checkpoints/
+    exists but is not a directory this process can write. A folder that is a link to a
+    directory (checkpoints/ on a bigger disk) is the user's choice and is written into.
+    Writes nothing."""
+    from mimjax.errors import UsageError
+    from mimjax.schema import ConfigError
+
+    if paths.is_remote(workdir) or not os.path.isdir(workdir):
+        return
+    names = [*RUN_FILES, *outputs]
+    for folder in RUN_FOLDERS:
+        if os.path.isdir(os.path.join(workdir, folder)):
+            names += [os.path.join(folder, n) for n in sorted(os.listdir(os.path.join(workdir, folder)))]
+    try:
+        for name in names:
+            paths.refuse_link(os.path.join(workdir, name))
+    except UsageError as e:
+        raise ConfigError(str(e)) from None
+    ckpts = checkpoints_dir(workdir)
+    if os.path.lexists(ckpts) and not os.path.isdir(ckpts):
+        raise ConfigError(f"{ckpts} is not a directory: expected the run's checkpoint folder (nothing was written); "
+                          f"move it away or choose another {flag}")
+    if os.path.isdir(ckpts) and not os.access(ckpts, os.W_OK | os.X_OK):
+        raise ConfigError(f"{ckpts} cannot be written by this process (nothing was written): expected a writable "
+                          f"checkpoint folder; fix its permissions or choose another {flag}")
+
+
 # --- One writer: the run lock -------------------------------------------------------------
 class RunLock:
     """workdir/run.lock, held (process 0) for the whole run: `fcntl.flock` on the open file,
@@ -312,6 +346,7 @@ class RunLock:
         import logging
         import socket
 
+        from mimjax.errors import UsageError
         from mimjax.schema import ConfigError
 
         if paths.is_remote(workdir):
@@ -322,7 +357,10 @@ class RunLock:
         os.makedirs(workdir, exist_ok=True)
         path = os.path.join(workdir, LOCK)
         while True:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:  # never through a link planted at run.lock: its target would be overwritten
+                fd = paths.open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except UsageError as e:
+                raise ConfigError(str(e)) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -352,11 +390,13 @@ class RunLock:
         return cls(path, fd)
 
     def release(self) -> None:
-        """Removes the file while still holding it, then unlocks (closing the file)."""
+        """Removes the file while still holding it (only if it is still this lock's file), then
+        unlocks (closing the file)."""
         if self.fd is None:
             return
         try:
-            os.unlink(self.path)
+            if os.lstat(self.path).st_ino == os.fstat(self.fd).st_ino:
+                os.unlink(self.path)
         except OSError:
             pass
         os.close(self.fd)

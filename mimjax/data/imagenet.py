@@ -62,6 +62,7 @@ import re
 import struct
 import tarfile
 
+from mimjax import paths
 from mimjax.errors import UsageError
 
 log = logging.getLogger("mimjax")
@@ -222,6 +223,7 @@ class ShardWriter:
 
         if self._writer is None:
             name = f"{self.split.name}-{len(self.split.shards):05d}.array_record"
+            paths.refuse_link(os.path.join(self.out, name))  # (ArrayRecord's own open would follow it)
             self._writer = ArrayRecordWriter(os.path.join(self.out, name), WRITER_OPTIONS)
             self.split.shards.append({"file": name, "num_examples": 0})
         self._writer.write(record)
@@ -526,10 +528,7 @@ def prepare(out: str, *, train_tar: str = "", val_tar: str = "", val_labels: str
             "splits": {s.name: {"num_examples": s.num_examples, "num_skipped": len(s.skipped),
                                 "per_class": [s.per_class.get(c, 0) for c in classes],
                                 "shards": s.shards, "skipped": s.skipped} for s in splits}}
-    tmp = os.path.join(out, METADATA + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(tmp, os.path.join(out, METADATA))
+    paths.write_text(os.path.join(out, METADATA), json.dumps(meta, indent=1))  # whole, never through a link
     return meta
 
 

@@ -176,7 +176,7 @@ def fit(c, out: str, build) -> dict:
     init = jax.jit(task.init_state, out_shardings=par.state_sharding)
     train_step = par.compile_step(lambda axis: task.train_step)
     with loop.Run(out, c, name=task.name, flag="--out", schedule=schedule, par=par, abstract_state=abstract,
-                  init_state=lambda: init(task.encoder_params), iterator=it) as run:
+                  init_state=lambda: init(task.encoder_params), iterator=it, outputs=(f"{task.name}.json",)) as run:
         state = run.start_state
         step_args = run.replicate((frozen, key))  # explicit, once: the guard allows no transfer
         for step, batch in run.batches():  # until total_steps, or a preemption notice

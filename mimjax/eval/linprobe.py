@@ -85,6 +85,7 @@ def linprobe(c, workdir: str | None, out: str | None = None) -> dict:
         c.init = workdir
     from mimjax import paths
 
+    paths.refuse_link(paths.join(c.init, "linprobe.json"))  # before any work: never written through a link
     result = fit(c, out or paths.join(c.init, "linprobe"), build_linprobe)
     if jax.process_index() == 0:
         paths.write_text(paths.join(c.init, "linprobe.json"), json.dumps(result, indent=2))

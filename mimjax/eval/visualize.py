@@ -46,6 +46,8 @@ def visualize(workdir: str, out: str, images=(), num_images: int = 4, progress: 
     paths_lib.check_reachable(workdir, "--workdir")  # gs://...: one line before any work
     paths_lib.check_reachable(out, "--out")
     workdir_lib.check_output(out, "--out", not_in=workdir)  # never into a run directory or its checkpoints/
+    for name in ("reconstruction.png", "curves.png"):  # nor through a link
+        paths_lib.refuse_link(paths_lib.join(out, name))
     saved_cfg = workdir_lib.read_config(workdir)
     if saved_cfg is None:
         raise UsageError(f"{workdir!r} has no config.json; is it a mimjax workdir?")

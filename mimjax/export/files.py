@@ -11,14 +11,13 @@ from mimjax import paths
 
 
 def write_safetensors(state_dict: dict, path: str, metadata: dict) -> None:
-    """A .safetensors file, local (streamed by safetensors) or remote (an object written whole)."""
-    from safetensors.numpy import save, save_file
+    """A .safetensors file, local or remote, written whole (`paths.write_bytes`: never
+    through a symbolic link); a local one is mode 0644."""
+    from safetensors.numpy import save
 
-    if paths.is_remote(path):
-        paths.write_bytes(path, save(state_dict, metadata=metadata))
-    else:
-        save_file(state_dict, path, metadata=metadata)
-        os.chmod(path, 0o644)  # safetensors creates it 0600; readable like the .json beside it
+    paths.write_bytes(path, save(state_dict, metadata=metadata))
+    if not paths.is_remote(path):
+        os.chmod(path, 0o644)  # whatever the umask; readable like the .json beside it
 
 
 def save_state_dict(state_dict: dict, path: str, meta: dict) -> None:
@@ -30,10 +29,9 @@ def save_state_dict(state_dict: dict, path: str, meta: dict) -> None:
         write_safetensors(state_dict, path, {"mimjax": json.dumps(meta)})
     elif path.endswith(".pth"):
         torch = _torch(path)
-        buf = io.BytesIO() if remote else path
+        buf = io.BytesIO()
         torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, buf)
-        if remote:
-            paths.write_bytes(path, buf.getvalue())
+        paths.write_bytes(path, buf.getvalue())  # whole, never through a link
     else:
         raise ValueError(f"output {path!r}: expected a .safetensors or .pth file name")
     paths.write_text(path + ".json", json.dumps(meta, indent=2))

@@ -18,7 +18,9 @@ A full disk (or quota, or file-size limit) while saving stops the run with a
 `DiskFullError` that names the step, the directory and the last complete step, which is
 left intact; the partial step is removed so the space comes back. Before each save the
 free space is compared with the bytes this process will write, so the common case stops
-before anything is written.
+before anything is written. Any other failure of a save (the folder became unwritable, a
+file stands where Orbax makes a directory) is a `WriteError` saying the same, raised after
+the step in which the background save failed (`check`), not at the next save.
 
 The directory may be on an object store (gs://bucket/run/checkpoints; mimjax.paths). There
 Orbax cannot rename: it writes `<step>/` in place and finalises it with
@@ -38,7 +40,7 @@ import orbax.checkpoint as ocp
 from jax.experimental.multihost_utils import sync_global_devices
 
 from mimjax import paths
-from mimjax.errors import DiskFullError, UsageError
+from mimjax.errors import DiskFullError, UsageError, WriteError
 from mimjax.schema import ConfigError
 
 log = logging.getLogger("mimjax")
@@ -86,6 +88,7 @@ class Checkpointer:
                                                enable_async_checkpointing=async_save)
         self.manager = ocp.CheckpointManager(paths.path(self.directory), options=options, item_handlers=_handlers())
         self._saving = None  # the step of the last save started (async: maybe unfinished)
+        self._unchecked = False  # whether `check` has yet to look at that save's outcome
 
     def latest_step(self):
         return self.manager.latest_step()
@@ -95,9 +98,10 @@ class Checkpointer:
         on an object store, writes its commit_success.txt)."""
         return complete_steps(self.directory)
 
-    def disk_full_error(self, step: int | None, why) -> DiskFullError:
-        """Removes the partial step (its space comes back) and says what happened; why is
-        the exception or a sentence."""
+    def save_error(self, step: int | None, why) -> WriteError:
+        """Removes the partial step (its space comes back) and says what happened: a
+        DiskFullError for a full disk, quota or file-size limit, else a WriteError naming
+        the failure; why is the exception or a sentence (a full disk)."""
         if jax.process_index() == 0:  # partial steps: Orbax's `<step>.orbax-checkpoint-tmp*`
             for partial in _partial_steps(self.directory):
                 paths.rmtree(partial)
@@ -105,33 +109,40 @@ class Checkpointer:
         kept = (f"The last complete checkpoint, {paths.join(self.directory, str(good[-1]))}, is intact"
                 if good else "No complete checkpoint exists yet")
         what = f"saving checkpoint step {step}" if step is not None else "writing the run's outputs"
-        if isinstance(why, BaseException):
-            why = disk_full_reason(why) or str(why)[:300]
-        return DiskFullError(f"disk full while {what} in {self.directory} ({why}). {kept}; "
-                             f"free some space (or lower keep_checkpoints) and rerun the same command "
-                             f"to resume from it.")
+        full = disk_full_reason(why) if isinstance(why, BaseException) else why
+        if full:
+            return DiskFullError(f"disk full while {what} in {self.directory} ({full}). {kept}; "
+                                 f"free some space (or lower keep_checkpoints) and rerun the same command "
+                                 f"to resume from it.")
+        why = " ".join(str(why).split())[:300] or type(why).__name__
+        return WriteError(f"cannot write while {what} in {self.directory} ({why}). {kept}; make "
+                          f"{self.directory} a writable directory and rerun the same command to resume from it.")
 
     def save(self, step: int, state, data_state: dict, *, force: bool = False) -> bool:
         """Starts saving `step` (async); False when nothing was started. A step already saved
         or being saved (a signal arrived while its periodic save was starting, and the final
-        save comes to the same step) is not saved again: the call waits for it instead."""
+        save comes to the same step) is not saved again: the call waits for it instead. The
+        previous save's failure is raised first (`wait`)."""
         if step == self._saving or step in self.manager.all_steps():
             log.info("checkpoint step %d is already saved or being saved: waiting for it", step)
             self.wait()
             return False
+        self.wait()  # (Orbax waits for the previous save too): its failure ends the run here
         need = _bytes_to_write(state)
         free = need if paths.is_remote(self.directory) else shutil.disk_usage(self.directory).free  # local only
         if free < need:  # refuse before writing anything
-            raise self.disk_full_error(step, f"{free / 2**20:.1f} MiB free, this process would write "
-                                             f"{need / 2**20:.1f} MiB")
+            raise self.save_error(step, f"{free / 2**20:.1f} MiB free, this process would write "
+                                        f"{need / 2**20:.1f} MiB")
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   data=ocp.args.JsonSave(data_state))
-        previous, self._saving = self._saving, step
+        self._saving, self._unchecked = step, True
         try:
             return self.manager.save(step, args=args, force=force)
-        except Exception as e:  # the previous (async) save's failure surfaces here
+        except OSError as e:  # a write in the synchronous part
+            raise self.save_error(step, e) from e
+        except Exception as e:
             if is_disk_full(e):
-                raise self.disk_full_error(previous if previous is not None else step, e) from e
+                raise self.save_error(step, e) from e
             raise
 
     def restore_latest(self, abstract_state):
@@ -177,12 +188,18 @@ class Checkpointer:
         self.manager.reload()
 
     def wait(self):
+        """Waits for the last save; its failure is a WriteError (`save_error`)."""
         try:
             self.manager.wait_until_finished()
-        except Exception as e:
-            if is_disk_full(e):
-                raise self.disk_full_error(self._saving, e) from e
-            raise
+        except Exception as e:  # the background save failed: nothing of it is kept
+            raise self.save_error(self._saving, e) from e
+
+    def check(self):
+        """After a step: the last save's failure (`wait`) once its background work has ended;
+        nothing while it runs, or after it succeeded (checked once)."""
+        if self._unchecked and not self.manager.is_saving_in_progress():
+            self._unchecked = False
+            self.wait()
 
     def close(self):
         self.manager.close()

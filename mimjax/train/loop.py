@@ -21,7 +21,9 @@ mimjax/eval/classify.py):
 Entering takes the run lock and compares the config with the run being resumed, restores
 the latest checkpoint and the input iterator's position (or initialises), and only then
 writes config.json. Leaving waits for the last checkpoint and closes everything, whatever
-happened; a full disk while writing metrics or pictures is a `DiskFullError` there too.
+happened; a full disk while writing metrics or pictures is a `DiskFullError` there too. A
+checkpoint that cannot be written stops the run after the step in which its save failed
+(`Checkpointer.check`: a `WriteError`, exit 4).
 
 SIGTERM (preemption) stops `batches()` between steps: the loop saves the current step
 (`final_save_due`), leaves normally (the command exits 0) with `preempted` set, and
@@ -179,13 +181,15 @@ def _on_process_0(what: str, fn: Callable[[], Any]):
     return out
 
 
-def start(workdir: str, cfg, flag: str = "--workdir") -> tuple[workdir_lib.RunLock | None, list]:
+def start(workdir: str, cfg, flag: str = "--workdir", outputs=()) -> tuple[workdir_lib.RunLock | None, list]:
     """Before anything is written (process 0 does it, every process learns the outcome):
-    takes the run lock (mimjax.workdir.RunLock) and compares `cfg` with the config of a run
-    that has a checkpoint (mimjax.workdir.check_resume: a changed key outside
-    `workdir.SAFE` is a ConfigError naming both values; safe ones are logged). Returns the
-    lock (None on the other processes) and the safe changes; config.json and the history
-    are written by `Run` once the checkpoint and the input iterator accepted the config."""
+    takes the run lock (mimjax.workdir.RunLock), checks that no file the run writes is a
+    symbolic link and that checkpoints/ can be written (mimjax.workdir.check_writable;
+    `outputs`: the run's result files) and compares `cfg` with the config of a run that has a
+    checkpoint (mimjax.workdir.check_resume: a changed key outside `workdir.SAFE` is a
+    ConfigError naming both values; safe ones are logged). Returns the lock (None on the
+    other processes) and the safe changes; config.json and the history are written by `Run`
+    once the checkpoint and the input iterator accepted the config."""
     def check():
         lock = None
         try:
@@ -193,6 +197,7 @@ def start(workdir: str, cfg, flag: str = "--workdir") -> tuple[workdir_lib.RunLo
                 lock = workdir_lib.RunLock.acquire(workdir)
             except OSError as e:
                 raise ConfigError(f"workdir {workdir!r} is not writable: {e}") from e
+            workdir_lib.check_writable(workdir, flag, outputs)
             changes = workdir_lib.check_resume(workdir, cfg, flag)
             if changes:
                 log.warning("resuming %s with a changed config: %s", workdir, "; ".join(changes))
@@ -213,7 +218,9 @@ class Run:
     cfg: log_every, checkpoint_every, keep_checkpoints, batch_size, seed, data.prefetch, and
     optionally `writers`, `wandb` (mimjax.train.writers; default "jsonl,tensorboard") and
     `profile` (start_step, num_steps: a jax.profiler trace of those steps into workdir/tb).
-    name: what the log calls the run; flag: the command's flag for `workdir` (in messages).
+    name: what the log calls the run; flag: the command's flag for `workdir` (in messages);
+    outputs: the names of the files the trainer writes in `workdir` after the loop (checked
+    with the run's own at the start: no symbolic link is written through).
     schedule: total_steps and steps_per_epoch. par: a `mimjax.parallel` runner (shardings,
     batch placement, global <-> run layout). abstract_state: the state's shapes (global
     layout); init_state() -> a fresh state in the run layout (called when nothing is
@@ -222,14 +229,15 @@ class Run:
     """
 
     def __init__(self, workdir: str, cfg, *, name: str, flag: str = "--workdir", schedule, par, abstract_state,
-                 init_state: Callable[[], Any], iterator):
+                 init_state: Callable[[], Any], iterator, outputs=()):
         self.workdir = paths.absolute(workdir)  # (gs://... unchanged)
         self.cfg, self.name, self.flag, self.schedule, self.par = cfg, name, flag, schedule, par
+        self.outputs = tuple(outputs)
         self._abstract, self._init_state, self._iterator = abstract_state, init_state, iterator
         self._lock = self.ckpt = self.writer = self._profile = self._bar = self._preemption = None
 
     def __enter__(self) -> Run:
-        self._lock, changes = start(self.workdir, self.cfg, self.flag)
+        self._lock, changes = start(self.workdir, self.cfg, self.flag, self.outputs)
         try:
             self._restore_or_init(changes)
             cfg, is_main = self.cfg, jax.process_index() == 0
@@ -291,6 +299,7 @@ class Run:
         with jax.transfer_guard("disallow"):
             yield
         self.steps_done = step
+        self.ckpt.check()  # a background save that failed stops the run here, not at the next save
         self._preemption.check(step)
 
     def log(self, step: int, step_metrics: dict, **fields) -> dict | None:
@@ -339,7 +348,7 @@ class Run:
     def __exit__(self, kind, error, traceback):
         try:
             if isinstance(error, OSError) and is_disk_full(error):  # metrics or pictures: say so like a checkpoint
-                raise self.ckpt.disk_full_error(None, error) from error
+                raise self.ckpt.save_error(None, error) from error
         finally:
             self._shut_down()
         if error is None and self._preemption.interrupted:  # the CLI prints this as its one line, exit 130

@@ -186,18 +186,20 @@ def with_titles(grid: np.ndarray, titles: list[str], font_px: int = 12) -> np.nd
 
 
 def save_png(path: str, array: np.ndarray):
-    """Write uint8 [H, W, 3] (or [H, W]) as a PNG, creating parent directories."""
+    """Write uint8 [H, W, 3] (or [H, W]) as a PNG, creating parent directories; the file is
+    written whole and never through a symbolic link (`mimjax.paths.write_bytes`)."""
     array = np.asarray(array)
     if array.dtype != np.uint8 or array.ndim not in (2, 3):
         raise ValueError(f"save_png wants uint8 [H, W] or [H, W, 3], got {array.dtype} {array.shape}")
+    import io
+
     from mimjax import paths
 
     if not paths.is_remote(path):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        Image.fromarray(array).save(path)
-        return
-    with paths.open_file(path, "wb") as f:  # gs://...: one object
-        Image.fromarray(array).save(f, format="PNG")
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    paths.write_bytes(path, buf.getvalue())
 
 
 def plot_curves(metrics_path: str, out_png: str, keys=("loss", "pixel_loss", "gpa_loss", "lr", "knn_top1"),

@@ -85,9 +85,11 @@ def flat_hparams(config: Mapping[str, Any], prefix: str = "") -> dict:
 def _drop_partial_line(path: str):
     """Cut a last line without its newline (a writer killed mid-line), so that appended
     rows start on a line of their own."""
-    if not os.path.exists(path):
+    from mimjax import paths
+
+    if not os.path.lexists(path):
         return
-    with open(path, "rb+") as f:
+    with os.fdopen(paths.open_nofollow(path, os.O_RDWR), "rb+") as f:  # never through a link
         size = f.seek(0, os.SEEK_END)
         if size == 0:
             return
@@ -245,7 +247,9 @@ class JsonlWriter(Writer):
         if is_local(workdir):
             os.makedirs(workdir, exist_ok=True)
             _drop_partial_line(self.path)
-            self._file, self._obj = open(self.path, "a"), None  # noqa: SIM115 (open for the whole run)
+            from mimjax import paths
+
+            self._file, self._obj = paths.open_append(self.path), None  # for the whole run; never through a link
         elif str(workdir).startswith("gs://"):
             self._file, self._obj = None, ObjectAppender(self.path, flush_secs=flush_secs)
         else:
@@ -331,9 +335,10 @@ class WandbWriter(Writer):
             wdir = str(workdir)
             os.makedirs(wdir, exist_ok=True)
             id_path = os.path.join(wdir, "wandb_run_id")
-            run_id = open(id_path).read().strip() if os.path.exists(id_path) else uuid.uuid4().hex[:12]
-            with open(id_path, "w") as f:
-                f.write(run_id + "\n")
+            from mimjax import paths
+
+            run_id = paths.read_text(id_path).strip() if os.path.isfile(id_path) else uuid.uuid4().hex[:12]
+            paths.write_text(id_path, run_id + "\n")  # never through a link
         else:
             import tempfile
 
