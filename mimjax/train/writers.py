@@ -13,6 +13,11 @@ a run's `writers` config names (`jsonl`, `tensorboard`, `wandb`); the loop has o
   (tensorboardX's own GCS writer re-uploads the whole file at every flush).
 - `WandbWriter`: Weights & Biases (`pip install mimjax[wandb]`); `wandb.mode = offline`
   writes `W/wandb/offline-run-*` for a later `wandb sync` and sends nothing.
+
+TensorBoard and W&B run behind a `BackgroundWriter`: a thread of their own and a bounded
+queue, so that neither ever blocks the training loop; one that fails or gets stuck is
+dropped with one warning and the others go on. Durations are measured with the monotonic
+clock: a wall clock set back (NTP) changes nothing.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import itertools
 import json
 import logging
 import os
+import queue
 import threading
 import time
 import uuid
@@ -280,39 +286,62 @@ class JsonlWriter(Writer):
 
 
 class TensorBoardWriter(Writer):
-    """tensorboardX events in `logdir`; write_hparams: the config on TensorBoard's HPARAMS
-    tab (in the same event file, so TensorBoard pairs it with the scalars of this run)."""
+    """tensorboardX events in `logdir`, written by the calling thread (make_writers gives it
+    a BackgroundWriter; tensorboardX's own writer thread, which a wall clock set back kills,
+    is not used), flushed at most every `flush_secs` (monotonic) and on flush() / close().
+    write_hparams: the config on TensorBoard's HPARAMS tab (in the same event file, so
+    TensorBoard pairs it with the scalars of this run)."""
 
-    def __init__(self, logdir: str, *, metrics=("loss", "knn_top1")):
-        from tensorboardX import SummaryWriter
+    def __init__(self, logdir: str, *, metrics=("loss", "knn_top1"), flush_secs: float = 120.0):
+        from tensorboardX import event_file_writer, record_writer
 
-        if not is_local(logdir) and str(logdir).startswith("gs://"):
-            from tensorboardX import record_writer
-
+        logdir = str(logdir)
+        if logdir.startswith("gs://"):
             record_writer.register_writer_factory("gs", _TensorBoardGcsFactory())  # keyed by the scheme
-        self._tb, self._metrics = SummaryWriter(logdir=str(logdir)), tuple(metrics)
+        record_writer.directory_check(logdir)
+        self._events = event_file_writer.EventsWriter(os.path.join(logdir, "events"))
+        self._metrics, self.flush_secs, self._flushed = tuple(metrics), flush_secs, -float("inf")
+
+    def _add(self, summary, step: int | None = None):
+        from tensorboardX.proto.event_pb2 import Event
+
+        event = Event(summary=summary, wall_time=time.time())  # a timestamp for TensorBoard, never a duration
+        if step is not None:
+            event.step = int(step)
+        self._events.write_event(event)
+
+    def _maybe_flush(self):
+        if time.monotonic() - self._flushed >= self.flush_secs:
+            self.flush()
 
     def write_scalars(self, step, scalars):
+        from tensorboardX.summary import scalar
+
         for k, v in scalars.items():
             if v is not None:
-                self._tb.add_scalar(k, v, int(step))
+                self._add(scalar(k, v), step)
+        self._maybe_flush()
 
     def write_images(self, step, images):
-        for tag, image in images.items():
-            self._tb.add_image(tag, np.asarray(image), int(step), dataformats="HWC")
+        from tensorboardX.summary import image
+
+        for tag, im in images.items():
+            self._add(image(tag, np.asarray(im), dataformats="HWC"), step)
+        self._maybe_flush()
 
     def write_hparams(self, hparams):
         from tensorboardX.summary import hparams as hparams_summary
 
         hp = flat_hparams(hparams)
         for summary in hparams_summary(hp, {m: 0.0 for m in self._metrics}):
-            self._tb.file_writer.add_summary(summary)
+            self._add(summary)
 
     def flush(self):
-        self._tb.flush()
+        self._events.flush()
+        self._flushed = time.monotonic()
 
     def close(self):
-        self._tb.close()
+        self._events.close()
 
 
 class WandbWriter(Writer):
@@ -364,21 +393,99 @@ class WandbWriter(Writer):
             self.run = None
 
 
+class BackgroundWriter(Writer):
+    """`writer`'s calls, in order, on a thread of its own behind a bounded queue, so that the
+    caller never waits on it for long: a call waits at most `put_timeout_s` for room in the
+    queue, flush() at most `flush_timeout_s` for the writer's flush, close() at most
+    `close_timeout_s`. A writer that raises, is stuck past one of these or whose thread
+    ended is dropped: one warning naming it (`name`), its later calls do nothing, and the
+    run goes on with the other writers. `failed` says why (None while it works)."""
+
+    def __init__(self, writer: Writer, name: str, *, max_queue: int = 100, put_timeout_s: float = 1.0,
+                 flush_timeout_s: float = 30.0, close_timeout_s: float = 30.0):
+        self.writer, self.name, self.failed, self._closed = writer, name, None, False
+        self.put_timeout_s, self.flush_timeout_s, self.close_timeout_s = put_timeout_s, flush_timeout_s, close_timeout_s
+        self._queue, self._lock = queue.Queue(max_queue), threading.Lock()
+        self._thread = threading.Thread(target=self._run, name=f"mimjax-{name}-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while (item := self._queue.get()) is not None:
+            fn, args, done = item
+            try:
+                if self.failed is None:
+                    fn(*args)
+            except Exception as e:  # noqa: BLE001 - the writer is dropped, said once
+                self._fail(f"{type(e).__name__}: {e}")
+            finally:
+                if done is not None:
+                    done.set()
+
+    def _fail(self, why: str):
+        with self._lock:
+            if self.failed is not None:
+                return
+            self.failed = why
+        log.warning("the %s writer stopped (%s): the run goes on without it", self.name, why)
+
+    def _call(self, fn, *args, wait_s: float | None = None):
+        """Queues fn(*args) for the thread; with wait_s, waits at most that long for it to run."""
+        if self.failed is None and not self._thread.is_alive():
+            self._fail("its thread ended")
+        if self.failed is not None:
+            return
+        done = None if wait_s is None else threading.Event()
+        try:
+            self._queue.put((fn, args, done), timeout=self.put_timeout_s)
+        except queue.Full:
+            self._fail(f"{self._queue.maxsize} calls waiting for more than {self.put_timeout_s:g} s")
+            return
+        if done is not None and not done.wait(wait_s):
+            self._fail(f"{fn.__name__} took more than {wait_s:g} s")
+
+    def write_scalars(self, step, scalars):
+        self._call(self.writer.write_scalars, step, dict(scalars))
+
+    def write_images(self, step, images):
+        self._call(self.writer.write_images, step, {tag: np.array(im) for tag, im in images.items()})
+
+    def write_hparams(self, hparams):
+        self._call(self.writer.write_hparams, hparams)
+
+    def flush(self):
+        self._call(self.writer.flush, wait_s=self.flush_timeout_s)
+
+    def close(self):
+        """Closes the writer, then ends the thread; twice is fine."""
+        if self._closed:
+            return
+        self._closed = True
+        self._call(self.writer.close, wait_s=self.close_timeout_s)
+        if self._thread.is_alive():
+            try:
+                self._queue.put(None, timeout=self.put_timeout_s)
+            except queue.Full:  # stuck: the daemon thread is left behind
+                pass
+
+
 def make_writers(workdir: str, names, *, wandb_cfg=None, hparams=None) -> list[Writer]:
-    """The writers `names` (parse_writers) for a run in `workdir`; tensorboard without
-    tensorboardX installed is skipped with a warning."""
+    """The writers `names` (parse_writers) for a run in `workdir`, tensorboard and wandb each
+    on a BackgroundWriter; tensorboard without tensorboardX installed is skipped with a warning."""
     out = []
     for n in names:
         if n == "jsonl":
             out.append(JsonlWriter(workdir))
         elif n == "tensorboard":
             try:
-                out.append(TensorBoardWriter(os.path.join(str(workdir), "tb") if is_local(workdir)
-                                             else f"{str(workdir).rstrip('/')}/tb"))
+                tb = TensorBoardWriter(os.path.join(str(workdir), "tb") if is_local(workdir)
+                                       else f"{str(workdir).rstrip('/')}/tb")
             except ImportError:
                 log.warning("tensorboardX is not installed: no TensorBoard events (metrics.jsonl is written)")
+            else:
+                out.append(BackgroundWriter(tb, n))
         elif n == "wandb":
             w = wandb_cfg or {}
-            out.append(WandbWriter(workdir, project=w.get("project", "mimjax"), name=w.get("name", ""),
-                                   entity=w.get("entity", ""), mode=w.get("mode", ""), hparams=hparams))
+            out.append(BackgroundWriter(WandbWriter(workdir, project=w.get("project", "mimjax"), name=w.get("name", ""),
+                                                    entity=w.get("entity", ""), mode=w.get("mode", ""),
+                                                    hparams=hparams), n))
     return out
