@@ -62,3 +62,14 @@ def run_cli_here(capsys, *args):
     status = cli.main(["mimjax", *map(str, args)])
     out, err = capsys.readouterr()
     return status, out, [line for line in err.splitlines() if line.startswith("mimjax ")]
+
+
+def listing(d):
+    """path -> (mtime, bytes) of every file under d, links as links."""
+    out = {}
+    for r, dirs, fs in os.walk(d):
+        for f in fs + [x for x in dirs if os.path.islink(os.path.join(r, x))]:
+            p = os.path.join(r, f)
+            out[os.path.relpath(p, d)] = (os.lstat(p).st_mtime_ns,
+                                          os.readlink(p) if os.path.islink(p) else open(p, "rb").read())
+    return out

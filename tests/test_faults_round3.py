@@ -11,21 +11,10 @@ import numpy as np
 import pytest
 
 from mimjax import export
-from scaffold import run_cli_here as mimjax  # tests/scaffold.py: `mimjax ARGS` in this process
+from scaffold import listing, run_cli_here as mimjax  # tests/scaffold.py: `mimjax ARGS` in this process
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPA = os.path.join(REPO, "configs/gpa_mae.py") + ":vit_tiny_patch16,runlocal"
-
-
-def listing(d):
-    """path -> (mtime, bytes) of every file under d, links as links."""
-    out = {}
-    for r, dirs, fs in os.walk(d):
-        for f in fs + [x for x in dirs if os.path.islink(os.path.join(r, x))]:
-            p = os.path.join(r, f)
-            out[os.path.relpath(p, d)] = (os.lstat(p).st_mtime_ns,
-                                          os.readlink(p) if os.path.islink(p) else open(p, "rb").read())
-    return out
 
 
 # --- BAD 3: export ----------------------------------------------------------------------
