@@ -11,7 +11,7 @@ from mimjax.errors import UsageError
 from mimjax.schema import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG_COMMANDS = ("train", "plan", "config show", "finetune", "eval linprobe")
+CONFIG_COMMANDS = ("train", "plan", "config show", "finetune", "eval linprobe", "study")
 WORKDIR_COMMANDS = ("train", "finetune", "eval linprobe", "eval knn", "export", "visualize")
 
 
@@ -28,7 +28,7 @@ def one_line_error(p, prefix):
 
 def test_every_command_is_listed_and_has_a_help(capsys):
     assert set(cli.COMMANDS) == {"train", "plan", "config show", "finetune", "eval knn", "eval linprobe", "export",
-                                 "import", "visualize", "prepare imagenet"}
+                                 "import", "visualize", "prepare imagenet", "study"}
 
 
 @pytest.mark.parametrize("name", list(cli.COMMANDS))
@@ -98,7 +98,7 @@ def test_python_m_mimjax_train_is_the_same_command():
 def test_missing_config_file_names_the_path(run_cli):
     line = one_line_error(run_cli("train", "--config", "nosuch.py", "--workdir", "/tmp/x"), "mimjax train")
     assert line == ("mimjax train: config file 'nosuch.py' not found (--config nosuch.py); the packaged recipes are "
-                    "demo, finetune, gpa_mae, linprobe, mae, simmim")
+                    "demo, finetune, gpa_mae, linprobe, mae, simmim, study")
     line = one_line_error(run_cli("eval", "linprobe", "--config", "configs/nosuch.py:runlocal", "--workdir", "W"),
                           "mimjax eval linprobe")
     assert "'configs/nosuch.py' not found" in line

@@ -9,7 +9,7 @@ PACKAGED = os.path.join(os.path.dirname(os.path.abspath(configs.__file__)))
 
 
 def test_the_recipes_are_in_the_package():
-    assert configs.names() == ["demo", "finetune", "gpa_mae", "linprobe", "mae", "simmim"]
+    assert configs.names() == ["demo", "finetune", "gpa_mae", "linprobe", "mae", "simmim", "study"]
 
 
 @pytest.mark.parametrize("spec,want", [
@@ -31,7 +31,7 @@ def test_a_file_that_exists_is_taken_as_given(tmp_path, monkeypatch):
 def test_the_cli_names_the_packaged_recipes_when_a_config_is_missing(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(cli.UsageError, match=r"config file 'dmeo' not found \(--config dmeo\); the packaged "
-                                             r"recipes are demo, finetune, gpa_mae, linprobe, mae, simmim"):
+                                             r"recipes are demo, finetune, gpa_mae, linprobe, mae, simmim, study"):
         cli.parse(cli.COMMANDS["train"], ["--config", "dmeo", "--workdir", "w"])
     fv = cli.parse(cli.COMMANDS["train"], ["--config=demo:mae", "--workdir", "w"])
     assert fv.config.masking.strategy == "random"
@@ -55,6 +55,6 @@ def test_a_missing_config_file_is_one_line_naming_the_recipes(tmp_path, monkeypa
     (tmp_path / "mine.py").write_text("def get_config(arg=None):\n    return None\n")
     (tmp_path / "folder").mkdir()
     assert configs.missing("mine.py:arg") is None and configs.missing(None) is None
-    recipes = "the packaged recipes are demo, finetune, gpa_mae, linprobe, mae, simmim"
+    recipes = "the packaged recipes are demo, finetune, gpa_mae, linprobe, mae, simmim, study"
     assert configs.missing("nope.py:x") == f"config file 'nope.py' not found (--config nope.py:x); {recipes}"
     assert configs.missing("folder") == f"config file 'folder' is not a file (--config folder); {recipes}"

@@ -80,7 +80,7 @@ def test_knn_eval_matches_the_knn_command_math(tiny_config):
     ("writers", "", "at least one"),
     ("wandb.mode", "offlin", "offline"),
     ("eval.every", -1, ">= 0"),
-    ("eval.dataset", "faces", "embedded_faces, tfds:NAME, folder:PATH or arrayrecord:PATH"),
+    ("eval.dataset", "faces", "embedded_faces, tfds:NAME, folder:PATH, idx:DIR or arrayrecord:PATH"),
     ("eval.batch_size", 3, "multiple"),
     ("eval.pool", "mean", "token or avg"),
     ("profile.num_steps", -2, ">= 0"),
