@@ -25,9 +25,12 @@ from mimjax.train.optim import make_optimizer
 from mimjax.train.schedule import lr_schedule
 
 
-def crops(src, img_size: int, indices) -> np.ndarray:
-    """The evaluation crops (resize, centre crop) of src[i] for i in indices: uint8 [n, S, S, 3]."""
-    return np.stack([augment.eval_crop_uint8(np.asarray(src[int(i)]["image"]), img_size) for i in indices])
+def crops(src, img_size: int, indices) -> tuple[np.ndarray, np.ndarray]:
+    """(the evaluation crops (resize, centre crop) uint8 [n, S, S, 3], labels int32 [n]) of
+    src[i] for i in indices, each item read once."""
+    items = [src[int(i)] for i in indices]
+    return (np.stack([augment.eval_crop_uint8(np.asarray(it["image"]), img_size) for it in items]),
+            np.array([it["label"] for it in items], np.int32))
 
 
 def pooled(encoder, params, images):
@@ -45,14 +48,14 @@ def extract(encoder, params, src, batch: int = 500) -> tuple[dict, np.ndarray]:
     fn = jax.jit(lambda p, x: pooled(encoder, p, x))
     out, labels = {"token": [], "avg": []}, []
     for i in range(0, len(src), batch):
-        idx = range(i, min(i + batch, len(src)))
-        x = augment.normalize(crops(src, encoder.img_size, idx))  # [b, S, S, 3]
+        images, y = crops(src, encoder.img_size, range(i, min(i + batch, len(src))))
+        x = augment.normalize(images)  # [b, S, S, 3]
         pad = batch - len(x)  # one compiled shape
         f = fn(params, np.pad(x, ((0, pad), (0, 0), (0, 0), (0, 0))))
         for k in out:
             out[k].append(np.asarray(f[k])[:len(x)])
-        labels.append([src[j]["label"] for j in idx])
-    return {k: np.concatenate(v) for k, v in out.items()}, np.concatenate(labels).astype(np.int32)
+        labels.append(y)
+    return {k: np.concatenate(v) for k, v in out.items()}, np.concatenate(labels)
 
 
 def probe_config(epochs: int = 90, batch_size: int = 1024, blr: float = 0.1, warmup_epochs: int = 10,
@@ -139,13 +142,13 @@ def premise(c, path: str, *, from_ema: bool = False) -> dict:
     params = state["ema_params"] if from_ema else state["params"]["encoder"]
     _, test = labelled_sources(c.data.source, train_split=c.data.train_split, test_split=c.data.test_split)
     n = min(c.premise.num_images, len(test))
-    images = crops(test, encoder.img_size, range(n))  # uint8 [n, S, S, 3]
+    images, _ = crops(test, encoder.img_size, range(n))  # uint8 [n, S, S, 3]
     fg = foreground(images, encoder.patch_size, c.premise.threshold)  # [n, N]
     fn = jax.jit(lambda prm, x: teacher.scores(encoder, prm, x, p.teacher, "gpa"))
     g = np.concatenate([np.asarray(fn(params, augment.normalize(images[i:i + 250]))) for i in range(0, n, 250)])
     aucs = [roc_auc(g[i], fg[i]) for i in range(n)]
     valid = [a for a in aucs if np.isfinite(a)]
-    n_hard = int(masking.mask_counts(1.0, fg.shape[1], p.masking.mask_ratio, (0.0, 0.5), (0.3, 0.0))[0])
+    n_hard = int(masking.mask_counts(1.0, fg.shape[1], p.masking.mask_ratio)[0])  # the authors' hard/soft shares
     top = np.argsort(-g, axis=1, kind="stable")[:, :n_hard]  # the hard picks at t = 1: highest scores
     return {"auc": float(np.mean(valid)) if valid else None, "images": len(valid),
             "hard_foreground_share": float(np.take_along_axis(fg, top, axis=1).mean()),

@@ -14,6 +14,7 @@ each arm x seed (mimjax/study/report.py).
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -182,8 +183,6 @@ class Progress:
 
 
 def _load(path: str) -> dict:
-    import json
-
     try:
         return json.loads(paths.read_text(path))
     except (OSError, ValueError):
@@ -191,8 +190,6 @@ def _load(path: str) -> dict:
 
 
 def _save(path: str, result: dict) -> None:
-    import json
-
     os.makedirs(os.path.dirname(path), exist_ok=True)
     paths.write_text(path, json.dumps(result, indent=2, default=float))
 
