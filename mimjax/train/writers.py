@@ -422,11 +422,11 @@ class BackgroundWriter(Writer):
                     done.set()
 
     def _fail(self, why: str):
-        with self._lock:
+        with self._lock:  # the warning is out before `failed` is: whoever sees it set can rely on it
             if self.failed is not None:
                 return
+            log.warning("the %s writer stopped (%s): the run goes on without it", self.name, why)
             self.failed = why
-        log.warning("the %s writer stopped (%s): the run goes on without it", self.name, why)
 
     def _call(self, fn, *args, wait_s: float | None = None):
         """Queues fn(*args) for the thread; with wait_s, waits at most that long for it to run."""
