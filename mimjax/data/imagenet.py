@@ -47,10 +47,17 @@ worker at a time. Each image is checked by decoding it (at 1/8 scale for JPEGs, 
 an unreadable one is skipped, counted, named in metadata.json and in the final summary
 (`--strict`: an error instead). A truncated or corrupt tar stops with an error naming the
 tar and member.
+
+Every check on the inputs (flags, tar listings, validation labels and class folders against
+the training classes) runs before the first shard is written. A failure while writing (a
+full disk: exit 4; a corrupt member; Ctrl-C) removes the shards this run wrote (and OUT if
+it made it), so the same command can simply be run again; only metadata.json, written
+last, makes OUT a prepared dataset.
 """
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -63,7 +70,7 @@ import struct
 import tarfile
 
 from mimjax import paths
-from mimjax.errors import UsageError
+from mimjax.errors import DiskFullError, UsageError
 
 log = logging.getLogger("mimjax")
 
@@ -74,6 +81,9 @@ _HEADER = struct.Struct("<iH")
 JPEG_EXTENSIONS = (".jpeg", ".jpg")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 _SYNSET = re.compile(r"^n\d{8}$")
+# --max_side below the smallest model input a recipe reads (32 px, `runlocal`) stores images
+# no crop can be taken from; below the ImageNet recipes' 224 every crop is an enlargement.
+MIN_MAX_SIDE, RECIPE_IMG_SIZE = 32, 224
 
 
 class PrepareError(UsageError):
@@ -224,8 +234,8 @@ class ShardWriter:
         if self._writer is None:
             name = f"{self.split.name}-{len(self.split.shards):05d}.array_record"
             paths.refuse_link(os.path.join(self.out, name))  # (ArrayRecord's own open would follow it)
+            self.split.shards.append({"file": name, "num_examples": 0})  # first: a failed open is removed too
             self._writer = ArrayRecordWriter(os.path.join(self.out, name), WRITER_OPTIONS)
-            self.split.shards.append({"file": name, "num_examples": 0})
         self._writer.write(record)
         self.split.shards[-1]["num_examples"] += 1
         self.split.num_examples += 1
@@ -233,9 +243,9 @@ class ShardWriter:
             self.close()
 
     def close(self):
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
 
 
 def _write_split(out: str, split: _Split, items, per_shard: int, workers: int, strict: bool, classes: list,
@@ -268,8 +278,11 @@ def _write_split(out: str, split: _Split, items, per_shard: int, workers: int, s
                 pending.append((label, name, data, fut))
                 drain(4 * max(1, workers))
             drain(0)
-    finally:
-        writer.close()
+    except BaseException:
+        with contextlib.suppress(Exception):  # (a full disk fails the close too): the first error is reported
+            writer.close()
+        raise
+    writer.close()
 
 
 def _tar_members(tar: tarfile.TarFile, where: str):
@@ -392,16 +405,27 @@ def _devkit_labels(path: str, stems: list[str]) -> dict[str, str]:
     return {s: wnid[i] for s, i in zip(stems, ids)}
 
 
-def iter_val_tar(tar: tarfile.TarFile, path: str, members, labels: dict, classes: list):
+def val_label_ids(names: list[str], labels: dict, classes: list, where: str) -> list[int]:
+    """The class index of each validation image `names` from --val_labels' {stem: synset};
+    a PrepareError naming the first image without a label, or with a synset that is not a
+    training class, and how many there are (checked before anything is written)."""
     label_of = {c: i for i, c in enumerate(classes)}
-    for m in members:
-        synset = labels.get(_stem(m.name))
-        if synset is None:
-            raise PrepareError(f"--val_labels has no label for {m.name!r} of {path}")
-        if synset not in label_of:
-            raise PrepareError(f"--val_labels gives {m.name!r} the class {synset!r}, which is not one of the "
-                               f"{len(classes)} training classes")
-        yield label_of[synset], os.path.basename(m.name), _read_member(tar, m, path)
+    synsets = [labels.get(_stem(n)) for n in names]
+    missing = [os.path.basename(n) for n, s in zip(names, synsets) if s is None]
+    if missing:
+        raise PrepareError(f"--val_labels has no label for {missing[0]!r} of {where} ({len(missing)} of "
+                           f"{len(names)} images have none)")
+    unknown = [(os.path.basename(n), s) for n, s in zip(names, synsets) if s not in label_of]
+    if unknown:
+        raise PrepareError(f"--val_labels gives {unknown[0][0]!r} the class {unknown[0][1]!r}, which is not one "
+                           f"of the {len(classes)} training classes ({len(unknown)} of {len(names)} images have "
+                           f"such a class); expected the synsets of the training split")
+    return [label_of[s] for s in synsets]
+
+
+def iter_val_tar(tar: tarfile.TarFile, path: str, members, label_ids: list[int]):
+    for m, label in zip(members, label_ids):
+        yield label, os.path.basename(m.name), _read_member(tar, m, path)
 
 
 def _images_in(directory: str) -> list[str]:
@@ -425,11 +449,17 @@ def folder_classes(root: str, flag: str) -> list[tuple[str, list[str]]]:
     return out
 
 
-def iter_folder(root: str, per_class, classes: list, flag: str):
+def check_folder_classes(root: str, per_class, classes: list, flag: str) -> None:
+    """A PrepareError naming the first class folder with images that is not a training class."""
+    unknown = [c for c, files in per_class if files and c not in classes]
+    if unknown:
+        raise PrepareError(f"{flag}={root!r}: class folder {unknown[0]!r} is not one of the {len(classes)} "
+                           f"training classes ({len(unknown)} such folders)")
+
+
+def iter_folder(root: str, per_class, classes: list):
     label_of = {c: i for i, c in enumerate(classes)}
     for c, files in per_class:
-        if c not in label_of:
-            raise PrepareError(f"{flag}={root!r}: class folder {c!r} is not one of the training classes")
         for p in files:
             name = os.path.relpath(p, root)
             try:
@@ -440,19 +470,14 @@ def iter_folder(root: str, per_class, classes: list, flag: str):
             yield label_of[c], name, data
 
 
-def iter_flat_folder(files: list[str], labels: dict, classes: list):
-    label_of = {c: i for i, c in enumerate(classes)}
-    for p in files:
-        synset = labels.get(_stem(p))
-        if synset not in label_of:
-            raise PrepareError(f"--val_labels gives {os.path.basename(p)!r} "
-                               + (f"the class {synset!r}, not one of the training classes" if synset else "no label"))
+def iter_flat_folder(files: list[str], label_ids: list[int]):
+    for p, label in zip(files, label_ids):
         try:
             with open(p, "rb") as f:
                 data = f.read()
         except OSError as e:
             data = f"{type(e).__name__}: {e.strerror or e}"
-        yield label_of[synset], os.path.basename(p), data
+        yield label, os.path.basename(p), data
 
 
 def prepare(out: str, *, train_tar: str = "", val_tar: str = "", val_labels: str = "", folder: str = "",
@@ -460,7 +485,8 @@ def prepare(out: str, *, train_tar: str = "", val_tar: str = "", val_labels: str
             max_side: int = 0) -> dict:
     """Writes the splits given into `out` (new or empty) and metadata.json last; returns it.
     max_side > 0 stores images whose longer side exceeds it shrunk to it (`shrink_image`),
-    both splits; 0 keeps every file's bytes."""
+    both splits; 0 keeps every file's bytes. Any error while writing removes what this
+    call wrote (`_remove_partial`); a full disk is a DiskFullError."""
     if bool(train_tar) == bool(folder):
         raise PrepareError("give exactly one of --train_tar (ILSVRC2012_img_train.tar) and --folder (class folders)")
     if val_tar and not val_labels:
@@ -470,8 +496,13 @@ def prepare(out: str, *, train_tar: str = "", val_tar: str = "", val_labels: str
         raise PrepareError("--val_labels needs --val_tar or a flat --val_folder")
     if val_tar and val_folder:
         raise PrepareError("give at most one of --val_tar and --val_folder")
-    if max_side < 0:
-        raise PrepareError(f"--max_side={max_side}: expected 0 (keep the images) or a size in pixels")
+    if max_side != 0 and max_side < MIN_MAX_SIDE:
+        raise PrepareError(f"--max_side={max_side}: expected 0 (keep the images) or a longer side of at least "
+                           f"{MIN_MAX_SIDE} pixels ({RECIPE_IMG_SIZE} or more for the ImageNet recipes, whose "
+                           f"crops are resized to {RECIPE_IMG_SIZE})")
+    if 0 < max_side < RECIPE_IMG_SIZE:
+        log.warning("--max_side=%d is below the ImageNet recipes' input size %d: every crop they take is enlarged",
+                    max_side, RECIPE_IMG_SIZE)
     if examples_per_shard < 1:
         raise PrepareError(f"--examples_per_shard={examples_per_shard}: expected a positive number")
     from mimjax import workdir as workdir_lib  # never inside a run directory's checkpoints/
@@ -481,7 +512,7 @@ def prepare(out: str, *, train_tar: str = "", val_tar: str = "", val_labels: str
     except ValueError as e:
         raise PrepareError(str(e)) from None
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
-        raise PrepareError(f"--out={out!r} exists and is not an empty directory (an interrupted preparation "
+        raise PrepareError(f"--out={out!r} exists and is not an empty directory (a killed preparation "
                            f"leaves shards without {METADATA}: delete it and run again)")
     workers = workers or min(32, os.cpu_count() or 1)
     # Everything that can fail on the inputs' listing fails before anything is written.
@@ -492,44 +523,77 @@ def prepare(out: str, *, train_tar: str = "", val_tar: str = "", val_labels: str
     else:
         per_class = folder_classes(folder, "--folder")
         classes = [c for c, files in per_class if files]
-        train_items = iter_folder(folder, [(c, f) for c, f in per_class if f], classes, "--folder")
+        train_items = iter_folder(folder, [(c, f) for c, f in per_class if f], classes)
     val_items = None
     if val_tar:
         vtar = _open_tar(val_tar, "--val_tar")
         members = sorted((m for m in _tar_members(vtar, val_tar)
                           if m.isfile() and m.name.lower().endswith(IMAGE_EXTENSIONS)), key=lambda m: m.name)
-        labels = read_val_labels(val_labels, [m.name for m in members])
-        val_items = iter_val_tar(vtar, val_tar, members, labels, classes)
+        names = [m.name for m in members]
+        label_ids = val_label_ids(names, read_val_labels(val_labels, names), classes, val_tar)
+        val_items = iter_val_tar(vtar, val_tar, members, label_ids)
     elif val_folder and val_labels:  # flat, e.g. Kaggle's ILSVRC/Data/CLS-LOC/val + LOC_val_solution.csv
         if not os.path.isdir(val_folder):
             raise PrepareError(f"--val_folder={val_folder!r}: no such directory")
         files = sorted(os.path.join(val_folder, n) for n in os.listdir(val_folder)
                        if not n.startswith(".") and n.lower().endswith(IMAGE_EXTENSIONS))
-        labels = read_val_labels(val_labels, files)
-        val_items = iter_flat_folder(files, labels, classes)
+        label_ids = val_label_ids(files, read_val_labels(val_labels, files), classes, val_folder)
+        val_items = iter_flat_folder(files, label_ids)
     elif val_folder:
-        val_items = iter_folder(val_folder, folder_classes(val_folder, "--val_folder"), classes, "--val_folder")
+        per_val_class = folder_classes(val_folder, "--val_folder")
+        check_folder_classes(val_folder, per_val_class, classes, "--val_folder")
+        val_items = iter_folder(val_folder, per_val_class, classes)
+    made_out = not os.path.exists(out)
     os.makedirs(out, exist_ok=True)
-    splits = []
-    for name, items in (("train", train_items), ("validation", val_items)):
-        if items is None:
-            continue
-        split = _Split(name)
-        _write_split(out, split, items, examples_per_shard, workers, strict, classes, max_side)
-        splits.append(split)
-        log.info("%s: %d images in %d shards, %d skipped", name, split.num_examples, len(split.shards),
-                 len(split.skipped))
-    meta = {"format": FORMAT,
-            "record": "int32 label (little-endian), uint16 name length, name (UTF-8), encoded image bytes",
-            "classes": classes, "max_side": max_side,
-            "source": {"train_tar": os.path.basename(train_tar) if train_tar else "", "folder": folder,
-                       "val_tar": os.path.basename(val_tar) if val_tar else "", "val_folder": val_folder,
-                       "val_labels": os.path.basename(val_labels) if val_labels else ""},
-            "splits": {s.name: {"num_examples": s.num_examples, "num_skipped": len(s.skipped),
-                                "per_class": [s.per_class.get(c, 0) for c in classes],
-                                "shards": s.shards, "skipped": s.skipped} for s in splits}}
-    paths.write_text(os.path.join(out, METADATA), json.dumps(meta, indent=1))  # whole, never through a link
+    splits, writing = [], out
+    try:
+        for name, items in (("train", train_items), ("validation", val_items)):
+            if items is None:
+                continue
+            split = _Split(name)
+            splits.append(split)
+            writing = f"the {name} split into {out}"
+            _write_split(out, split, items, examples_per_shard, workers, strict, classes, max_side)
+            log.info("%s: %d images in %d shards, %d skipped", name, split.num_examples, len(split.shards),
+                     len(split.skipped))
+        meta = {"format": FORMAT,
+                "record": "int32 label (little-endian), uint16 name length, name (UTF-8), encoded image bytes",
+                "classes": classes, "max_side": max_side,
+                "source": {"train_tar": os.path.basename(train_tar) if train_tar else "", "folder": folder,
+                           "val_tar": os.path.basename(val_tar) if val_tar else "", "val_folder": val_folder,
+                           "val_labels": os.path.basename(val_labels) if val_labels else ""},
+                "splits": {s.name: {"num_examples": s.num_examples, "num_skipped": len(s.skipped),
+                                    "per_class": [s.per_class.get(c, 0) for c in classes],
+                                    "shards": s.shards, "skipped": s.skipped} for s in splits}}
+        writing = os.path.join(out, METADATA)
+        paths.write_text(writing, json.dumps(meta, indent=1))  # whole, never through a link
+    except BaseException as e:
+        shards, size = _remove_partial(out, splits, made_out)
+        from mimjax.train.checkpoint import disk_full_reason  # (jax, Orbax: only once it failed)
+
+        full = disk_full_reason(e)
+        if full is None:
+            raise
+        raise DiskFullError(f"disk full while writing {writing} ({full}); the {shards} shard file(s) written "
+                            f"so far ({size / 2**20:.1f} MiB) are removed; free space (the shards take about as "
+                            f"much as the images: ~145 GB for ImageNet) and run the same command again") from e
     return meta
+
+
+def _remove_partial(out: str, splits: list, made_out: bool) -> tuple[int, int]:
+    """Removes the shards of `splits` (this run's: `out` was empty) and `out` if this run
+    made it; -> (shards removed, their bytes)."""
+    shards = size = 0
+    for split in splits:
+        for shard in split.shards:
+            p = os.path.join(out, shard["file"])
+            if os.path.isfile(p) and not os.path.islink(p):
+                shards, size = shards + 1, size + os.path.getsize(p)
+                os.remove(p)
+    if made_out:
+        with contextlib.suppress(OSError):  # (not empty: something else wrote there meanwhile)
+            os.rmdir(out)
+    return shards, size
 
 
 def summary(meta: dict, out: str) -> str:
@@ -539,6 +603,10 @@ def summary(meta: dict, out: str) -> str:
                     f"{s['num_skipped']} unreadable skipped"
                     + (" (" + "; ".join(f"{x['name']}: {x['reason']}" for x in s["skipped"][:5])
                        + ("; ..." if s["num_skipped"] > 5 else "") + ")" if s["num_skipped"] else ""))
-    rows.append(f'train with --config.data.source="arrayrecord:{out}"; evaluate with --dataset arrayrecord:{out} '
-                f"--test_split validation")
+    has = {name for name, s in meta["splits"].items() if s["num_examples"]}
+    if "train" in has:
+        rows.append(f'train with --config.data.source="arrayrecord:{out}"'
+                    + (f"; evaluate with --dataset arrayrecord:{out} --test_split validation" if "validation" in has
+                       else "; no validation split was prepared (--val_tar or --val_folder): evaluate on "
+                            "a separate labelled set with --test_dataset"))
     return "\n".join(rows)
