@@ -47,10 +47,26 @@ CHIPS = {
     "a100": Chip("gpu", "NVIDIA A100-SXM4-80GB", 85_899_345_920, 312e12, 2.039e12,
                  gpu=dict(sm=108, clock_ghz=1.41, l2=40 * 2 ** 20, cc=(8, 0), smem_core=167936, smem_optin=166912)),
 }
+def chip_of_device_kind(device_kind: str) -> Chip | None:
+    """The CHIPS entry of a `device.device_kind` ("NVIDIA H100 PCIe", "TPU v5 lite"), or None:
+    a TPU by its exact kind, a GPU by its family's name in the kind (a GH200 as an H200)."""
+    kind = device_kind.strip().lower()
+    for chip in CHIPS.values():
+        if chip.platform == "tpu" and kind == chip.kind.lower():
+            return chip
+    for name in ("h200", "h100", "a100"):
+        if name in kind:
+            return CHIPS[name]
+    return None
+
+
 # The share of a GPU's memory JAX's allocator takes (XLA_PYTHON_CLIENT_MEM_FRACTION): the
 # `mimjax` command sets it unless the user chose one (mimjax/procenv.py); JAX's own default is 0.75.
 GPU_MEM_FRACTION = float(procenv.GPU_MEM_FRACTION)
 
+# The largest slice Cloud TPU schedules, in chips (a v4 pod; v5p: its largest power of two)
+MAX_SLICE_CHIPS = {"v4": 4096, "v5e": 256, "v5p": 4096, "v6e": 256}
+MAX_DEVICES = 65536  # slices x chips or hosts x GPUs: a bound on typos, past the largest jobs planned here
 _TPU = re.compile(r"^(?:(\d+)x)?(v4|v5e|v5p|v6e)-(\d+)$")
 _GPU = re.compile(r"^(?:(\d+)x)?(h100|h200|a100)x(\d+)$")
 EXAMPLES = "v4-32, v5e-16, v5e-256, v5p-128, v6e-64, h100x8, h200x8, a100x8, 4xh100x8"
@@ -142,24 +158,35 @@ def gpu_mem_fraction() -> float:
 
 
 def parse(name: str) -> Target:
-    """A target name -> Target; anything else is a ValueError naming the forms."""
+    """A target name -> Target; anything else is a ValueError naming the value and the forms."""
     m = _TPU.match(name.strip().lower())
     if m:
         groups, chip, cores = int(m[1] or 1), m[2], int(m[3])
         per = CHIPS[chip].cores_per_chip
         chips = cores // per
         smallest = 4 if CHIPS[chip].torus_dims == 3 else 1
-        if cores % per or chips < smallest or chips & (chips - 1) or groups < 1:
-            raise ValueError(f"--target {name!r}: a {chip} slice has a power of two of at least "
-                             f"{smallest * per} {'TensorCores' if per == 2 else 'chips'} (e.g. {chip}-{8 * per})")
+        if cores % per or not smallest <= chips <= MAX_SLICE_CHIPS[chip] or chips & (chips - 1):
+            unit = "TensorCores" if per == 2 else "chips"
+            raise ValueError(f"--target {name!r}: {cores} {unit}; a {chip} slice has a power of two from "
+                             f"{smallest * per} to {MAX_SLICE_CHIPS[chip] * per} {unit} (e.g. {chip}-{8 * per})")
+        _check_groups(name, groups, "slices", f"{chips} chips", MAX_DEVICES // chips, f"2x{chip}-{cores}")
         return Target(name, chip, chips, groups)
     m = _GPU.match(name.strip().lower())
     if m:
         groups, chip, gpus = int(m[1] or 1), m[2], int(m[3])
-        if not 1 <= gpus <= 8 or groups < 1:
-            raise ValueError(f"--target {name!r}: a GPU host has 1 to 8 GPUs (e.g. {chip}x8; 4x{chip}x8 for 4 hosts)")
+        if not 1 <= gpus <= 8:
+            raise ValueError(f"--target {name!r}: {gpus} GPUs a host; a GPU host has 1 to 8 GPUs (e.g. {chip}x8; "
+                             f"4x{chip}x8 for 4 hosts)")
+        _check_groups(name, groups, "hosts", f"{gpus} GPUs", MAX_DEVICES // gpus, f"4x{chip}x{gpus}")
         return Target(name, chip, gpus, groups)
     raise ValueError(f"--target {name!r}: expected a TPU slice or a GPU host, e.g. {EXAMPLES}")
+
+
+def _check_groups(name: str, groups: int, what: str, each: str, most: int, example: str) -> None:
+    """The count before the first "x" (slices or hosts): 1 to `most` (MAX_DEVICES devices in all)."""
+    if not 1 <= groups <= most:
+        raise ValueError(f"--target {name!r}: {groups} {what}; expected 1 to {most:,} {what} of {each} "
+                         f"({MAX_DEVICES:,} devices in all at most), e.g. {example}")
 
 
 def _gpu_target_config(chip: Chip) -> str:

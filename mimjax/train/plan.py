@@ -9,6 +9,8 @@ not there: mimjax/parallel/targets.py) and reads XLA's memory and cost analyses.
 `model.remat` and `optimizer.accum_steps` may be "auto": the cheapest setting whose step fits
 the device's memory with a 10% margin is taken (no remat -> remat -> remat and accumulation
 2, 4, ...), the same way by `mimjax plan` and at the start of `mimjax train` (`resolve_auto`).
+The device's memory is the allocator's limit on GPU / TPU, and on the CPU this host's memory
+or the process's cgroup limit, whichever is smaller (`device_capacity`).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import dataclasses
 import functools
 import logging
 import os
+import pathlib
 import re
 import time
 
@@ -36,14 +39,33 @@ IMAGENET_TRAIN = 1_281_167  # images an epoch when the config does not say (data
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
                 "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
-# libtpu: "Ran out of memory on HBM, the total memory required for HLO temporaries (24.53G) exceeds ..."
-_COMPILER_OOM = re.compile(r"Ran out of memory[^(]*\(([\d.]+)G\)[^\n]*")
+# libtpu: "Ran out of memory on HBM, the total memory required for HLO temporaries (24.53G) exceeds ...",
+# the size in any unit ("512B", "85.68T", "1.50KiB")
+_COMPILER_OOM = re.compile(r"Ran out of memory[^(]*\(([\d.]+\s*[KMGTPE]?(?:i?B)?)\)[^\n]*", re.IGNORECASE)
+_SIZE = re.compile(r"([\d.]+)\s*([KMGTPE]?)(?:i?B)?", re.IGNORECASE)
+CGROUP_ROOT = "/sys/fs/cgroup"  # where the cgroup trees are mounted (v2 here, v1 in its memory/ folder)
+PROC_CGROUP = "/proc/self/cgroup"  # this process's cgroups, one line a hierarchy: "id:controllers:/path"
 _SHAPE = re.compile(r"\b(pred|[suf]\d+|bf16|c64|c128)\[([\d,]*)\]")
 _COLLECTIVE = re.compile(r"=\s*(\(.*?\)|\S+)\s+(" + "|".join(COLLECTIVES) + r")(?:-start)?\(")  # one HLO line
 
 
 class DoesNotFit(ValueError):
     """No setting the config allows fits the device's memory (`mimjax plan` exits 3)."""
+
+
+def parse_bytes(size: str) -> int:
+    """A compiler's size in bytes: "24.53G", "85.68T", "512B", "1.50KiB" (powers of 1024)."""
+    m = _SIZE.fullmatch(size.strip())
+    if m is None:
+        raise ValueError(f"not a size: {size!r}")
+    return int(float(m[1]) * 1024 ** " KMGTPE".index(m[2].upper() or " "))
+
+
+def compiler_oom(message: str) -> tuple[int, str] | None:
+    """(bytes, the compiler's line) of a compile error where the TPU compiler refused a program
+    as too big for the device; None for any other error."""
+    m = _COMPILER_OOM.search(message)
+    return None if m is None else (parse_bytes(m[1]), m[0])
 
 
 # --- The "auto" settings ------------------------------------------------------------------
@@ -87,8 +109,10 @@ def abstract_frozen_teacher(built, img_size: int):
     return jax.eval_shape(lambda: t.model.init(jax.random.key(0), jnp.zeros((1, img_size, img_size, 3))))["params"]
 
 
-def compile_step(cfg, devices, platform: str) -> Compiled:
-    """The train step of a concrete config (no "auto"), compiled for `devices` of `platform`."""
+def compile_step(cfg, devices, platform: str, max_arguments: float = float("inf")) -> Compiled:
+    """The train step of a concrete config (no "auto"), compiled for `devices` of `platform`.
+    A step whose arguments alone (parameters, optimizer state, the step's batch, as sharded)
+    need more than `max_arguments` bytes a device is not compiled: its memory is the arguments."""
     num_examples = cfg.data.num_examples if cfg.data.num_examples > 0 else IMAGENET_TRAIN
     with precision.target_backend(platform):
         plain = ml_collections.ConfigDict(cfg.to_dict())
@@ -107,23 +131,23 @@ def compile_step(cfg, devices, platform: str) -> Compiled:
         frozen = None if frozen is None else jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=par.replicated), frozen)
         key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=par.replicated)
+        args = sum(_shard_bytes(x) for x in jax.tree.leaves((state, batch, frozen)))  # as sharded, no padding
         t0 = time.perf_counter()
-        lowered = step.lower(state, batch, frozen, key)
-        try:
-            compiled = lowered.compile()
-        except Exception as e:  # noqa: BLE001 - the TPU compiler itself refuses a program that cannot fit
-            too_big = _COMPILER_OOM.search(str(e))
-            if too_big is None:
-                raise
-            compiled = None
+        compiled, too_big = None, None
+        if args <= max_arguments:
+            try:
+                compiled = step.lower(state, batch, frozen, key).compile()
+            except Exception as e:  # noqa: BLE001 - the TPU compiler itself refuses a program that cannot fit
+                too_big = compiler_oom(str(e))
+                if too_big is None:
+                    raise
         seconds = time.perf_counter() - t0
     batch_devices = par.mesh.shape["data"] * par.mesh.shape["fsdp"]
-    if compiled is None:  # arguments as sharded (no padding), temporaries as the compiler reported them
-        args = sum(_shard_bytes(x) for x in jax.tree.leaves((state, batch, frozen)))
-        temp = int(float(too_big[1]) * 2 ** 30)
+    if compiled is None:  # the arguments; temporaries as the compiler reported them, 0 when not compiled
+        temp, error = too_big or (0, "")
         memory = dict(arguments=args, temporaries=temp, outputs=0, aliased=0, code=0, total=args + temp)
         return Compiled(memory, None, {}, seconds, dict(par.mesh.shape), cfg.batch_size // batch_devices, None,
-                        compiler_error=too_big[0])
+                        compiler_error=error)
     m = compiled.memory_analysis()
     memory = dict(arguments=m.argument_size_in_bytes, temporaries=m.temp_size_in_bytes,
                   outputs=m.output_size_in_bytes, aliased=m.alias_size_in_bytes,
@@ -164,7 +188,9 @@ def fits(memory: dict, capacity: int) -> bool:
 
 def choose(cfg, measure, capacity: int, batch_devices: int):
     """(config, Compiled, tried) of the cheapest allowed setting that fits, `measure` compiling
-    each concrete config; when none fits, the config is None and Compiled the smallest's."""
+    each concrete config; when none fits, the config is None and Compiled the smallest's.
+    Remat and accumulation change the temporaries only: once a setting's arguments alone pass
+    the allowed memory, no later one fits and the search stops there (`stopped_line`)."""
     tried = []
     for remat, accum in candidates(cfg, batch_devices):
         c = with_settings(cfg, remat, accum)
@@ -175,7 +201,21 @@ def choose(cfg, measure, capacity: int, batch_devices: int):
                  "fits" if fits(result.memory, capacity) else "does not fit")
         if fits(result.memory, capacity):
             return c, result, tried
+        if stopped_line(tried, capacity):
+            break
     return None, min((r for _, r in tried), key=lambda r: r.memory["total"]), tried
+
+
+def stopped_line(tried, capacity: int) -> str:
+    """Why `choose` stopped early (its last setting's arguments alone pass the allowed memory),
+    or "" when it did not."""
+    (remat, accum), last = tried[-1]
+    args, allowed = last.memory["arguments"], (1 - MARGIN) * capacity
+    if args <= allowed:
+        return ""
+    return (f"stopped at model.remat={remat}, optimizer.accum_steps={accum}: the arguments alone (parameters, "
+            f"optimizer state, the step's batch) need {_gib(args)} a device of the {_gib(allowed)} allowed "
+            f"({1 - MARGIN:.0%} of {_gib(capacity)}), and remat or accumulation does not lower them")
 
 
 def as_jit(cfg) -> ml_collections.ConfigDict:
@@ -198,30 +238,66 @@ def resolve_auto(cfg, devices=None) -> ml_collections.ConfigDict:
     capacity = device_capacity(devices[0])
     probe = as_jit(cfg)
     data, fsdp, _ = mesh_shape(probe.parallelism, len(devices))
-    chosen, result, tried = choose(probe, lambda c: compile_step(c, devices, jax.default_backend()), capacity,
-                                   data * fsdp)
+    allowed = (1 - MARGIN) * capacity
+    chosen, result, tried = choose(
+        probe, lambda c: compile_step(c, devices, jax.default_backend(), max_arguments=allowed), capacity, data * fsdp)
     if chosen is None:
         (remat, accum), = [s for s, r in tried if r is result]
-        raise DoesNotFit(f"model.remat / optimizer.accum_steps = 'auto': no setting fits this device; the smallest "
-                         f"step (model.remat={remat}, optimizer.accum_steps={accum}) needs "
-                         f"{result.memory['total'] / 2 ** 30:.2f} GiB a device, over {1 - MARGIN:.0%} of "
-                         f"{capacity / 2 ** 30:.2f} GiB; raise parallelism.fsdp or lower batch_size")
+        why = stopped_line(tried, capacity) or (
+            f"the smallest step (model.remat={remat}, optimizer.accum_steps={accum}) needs "
+            f"{_gib(result.memory['total'])} a device, over {1 - MARGIN:.0%} of {_gib(capacity)}")
+        raise DoesNotFit(f"model.remat / optimizer.accum_steps = 'auto': no setting fits this device; {why}; "
+                         f"raise parallelism.fsdp or lower batch_size")
     remat, accum = chosen.model.remat, chosen.optimizer.accum_steps
     log.info("auto: model.remat=%s, optimizer.accum_steps=%d (the step needs %.2f GiB a device of %.2f GiB)",
              remat, accum, result.memory["total"] / 2 ** 30, capacity / 2 ** 30)
     return with_settings(cfg, remat, accum)
 
 
-def device_capacity(device) -> int:
-    """Bytes a program may use on `device`: the allocator's limit on GPU / TPU, this host's
-    memory on the CPU backend."""
+def device_capacity(device, cgroup_root: str | None = None, proc_cgroup: str | None = None) -> int:
+    """Bytes a program may use on `device`: the allocator's limit on GPU / TPU; on the CPU
+    backend this host's memory or this process's cgroup limit, the smaller (a container's
+    limit is what the kernel kills at, not the host's RAM)."""
     try:
         stats = device.memory_stats()
     except Exception:  # noqa: BLE001 - not every backend implements it
         stats = None
     if stats and stats.get("bytes_limit"):
         return int(stats["bytes_limit"])
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limit = cgroup_memory_limit(cgroup_root or CGROUP_ROOT, proc_cgroup or PROC_CGROUP)
+    return physical if limit is None else min(physical, limit)
+
+
+def cgroup_memory_limit(root: str = CGROUP_ROOT, proc_cgroup: str = PROC_CGROUP) -> int | None:
+    """The smallest memory limit, in bytes, on this process's cgroup and those above it (a
+    parent's limit binds its children), under the trees mounted at `root`: cgroup v2's
+    `memory.max` ("max": none), v1's `memory/.../memory.limit_in_bytes` (~2^63: none). None
+    when no limit is set or none can be read (no cgroups, another OS)."""
+    try:
+        lines = pathlib.Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        lines = []
+    trees = []  # (the hierarchy's folder, this process's cgroup in it, the limit's file)
+    for line in lines:
+        hierarchy, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if hierarchy == "0" and not controllers:  # v2: the unified hierarchy
+            trees.append((pathlib.Path(root), path, "memory.max"))
+        elif "memory" in controllers.split(","):  # v1: the memory controller's own hierarchy
+            trees.append((pathlib.Path(root, "memory"), path, "memory.limit_in_bytes"))
+    limits = []
+    for tree, path, name in trees:
+        parts = [p for p in path.split("/") if p]
+        # From the process's own cgroup up to the tree's root: in a container without a cgroup
+        # namespace the path is the host's, and only the root (the container's cgroup) exists.
+        for depth in range(len(parts), -1, -1):
+            try:
+                text = tree.joinpath(*parts[:depth], name).read_text().strip()
+            except OSError:
+                continue
+            if text.isdigit() and int(text) < 2 ** 62:  # v1 writes "no limit" as 2^63 rounded down to a page
+                limits.append(int(text))
+    return min(limits, default=None)
 
 
 # --- `mimjax plan` ----------------------------------------------------------------------------
@@ -244,16 +320,17 @@ def plan(cfg, target, config_name: str = "") -> dict:
     def measure(c):
         key = (c.model.remat, c.optimizer.accum_steps)
         if key not in compiled:
-            compiled[key] = compile_step(c, devices, target.platform)
+            compiled[key] = compile_step(c, devices, target.platform, max_arguments=(1 - MARGIN) * capacity)
         return compiled[key]
 
     t0 = time.perf_counter()
     chosen, result, tried = choose(probe, measure, capacity, data * fsdp)
-    ok, suggestion = chosen is not None, None
+    ok, suggestion, stopped = chosen is not None, None, stopped_line(tried, capacity)
     if not ok:  # report the requested (smallest) setting, and find the cheapest one that fits
         (remat, accum), = [s for s, r in tried if r is result]
         chosen = with_settings(probe, remat, accum)
-        found, _, _ = choose(with_settings(probe, "auto", "auto"), measure, capacity, data * fsdp)
+        # The arguments do not depend on the setting: when they alone pass, no setting fits.
+        found = None if stopped else choose(with_settings(probe, "auto", "auto"), measure, capacity, data * fsdp)[0]
         suggestion = None if found is None else {"remat": found.model.remat,
                                                  "accum_steps": found.optimizer.accum_steps}
     arch = flops_lib.Arch.from_config(chosen)
@@ -274,6 +351,8 @@ def plan(cfg, target, config_name: str = "") -> dict:
         margin=MARGIN, flops_per_step=step_flops,
         flops_source="xla" if use_xla else ("analytic (mimjax/flops.py: XLA counts a loop body once)" if
                                              result.flops_xla is not None else
+                                             "analytic (mimjax/flops.py: the step was not compiled)" if
+                                             result.executable is None else
                                              "analytic (mimjax/flops.py: this backend gives no cost analysis)"),
         flops_xla=result.flops_xla, flops_analytic=analytic, peak_flops=peak, step_time_s=step_s,
         img_per_s={k: chosen.batch_size / v for k, v in step_s.items()},
@@ -284,8 +363,9 @@ def plan(cfg, target, config_name: str = "") -> dict:
                       attention=chosen.model.attention),
         requested=dict(zip(("remat", "accum_steps"), settings(cfg))),
         tried=[dict(remat=r, accum_steps=a, total_bytes=m.memory["total"]) for (r, a), m in compiled.items()],
-        suggestion=suggestion, note="; ".join(filter(None, [note, result.compiler_error and
-                                                             f"the compiler refused the step: {result.compiler_error}"])))
+        suggestion=suggestion, stopped=stopped, compiled=result.executable is not None or bool(result.compiler_error),
+        note="; ".join(filter(None, [note, stopped, result.compiler_error and
+                                     f"the compiler refused the step: {result.compiler_error}"])))
 
 
 def _gib(n) -> str:
@@ -300,19 +380,20 @@ def format_report(r: dict) -> str:
     verdict = (f"fits ({1 - m['total'] / r['capacity_bytes']:.0%} free)" if r["fits"] else
                f"DOES NOT FIT (needs {_gib(m['total'])}, {1 - r['margin']:.0%} of the device is {_gib((1 - r['margin']) * r['capacity_bytes'])})")
     coll = ", ".join(f"{k} {v['count']} ({v['bytes'] / 2 ** 20:.1f} MiB)" for k, v in sorted(r["collectives"].items()))
+    memory = (f"arguments {_gib(m['arguments'])}, temporaries {_gib(m['temporaries'])}, outputs {_gib(m['outputs'])} "
+              f"(aliased {_gib(m['aliased'])}), total {_gib(m['total'])}" if r["compiled"] else
+              f"arguments {_gib(m['arguments'])}, the rest not compiled (see the note)")
     lines = [
         f"{r['config'] or 'config'} on {r['target']}: {r['devices']} x {r['device_kind']} ({r['platform']})",
         f"  mesh          data {mesh['data']} x fsdp {mesh['fsdp']} x model {mesh['model']}; batch {r['batch_size']}"
         f" = {r['per_device_batch']} a device",
         f"  settings      model.remat={s['remat']}{mark('remat')}, optimizer.accum_steps={s['accum_steps']}"
         f"{mark('accum_steps')}, dtype {s['dtype']}, attention {s['attention']}",
-        f"  memory        arguments {_gib(m['arguments'])}, temporaries {_gib(m['temporaries'])}, outputs "
-        f"{_gib(m['outputs'])} (aliased {_gib(m['aliased'])}), total {_gib(m['total'])} of {_gib(r['capacity_bytes'])}"
-        f" a device: {verdict}",
+        f"  memory        {memory} of {_gib(r['capacity_bytes'])} a device: {verdict}",
         f"  FLOPs/step    {r['flops_per_step'] / 1e12:.3g} TFLOP a device ({r['flops_source']})",
         f"  at 100% MFU   {r['step_time_s']['100%'] * 1e3:.3g} ms a step, {r['img_per_s']['100%']:,.0f} img/s; at 50%: "
         f"{r['step_time_s']['50%'] * 1e3:.3g} ms, {r['img_per_s']['50%']:,.0f} img/s",
-        f"  collectives   {coll or 'none'}",
+        f"  collectives   {coll or ('none' if r['compiled'] else 'not compiled')}",
         f"  compiled in   {r['compile_s']:.1f} s ({len(r['tried']) or 1} setting(s))",
     ]
     if r["note"]:
@@ -323,10 +404,11 @@ def format_report(r: dict) -> str:
 def shortfall_line(r: dict) -> str:
     """The one line of `mimjax plan`'s exit 3."""
     need, allowed = r["memory_bytes"]["total"], (1 - r["margin"]) * r["capacity_bytes"]
-    s = r["suggestion"]
+    s, larger = r["suggestion"], "raise parallelism.fsdp, lower batch_size or use a larger target"
+    if r["stopped"]:  # the arguments alone pass: no setting helps
+        return f"does not fit {r['target']}: {r['stopped']}; {larger}"
     fix = (f"the cheapest setting that fits: --config.model.remat={s['remat']} --config.optimizer.accum_steps="
-           f"{s['accum_steps']} (or 'auto' for both)" if s else
-           "no remat / accumulation setting fits: raise parallelism.fsdp, lower batch_size or use a larger target")
+           f"{s['accum_steps']} (or 'auto' for both)" if s else f"no remat / accumulation setting fits: {larger}")
     return (f"does not fit {r['target']}: the step needs {_gib(need)} a device with model.remat={r['settings']['remat']}"
             f", optimizer.accum_steps={r['settings']['accum_steps']}, {_gib(need - allowed)} over the {_gib(allowed)} "
             f"allowed ({1 - r['margin']:.0%} of {_gib(r['capacity_bytes'])}); {fix}")
