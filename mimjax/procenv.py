@@ -21,6 +21,11 @@ The user's own choice wins: MIMJAX_HUGEPAGES=0 / MIMJAX_CPU_FAST_MATH=0 opt out,
 GLIBC_TUNABLES that already names glibc.malloc.hugetlb or an XLA_FLAGS that already names
 xla_cpu_enable_fast_math is left as it is.
 
+On a machine with no TPU where libtpu is installed (`bash scripts/test.sh` installs it), JAX
+would load libtpu, which prints five `E0000 ... TPU_WORKER_HOSTNAMES` lines looking for one:
+unless the user set JAX_PLATFORMS, it is set to the installed platforms without tpu ("cpu",
+"cuda,cpu"; `mimjax.jaxenv.no_tpu_platforms`, which says what counts as a TPU host).
+
 The `mimjax` command also sets up its logging here (`setup_logging`), and the way it ends:
 help text into a closed pipe is quiet (`say`), and a run whose checkpoint threads are still
 printing ends with its own line last (`exit_with_last_line`). All of it is called, never
@@ -33,6 +38,8 @@ import logging
 import os
 import platform
 import sys
+
+from mimjax import jaxenv
 
 TUNABLE = "glibc.malloc.hugetlb=1"
 CPU_FAST_MATH_FLAGS = ("--xla_cpu_enable_fast_math=true --xla_cpu_fast_math_honor_nans=true "
@@ -50,16 +57,22 @@ def _on_glibc_linux() -> bool:
     return sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
 
 
-def entry_point_env(env, *, glibc: bool | None = None) -> dict:
-    """A copy of `env` with the huge-page tunable (on Linux/glibc), the CPU fast-math XLA flags
-    and the GPU memory share added, each unless opted out or already chosen by the user."""
+def entry_point_env(env, *, glibc: bool | None = None, tpu: bool | None = None) -> dict:
+    """A copy of `env` with the huge-page tunable (on Linux/glibc), the CPU fast-math XLA flags,
+    the GPU memory share and, on a machine with no TPU (`tpu`: whether it may have one,
+    default: `jaxenv.tpu_host`), a JAX_PLATFORMS without tpu added, each unless opted out or
+    already chosen by the user."""
     out = dict(env)
+    platforms = jaxenv.no_tpu_platforms(env, tpu=tpu)
+    if platforms:
+        out["JAX_PLATFORMS"] = out[jaxenv.AUTO_MARK] = platforms
     glibc = _on_glibc_linux() if glibc is None else glibc
     tunables = env.get("GLIBC_TUNABLES", "")
     if glibc and env.get("MIMJAX_HUGEPAGES", "1") != "0" and "glibc.malloc.hugetlb=" not in tunables:
         out["GLIBC_TUNABLES"] = f"{tunables}:{TUNABLE}" if tunables else TUNABLE
     xla = env.get("XLA_FLAGS", "")
-    if env.get("MIMJAX_CPU_FAST_MATH", "1") != "0" and "xla_cpu_enable_fast_math" not in xla:
+    file_of_flags = not xla.strip().startswith("-") and xla.strip()  # XLA's reading of a value without a leading -
+    if env.get("MIMJAX_CPU_FAST_MATH", "1") != "0" and "xla_cpu_enable_fast_math" not in xla and not file_of_flags:
         out["XLA_FLAGS"] = f"{xla} {CPU_FAST_MATH_FLAGS}".strip()
     out.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", GPU_MEM_FRACTION)
     return out

@@ -1,6 +1,7 @@
 """The process environment of entry points (mimjax/procenv.py): what it adds and when not,
 the re-exec (same PID, same arguments) and its effect on page faults, that fast math keeps
 NaN/Inf semantics, and that importing mimjax changes nothing in the process."""
+import functools
 import json
 import os
 import platform
@@ -10,7 +11,7 @@ import sys
 
 import pytest
 
-from mimjax import procenv
+from mimjax import jaxenv, procenv
 
 ON_GLIBC_LINUX = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
 THP = "/sys/kernel/mm/transparent_hugepage/enabled"
@@ -18,7 +19,7 @@ FAST = procenv.CPU_FAST_MATH_FLAGS
 
 
 def test_entry_point_env_adds_both_and_keeps_the_users_choice():
-    env = procenv.entry_point_env
+    env = functools.partial(procenv.entry_point_env, tpu=True)  # on a TPU host: JAX_PLATFORMS as it was
     gpu = {"XLA_PYTHON_CLIENT_MEM_FRACTION": procenv.GPU_MEM_FRACTION}
     assert env({"A": "1"}, glibc=True) == {"A": "1", "GLIBC_TUNABLES": procenv.TUNABLE, "XLA_FLAGS": FAST, **gpu}
     assert env({"A": "1"}, glibc=False) == {"A": "1", "XLA_FLAGS": FAST, **gpu}  # no tunables off glibc
@@ -31,6 +32,19 @@ def test_entry_point_env_adds_both_and_keeps_the_users_choice():
     assert env(mine, glibc=True) == mine
     off = {"MIMJAX_HUGEPAGES": "0", "MIMJAX_CPU_FAST_MATH": "0"}
     assert env(off, glibc=True) == {**off, **gpu}
+    assert env({"XLA_FLAGS": "/my/flags.txt"})["XLA_FLAGS"] == "/my/flags.txt"  # XLA reads a file of flags: kept
+
+
+@pytest.mark.parametrize("installed,want", [(["tpu"], "cpu"), (["tpu", "cuda"], "cuda,cpu"), ([], None),
+                                            (None, None)])  # None: a plugin of an unknown kind
+def test_without_a_tpu_libtpu_is_left_unloaded(monkeypatch, installed, want):
+    monkeypatch.setattr(jaxenv, "installed_platforms", lambda env: installed)
+    got = procenv.entry_point_env({}, glibc=False, tpu=False)
+    assert got.get("JAX_PLATFORMS") == got.get(jaxenv.AUTO_MARK) == want
+    assert jaxenv.users_platforms(got) is None and "JAX_PLATFORMS" not in jaxenv.users_env(got)
+    assert "JAX_PLATFORMS" not in procenv.entry_point_env({}, glibc=False, tpu=True)  # a TPU host: JAX looks
+    mine = procenv.entry_point_env({"JAX_PLATFORMS": "tpu"}, glibc=False, tpu=False)  # the user's choice wins
+    assert mine["JAX_PLATFORMS"] == "tpu" and jaxenv.users_platforms(mine) == "tpu" and jaxenv.users_env(mine) == mine
 
 
 THIRD_PARTY = ["jax", "flax.linen", "optax", "orbax.checkpoint", "grain", "ml_collections", "absl.flags",
