@@ -20,20 +20,13 @@ import dataclasses
 
 from mimjax.models.vit import VIT_VARIANTS
 
-# Dense bf16 peak FLOP/s per chip, by a substring of `device.device_kind` (lower case).
-PEAK_BF16 = (("h100", 989e12), ("h200", 989e12), ("gh200", 989e12), ("a100", 312e12),
-             ("tpu v4", 275e12), ("v5 lite", 197e12), ("v5e", 197e12), ("v5p", 459e12))
-
-
 def peak_flops(device_kind: str) -> float | None:
-    """The device's dense bf16 peak (FLOP/s), or None for an unknown device (MFU omitted)."""
-    kind = device_kind.lower()
-    if kind.strip() == "tpu v5":  # v5p reports itself as "TPU v5"
-        return 459e12
-    for key, peak in PEAK_BF16:
-        if key in kind:
-            return peak
-    return None
+    """The device's dense bf16 peak (FLOP/s) from the one chip table
+    (`mimjax.parallel.targets.CHIPS`), or None for an unknown device (MFU omitted)."""
+    from mimjax.parallel import targets
+
+    chip = targets.chip_of_device_kind(device_kind)
+    return None if chip is None else chip.peak_bf16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +136,22 @@ def step_flops(a: Arch, method: str, teacher_full: bool = False) -> dict:
 def encoder_train_flops(a: Arch) -> float:
     """FLOPs per image of the encoder forward + backward on all 1 + N tokens."""
     return 3 * encoder_fwd(a)
+
+
+def xla_memory(compiled) -> dict | None:
+    """Per-device bytes of a compiled program from XLA's memory analysis: arguments,
+    temporaries, outputs, aliased, code, and total (the donated state's outputs reuse its
+    argument buffers, so aliased bytes count once); None where the backend has none."""
+    try:
+        m = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001 - some backends do not implement it
+        return None
+    if m is None:
+        return None
+    out = dict(arguments=m.argument_size_in_bytes, temporaries=m.temp_size_in_bytes, outputs=m.output_size_in_bytes,
+               aliased=m.alias_size_in_bytes, code=m.generated_code_size_in_bytes)
+    out["total"] = out["arguments"] + out["temporaries"] + out["outputs"] - out["aliased"] + out["code"]
+    return out
 
 
 def xla_flops(compiled) -> float | None:

@@ -25,6 +25,11 @@ happened; a full disk while writing metrics or pictures is a `DiskFullError` the
 checkpoint that cannot be written stops the run after the step in which its save failed
 (`Checkpointer.check`: a `WriteError`, exit 4).
 
+Every log row also carries the window's step time, input wait and (with the step's FLOPs
+and the device's peak) TFLOP/s per device and MFU; leaving appends this process's goodput
+(where its wall time went) to W/goodput.json (`mimjax.train.telemetry`). Callers mark their
+own non-step work with `run.phase("evaluation")` / `run.phase("snapshots")`.
+
 SIGTERM (preemption) stops `batches()` between steps: the loop saves the current step
 (`final_save_due`), leaves normally (the command exits 0) with `preempted` set, and
 rerunning the command resumes there. SIGINT (Ctrl-C) saves the same way, then leaving
@@ -55,7 +60,7 @@ from mimjax import data, paths
 from mimjax import workdir as workdir_lib
 from mimjax.errors import Interrupted
 from mimjax.schema import ConfigError
-from mimjax.train import metrics
+from mimjax.train import metrics, telemetry
 from mimjax.train.checkpoint import Checkpointer, is_disk_full
 
 log = logging.getLogger("mimjax")
@@ -221,6 +226,8 @@ class Run:
     name: what the log calls the run; flag: the command's flag for `workdir` (in messages);
     outputs: the names of the files the trainer writes in `workdir` after the loop (checked
     with the run's own at the start: no symbolic link is written through).
+    flops_per_step: the analytic FLOPs of one global step (`mimjax.flops`; None: the rows
+    leave out tflops_per_device and mfu).
     schedule: total_steps and steps_per_epoch. par: a `mimjax.parallel` runner (shardings,
     batch placement, global <-> run layout). abstract_state: the state's shapes (global
     layout); init_state() -> a fresh state in the run layout (called when nothing is
@@ -229,10 +236,14 @@ class Run:
     """
 
     def __init__(self, workdir: str, cfg, *, name: str, flag: str = "--workdir", schedule, par, abstract_state,
-                 init_state: Callable[[], Any], iterator, outputs=()):
+                 init_state: Callable[[], Any], iterator, outputs=(), flops_per_step: float | None = None):
         self.workdir = paths.absolute(workdir)  # (gs://... unchanged)
         self.cfg, self.name, self.flag, self.schedule, self.par = cfg, name, flag, schedule, par
-        self.outputs = tuple(outputs)
+        self.outputs = (*outputs, telemetry.GOODPUT)
+        t = cfg.get("telemetry") or {}
+        self.telemetry = telemetry.Telemetry(
+            flops_per_step=flops_per_step, peak=telemetry.device_peak_flops(cfg), devices=jax.device_count(),
+            warn_frac=t.get("input_warn_frac", 0.1), threads=min(16, os.cpu_count() or 1))
         self._abstract, self._init_state, self._iterator = abstract_state, init_state, iterator
         self._lock = self.ckpt = self.writer = self._profile = self._bar = self._preemption = None
 
@@ -289,14 +300,17 @@ class Run:
         by the prefetcher: device_put, or assembled across processes); stops early once a
         preemption notice or Ctrl-C came (`preempted`)."""
         while self.steps_done < self.schedule.total_steps and not self.preempted:
-            yield self.steps_done + 1, next(self._batches)
+            with self.telemetry.waiting_for_input():
+                batch = next(self._batches)
+            yield self.steps_done + 1, batch
+        self.telemetry.after_loop()
 
     @contextlib.contextmanager
     def step(self, step: int):
         """Around step `step`: the profiler window, the transfer guard; then the preemption
         sync point (several processes: the same stopping step on all)."""
         self._profile.before_step(step - 1)
-        with jax.transfer_guard("disallow"):
+        with self.telemetry.step(step), jax.transfer_guard("disallow"):
             yield
         self.steps_done = step
         self.ckpt.check()  # a background save that failed stops the run here, not at the next save
@@ -313,11 +327,30 @@ class Run:
         row = {k: float(np.mean([p[k] for p in host])) for k in host[0]}
         row["images_per_sec"] = self._throughput.update(step)
         row["epoch"] = step / self.schedule.steps_per_epoch
-        row.update(fields)
+        row.update(self.telemetry.row(len(self._pending)), **fields)
         self.writer.write(step, row)
-        self._bar.update(step, images_per_sec=row["images_per_sec"], loss=row["loss"])
+        shown = {k: row[k] for k in ("input_wait_frac", "mfu") if k in row}
+        self._bar.update(step, images_per_sec=row["images_per_sec"], loss=row["loss"], **shown)
         self._pending, self.last_row = [], row
         return row
+
+    def phase(self, name: str):
+        """A context that charges its time to goodput part `name` ("evaluation", "snapshots")."""
+        return self.telemetry.phase(name)
+
+    def aot(self, step_fn, *args):
+        """`step_fn` compiled ahead of time for `args` (the first step's): the compiler's
+        memory analysis is kept for the goodput's plan check; returns the compiled program,
+        called like step_fn (a backend without ahead-of-time compilation: step_fn itself)."""
+        from mimjax import flops
+
+        try:
+            compiled = step_fn.lower(*args).compile()
+        except (AttributeError, NotImplementedError):
+            return step_fn
+        memory = flops.xla_memory(compiled)
+        self.telemetry.compiled_bytes = None if memory is None else memory["total"]
+        return compiled
 
     def profile(self, step: int, outputs):
         """After step `step`: ends the profiler window at its last step, once `outputs` are ready."""
@@ -342,10 +375,14 @@ class Run:
         """Checkpoints `state` at `step` with the input position (asynchronously); the metric
         rows up to it are flushed first (object stores buffer them). final: the save after the
         loop, even off the `checkpoint_every` cadence."""
-        self.writer.flush()
-        self.ckpt.save(step, self.par.to_global(state), self._batches.get_state(), force=final)
+        with self.telemetry.phase("checkpoint"):
+            self.writer.flush()
+            self.ckpt.save(step, self.par.to_global(state), self._batches.get_state(), force=final)
+            if not final:  # the segment so far survives a kill (leaving writes the last one)
+                self._write_goodput(None, ended="running")
 
     def __exit__(self, kind, error, traceback):
+        self._write_goodput(error)
         try:
             if isinstance(error, OSError) and is_disk_full(error):  # metrics or pictures: say so like a checkpoint
                 raise self.ckpt.save_error(None, error) from error
@@ -356,6 +393,17 @@ class Run:
                               f"the same command resumes")
         if error is None and self.preempted:
             log.warning("preempted at step %d: checkpoint saved in %s", self.steps_done, self.ckpt.directory)
+
+    def _write_goodput(self, error, ended: str = ""):
+        """This process's segment of W/goodput.json (process 0); a failure to write it is a warning."""
+        if jax.process_index() != 0:
+            return
+        ended = ended or (("interrupted" if self._preemption.interrupted else "preempted" if self.preempted
+                           else "finished") if error is None else f"error ({type(error).__name__})")
+        try:
+            self.telemetry.write(self.workdir, ended, show=ended != "running")
+        except OSError as e:
+            log.warning("goodput.json not written: %s", e)
 
     def _shut_down(self):
         """The profiler stopped, checkpoints finished (a full disk in the last async save

@@ -148,12 +148,7 @@ def compile_step(cfg, devices, platform: str, max_arguments: float = float("inf"
         memory = dict(arguments=args, temporaries=temp, outputs=0, aliased=0, code=0, total=args + temp)
         return Compiled(memory, None, {}, seconds, dict(par.mesh.shape), cfg.batch_size // batch_devices, None,
                         compiler_error=error)
-    m = compiled.memory_analysis()
-    memory = dict(arguments=m.argument_size_in_bytes, temporaries=m.temp_size_in_bytes,
-                  outputs=m.output_size_in_bytes, aliased=m.alias_size_in_bytes,
-                  code=m.generated_code_size_in_bytes)
-    # The donated state's outputs reuse its argument buffers (aliased), so they count once.
-    memory["total"] = memory["arguments"] + memory["temporaries"] + memory["outputs"] - memory["aliased"] + memory["code"]
+    memory = flops_lib.xla_memory(compiled)  # aliased bytes (the donated state's outputs) count once
     return Compiled(memory, flops_lib.xla_flops(compiled), collectives(compiled.as_text()), seconds,
                     dict(par.mesh.shape), cfg.batch_size // batch_devices, compiled)
 

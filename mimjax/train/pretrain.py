@@ -20,7 +20,7 @@ import logging
 import jax
 import ml_collections
 
-from mimjax import data, parallel, paths
+from mimjax import data, flops, parallel, paths
 from mimjax import workdir as workdir_lib
 from mimjax.train import config as config_lib
 from mimjax.train import knn_eval
@@ -116,28 +116,34 @@ def train(cfg: ml_collections.ConfigDict, workdir: str) -> dict:
             pictures.save_png(paths.join(workdir, "snapshots", f"step_{step:07d}.png"), grid)
             writer.write_images(step, {"reconstruction": grid})
 
+    step_flops = flops.step_flops(flops.Arch.from_config(cfg), flops.method_of(cfg))["total"] * cfg.batch_size
     with loop.Run(workdir, cfg, name="pre-training", schedule=schedule, par=par, abstract_state=abstract,
-                  init_state=lambda: par.init_state(init_state), iterator=it) as run:
+                  init_state=lambda: par.init_state(init_state), iterator=it, flops_per_step=step_flops) as run:
         state = run.start_state
         teacher, key = run.replicate((frozen_teacher, step_key))  # explicit, once: the guard allows no transfer
         for step, batch in run.batches():  # until total_steps, or a preemption notice
             with run.step(step):  # under the transfer guard; then the preemption sync point
+                if step == run.start_step + 1:  # compiled here, its memory analysis kept (goodput.json)
+                    step_fn = step_lib.compiled_once(run.aot(step_fn, state, batch, teacher, key))
                 state, m = step_fn(state, batch, teacher, key)
             row = run.log(step, m, skipped_images=it.num_skipped)  # every log_every steps, else None
             if row and row["nonfinite_steps"]:
                 _halt_if_nonfinite(cfg, par, state, run.ckpt)
             run.profile(step, (state, m))
             if knn is not None and step % cfg.eval.every == 0:  # only reads the state: the same trajectory
-                run.writer.write_scalars(step, knn(step, state))
+                with run.phase("evaluation"):
+                    run.writer.write_scalars(step, knn(step, state))
             if run.should_save(step):  # (preempted or the last step: saved below)
                 _halt_if_nonfinite(cfg, par, state, run.ckpt)
                 run.save(step, state)
             if cfg.snapshot_every and step % cfg.snapshot_every == 0:
-                write_snapshot(step, state, run.writer)
+                with run.phase("snapshots"):
+                    write_snapshot(step, state, run.writer)
         if run.final_save_due:
             _halt_if_nonfinite(cfg, par, state, run.ckpt)
             run.save(run.steps_done, state, final=True)
-        write_snapshot(run.steps_done, state, run.writer)
+        with run.phase("snapshots"):
+            write_snapshot(run.steps_done, state, run.writer)
         if is_main and paths.exists(paths.join(workdir, "metrics.jsonl")):
             pictures.plot_curves(paths.join(workdir, "metrics.jsonl"), paths.join(workdir, "curves.png"))
     return run.last_row

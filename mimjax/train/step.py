@@ -186,6 +186,20 @@ def compile_once(step_fn):
     return step
 
 
+def compiled_once(compiled):
+    """An ahead-of-time compiled step (`loop.Run.aot`) that raises RecompilationError, as
+    `compile_once` does, when called with arguments it was not compiled for (XLA's
+    TypeError: an input's shape, dtype or sharding changed)."""
+    def step(*args):
+        try:
+            return compiled(*args)
+        except TypeError as e:
+            raise RecompilationError(f"the train step was compiled a second time (once expected): an input's "
+                                     f"shape, dtype or sharding changed between steps ({e})") from e
+
+    return step
+
+
 @dataclasses.dataclass(frozen=True)
 class Built:
     """What `build` returns; every function is pure."""

@@ -96,7 +96,8 @@ def test_logs_checkpoints_resumes_and_shuts_down(tmp_path):
     assert (run.steps_done, run.preempted) == (7, False)
     rows = metrics.read_metrics(str(tmp_path / "a" / "metrics.jsonl"))
     assert [r["step"] for r in rows] == [2, 4, 6, 7]  # log_every and the last step
-    assert set(rows[0]) == {"step", "loss", "lr", "images_per_sec", "epoch", "extra"} and rows[-1]["epoch"] == 7 / 5
+    assert set(rows[0]) == {"step", "loss", "lr", "images_per_sec", "epoch", "extra", "step_time_s",
+                            "input_wait_frac"} and rows[-1]["epoch"] == 7 / 5
     assert run.last_row == {k: v for k, v in rows[-1].items() if k != "step"}
     # Row 7 is the mean of step 7 alone; row 2 of steps 1 and 2 (w after step i, from the
     # batches [1..1], [2..2], ... and the key's constants, recomputed here).
