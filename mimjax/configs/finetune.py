@@ -12,7 +12,9 @@ All: batch 1024, 5 warm-up epochs, AdamW (0.9, 0.999), wd 0.05, min_lr 1e-6, Ran
 rand-m9-mstd0.5-inc1 (host, `data.randaugment`), mixup 0.8, cutmix 1.0, label smoothing 0.1,
 random erasing 0.25, global average pooling + fc_norm: MAE's table (FINETUNE.md, paper
 Table 9). `--config.data.randaugment=` (empty) turns RandAugment off.
-Reference top-1: 83.6 (B), 85.9 (L), 86.9 (H).
+Reference top-1 (MAE's, for its 1600-epoch weights; not targets for a 200-epoch GPA run):
+83.6 (B), 85.9 (L), 86.9 (H). The test split is evaluated every epoch (`eval_every_epochs`):
+finetune.json holds the final top-1 and the best (`best_top1`, what the papers report).
 
 ",gpa" (`finetune.py:vit_base_patch16,gpa`): the GPA authors' fine-tuning of their ViT-B
 (docs/method.md §5), which is MAE's ViT-B recipe with layer decay 0.8 instead of 0.65.

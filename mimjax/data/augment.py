@@ -38,18 +38,27 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 EVAL_CROP_FRACTION = 0.875  # 224 / 256
 
 
+CROP_DRAWS = ("torchvision", "mae")
+
+
 def crop_box(rng: np.random.Generator, height: int, width: int, scale=(0.2, 1.0),
-             ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
-    """torchvision's RandomResizedCrop.get_params -> (top, left, h, w): area fraction
-    ~ U(scale), log aspect ~ U(log ratio); 10 tries, then a center crop of the whole image
-    clamped to the ratio range."""
+             ratio=(3 / 4, 4 / 3), draw: str = "torchvision") -> tuple[int, int, int, int]:
+    """RandomResizedCrop's box -> (top, left, h, w): area fraction ~ U(scale), log aspect
+    ~ U(log ratio). draw="torchvision" (RandomResizedCrop.get_params: MAE pre-training and
+    fine-tuning): 10 tries until the box fits, then a center crop of the whole image clamped
+    to the ratio range. draw="mae" (MAE's util/crop.py, its linear probe's crop): one try,
+    each side clamped to the image's."""
+    if draw not in CROP_DRAWS:
+        raise ValueError(f"crop draw {draw!r}: expected one of {CROP_DRAWS}")
     area = height * width
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
+    for _ in range(10 if draw == "torchvision" else 1):
         target = area * rng.uniform(*scale)
         aspect = math.exp(rng.uniform(*log_ratio))
         w = int(round(math.sqrt(target * aspect)))
         h = int(round(math.sqrt(target / aspect)))
+        if draw == "mae":
+            w, h = min(w, width), min(h, height)
         if 0 < w <= width and 0 < h <= height:
             return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
     in_ratio = width / height
@@ -63,10 +72,10 @@ def crop_box(rng: np.random.Generator, height: int, width: int, scale=(0.2, 1.0)
 
 
 def random_resized_crop(image: np.ndarray, size: int, rng: np.random.Generator, scale=(0.2, 1.0),
-                        ratio=(3 / 4, 4 / 3)) -> np.ndarray:
+                        ratio=(3 / 4, 4 / 3), draw: str = "torchvision") -> np.ndarray:
     """uint8 [H, W, 3] -> uint8 [size, size, 3]: crop `crop_box`, then bicubic resize (crop
     first, as torchvision does: PIL's resize(box=...) would filter across the box edge)."""
-    return resized_crop(image, crop_box(rng, image.shape[0], image.shape[1], scale, ratio), size)
+    return resized_crop(image, crop_box(rng, image.shape[0], image.shape[1], scale, ratio, draw), size)
 
 
 def resized_crop(image: np.ndarray, box, size: int) -> np.ndarray:
@@ -173,25 +182,26 @@ def scaled_crop(a: np.ndarray, height: int, width: int, box) -> np.ndarray:
     return a[y0:y1, x0:x1]
 
 
-def train_crop_uint8(image, size: int, rng: np.random.Generator, scale=(0.2, 1.0), decode=None) -> np.ndarray:
+def train_crop_uint8(image, size: int, rng: np.random.Generator, scale=(0.2, 1.0), decode=None,
+                     draw: str = "torchvision") -> np.ndarray:
     """MAE's training crop without normalisation: uint8 [H, W, 3] or encoded bytes ->
-    uint8 [size, size, 3] (random resized crop, then flip with p = 0.5). `rng` draws as in
+    uint8 [size, size, 3] (random resized crop of `crop_box` `draw`, then flip with p = 0.5). `rng` draws as in
     `train_transform` (box, then flip), so both give the same crops. Bytes that
     `jpeg_size` accepts take `decode_jpeg_crop`; if libjpeg then fails (corrupt data)
     or for other formats, `decode(bytes) -> uint8 array` (which may raise: unreadable)."""
     if isinstance(image, (bytes, bytearray, memoryview)):
         data, hw = bytes(image), jpeg_size(image)
         if hw is not None:
-            box = crop_box(rng, hw[0], hw[1], scale)
+            box = crop_box(rng, hw[0], hw[1], scale, draw=draw)
             try:
                 out = decode_jpeg_crop(data, hw[0], hw[1], box, size)
             except ValueError:  # corrupt or truncated: PIL decides (decodes or raises)
                 out = resized_crop(decode(data), box, size)
         else:
             image = decode(data)
-            out = random_resized_crop(image, size, rng, scale)
+            out = random_resized_crop(image, size, rng, scale, draw=draw)
     else:
-        out = random_resized_crop(image, size, rng, scale)
+        out = random_resized_crop(image, size, rng, scale, draw=draw)
     if rng.uniform() < 0.5:
         out = hflip(out)
     return out

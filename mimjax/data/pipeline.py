@@ -49,9 +49,9 @@ class _Transform:
     """
 
     def __init__(self, img_size: int, train: bool, seed: int, crop_scale=(0.2, 1.0), *, randaugment: str = "",
-                 full_pass: int = 0, what: str = "the data source"):
+                 full_pass: int = 0, what: str = "the data source", crop_draw: str = "torchvision"):
         self.img_size, self.train, self.seed, self.skipped, self.read = img_size, train, seed, 0, 0
-        self.crop_scale = tuple(crop_scale)
+        self.crop_scale, self.crop_draw = tuple(crop_scale), crop_draw
         self.randaugment = RandAugment(randaugment) if randaugment and train else None
         self.full_pass, self.what = full_pass, what  # records this process reads in one pass
         self.failure: Exception | None = None
@@ -94,7 +94,8 @@ class _Transform:
                 return None
             try:
                 if self.train:
-                    x = augment.train_crop_uint8(image, self.img_size, rng, self.crop_scale, decode=images.decode)
+                    x = augment.train_crop_uint8(image, self.img_size, rng, self.crop_scale, decode=images.decode,
+                                                 draw=self.crop_draw)
                 else:
                     x = augment.eval_crop_uint8(images.decode(image), self.img_size)
             except Exception as e:  # noqa: BLE001 - any decoder failure: skip this file
@@ -108,7 +109,7 @@ class _Transform:
                 image = np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=-1)
             image = image[..., :3].astype(np.uint8)  # drop alpha
             if self.train:
-                x = augment.train_crop_uint8(image, self.img_size, rng, self.crop_scale)
+                x = augment.train_crop_uint8(image, self.img_size, rng, self.crop_scale, draw=self.crop_draw)
             else:
                 x = augment.eval_crop_uint8(image, self.img_size)
         if self.randaugment is not None:  # after the crop and flip, before normalisation (timm's order)
@@ -187,7 +188,7 @@ class InputIterator:
 def make_pretrain_iterator(data_config, *, img_size: int, global_batch_size: int, seed: int,
                            process_index: int = 0, process_count: int = 1, train: bool = True,
                            source=None, crop_scale=(0.2, 1.0), randaugment: str = "",
-                           num_threads: int = 0) -> InputIterator:
+                           num_threads: int = 0, crop_draw: str = "torchvision") -> InputIterator:
     """Batches of this process: train=True is infinite, reshuffled every epoch with the
     seed, augmented (`augment.train_transform`), full batches only; train=False is one pass
     in order with center crops (`augment.eval_transform`), the last partial batch kept.
@@ -197,7 +198,8 @@ def make_pretrain_iterator(data_config, *, img_size: int, global_batch_size: int
     process p reads (and decodes) only its slice [k*B + p*L, k*B + (p+1)*L). So each
     process reads a disjoint shard, and 1 or 2 processes train on the same global batches.
     `source` overrides `make_source(data_config)`. crop_scale: RandomResizedCrop's area
-    range, (0.2, 1) for MAE pre-training, (0.08, 1) for its linear probe and fine-tuning.
+    range, (0.2, 1) for MAE pre-training, (0.08, 1) for its linear probe and fine-tuning;
+    crop_draw: `augment.crop_box`'s draw ("mae": its linear probe's util/crop.py).
     randaugment: a timm RandAugment spec applied to training crops after the flip
     (`randaugment.RandAugment`; MAE fine-tunes with "rand-m9-mstd0.5-inc1"), "" for none.
     num_threads: grain reader threads that decode and augment (0: min(16, CPU count)).
@@ -221,7 +223,7 @@ def make_pretrain_iterator(data_config, *, img_size: int, global_batch_size: int
     root = getattr(src, "root", None)
     what = getattr(src, "what", None) or (f"data.folder={root!r}" if root else "the data source")
     transform = _Transform(img_size, train, seed, crop_scale, randaugment=randaugment,
-                           full_pass=-(-len(src) // process_count), what=what)
+                           full_pass=-(-len(src) // process_count), what=what, crop_draw=crop_draw)
     ds = grain.MapDataset.range(num_local).map(lambda m: (position(m), ordered[position(m)])).map(transform)
     # Reader threads decode/augment ahead (libjpeg and PIL release the GIL). The buffer holds
     # finished uint8 images (0.15 MB at 224 px): enough to keep the threads busy, bounded in memory,

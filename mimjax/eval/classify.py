@@ -4,8 +4,12 @@ test-set evaluation and `fit`, the run both classifiers go through (linear probe
 
 `fit` reads top to bottom: config -> input -> model and optimizer (a `Task` says what
 differs) -> the loop on a `mimjax.train.loop.Run` (the lock, restore or initialise, log
-rows, checkpoints, SIGTERM) -> evaluation on the test split -> OUT/<task>.json. The
-config schema is `mimjax.eval.config`'s.
+rows, checkpoints, SIGTERM) -> evaluation on the test split -> OUT/<task>.json. The test
+split is also evaluated every `eval_every_epochs` epochs, as MAE's and the GPA authors'
+main_finetune.py / main_linprobe.py do every epoch: each evaluation is a `test_top1`
+(`test_top5`) row of metrics.jsonl, and the result holds the final accuracy (`top1`) and
+the best one with its epoch (`best_top1`, `best_epoch`; what those scripts print as
+"Max accuracy"). The config schema is `mimjax.eval.config`'s.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import optax
 from mimjax import data, parallel, paths
 from mimjax.eval import knn  # `accuracy`: the same top-1 / top-5 rows as `eval knn`
 from mimjax.eval.config import ConfigError, validate
-from mimjax.train import loop
+from mimjax.train import loop, metrics
 from mimjax.train.schedule import Schedule, describe_learning_rate, lr_schedule
 
 log = logging.getLogger("mimjax")
@@ -112,14 +116,12 @@ def trunc_normal(std: float):
     return nn.initializers.truncated_normal(std, lower=-2.0 / std, upper=2.0 / std)
 
 
-def evaluate(task: Task, state, frozen, test_src, c, par, num_classes: int) -> dict:
-    """Top-1 (and with more than 5 classes top-5) accuracy, percent, on `test_src`: center crops, one pass, every batch
-    padded to eval_batch_size (label -1), so one compilation and equal batch counts on
-    every process."""
+def make_evaluator(task: Task, test_src, c, par, num_classes: int) -> Callable[[Any, Any], dict]:
+    """(state, frozen) -> top-1 (and with more than 5 classes top-5) accuracy, percent, on
+    `test_src`: center crops, one pass, every batch padded to eval_batch_size (label -1), so
+    one compilation (made here, once) and equal batch counts on every process."""
     pid, pcount = jax.process_index(), jax.process_count()
-    local = c.eval_batch_size // pcount
-    it = data.make_iterator(None, img_size=task.img_size, global_batch_size=c.eval_batch_size, seed=0,
-                            train=False, source=test_src, process_index=pid, process_count=pcount)
+    local, s = c.eval_batch_size // pcount, task.img_size
 
     @jax.jit
     def hits(state, batch, frozen):  # (top-1 hits, top-5 hits), replicated scalars
@@ -128,17 +130,43 @@ def evaluate(task: Task, state, frozen, test_src, c, par, num_classes: int) -> d
         hit = top == batch["label"][:, None]  # padding (-1) never hits
         return hit[:, 0].sum(), hit.any(axis=-1).sum()
 
-    top1 = top5 = 0
-    s = task.img_size
-    for _ in range(-(-len(test_src) // c.eval_batch_size)):
-        batch = next(it, {"image": np.zeros((0, s, s, 3), np.float32), "label": np.zeros((0,), np.int32)})
-        pad = local - len(batch["label"])
-        batch = {"image": np.pad(batch["image"], ((0, pad), (0, 0), (0, 0), (0, 0))),
-                 "label": np.pad(batch["label"], (0, pad), constant_values=-1)}
-        h1, h5 = hits(state, par.put_batch(batch), frozen)
-        top1, top5 = top1 + int(h1), top5 + int(h5)
-    n = len(test_src)
-    return {**knn.accuracy(top1, top5, n, num_classes), "num_test": n}
+    def evaluate(state, frozen) -> dict:
+        it = data.make_iterator(None, img_size=s, global_batch_size=c.eval_batch_size, seed=0, train=False,
+                                source=test_src, process_index=pid, process_count=pcount)
+        top1 = top5 = 0
+        for _ in range(-(-len(test_src) // c.eval_batch_size)):
+            batch = next(it, {"image": np.zeros((0, s, s, 3), np.float32), "label": np.zeros((0,), np.int32)})
+            pad = local - len(batch["label"])
+            batch = {"image": np.pad(batch["image"], ((0, pad), (0, 0), (0, 0), (0, 0))),
+                     "label": np.pad(batch["label"], (0, pad), constant_values=-1)}
+            h1, h5 = hits(state, par.put_batch(batch), frozen)
+            top1, top5 = top1 + int(h1), top5 + int(h5)
+        n = len(test_src)
+        return {**knn.accuracy(top1, top5, n, num_classes), "num_test": n}
+
+    return evaluate
+
+
+def test_row(test: dict, step: int, schedule) -> dict:
+    """An evaluation as a metrics.jsonl row: test_top1 (test_top5) and the epoch."""
+    return {**{f"test_{k}": v for k, v in test.items() if k in ("top1", "top5")},
+            "epoch": step / schedule.steps_per_epoch}
+
+
+def best_of(rows) -> dict:
+    """The best evaluation among metrics.jsonl `rows` (test_row's; the last row of a step
+    counts): best_top1 with its best_epoch and best_step, and best_top5 (the highest top-5,
+    which may be of another epoch); {} without any."""
+    tests = {r["step"]: r for r in rows if r.get("test_top1") is not None}
+    if not tests:
+        return {}
+    best = max(tests.values(), key=lambda r: (r["test_top1"], -r["step"]))  # the earliest of equal ones
+    out = {"best_top1": best["test_top1"], "best_epoch": best["epoch"], "best_step": best["step"],
+           "evaluations": len(tests)}
+    top5 = [r["test_top5"] for r in tests.values() if r.get("test_top5") is not None]
+    if top5:
+        out["best_top5"] = max(top5)
+    return out
 
 
 def fit(c, out: str, build) -> dict:
@@ -158,7 +186,7 @@ def fit(c, out: str, build) -> dict:
     try:
         it = data.make_iterator(None, img_size=task.img_size, global_batch_size=c.batch_size, seed=c.seed,
                                 process_index=jax.process_index(), process_count=jax.process_count(),
-                                source=train_src, crop_scale=FINETUNE_CROP_SCALE,
+                                source=train_src, crop_scale=FINETUNE_CROP_SCALE, crop_draw=c.data.crop,
                                 randaugment=c.data.randaugment)
     except ValueError as e:
         raise ConfigError(f"config.batch_size={c.batch_size}: {e}") from e
@@ -174,26 +202,35 @@ def fit(c, out: str, build) -> dict:
              describe_learning_rate(c.optimizer, c.batch_size))
 
     init = jax.jit(task.init_state, out_shardings=par.state_sharding)
+    evaluate = make_evaluator(task, test_src, c, par, num_classes)
     train_step = par.compile_step(lambda axis: task.train_step)
     with loop.Run(out, c, name=task.name, flag="--out", schedule=schedule, par=par, abstract_state=abstract,
                   init_state=lambda: init(task.encoder_params), iterator=it, outputs=(f"{task.name}.json",)) as run:
         state = run.start_state
         step_args = run.replicate((frozen, key))  # explicit, once: the guard allows no transfer
+        every = c.eval_every_epochs * schedule.steps_per_epoch  # 0: after the last step only
         for step, batch in run.batches():  # until total_steps, or a preemption notice
             with run.step(step):  # under the transfer guard; then the preemption sync point
                 state, m = train_step(state, batch, *step_args)
             run.log(step, m)
+            if every and step % every == 0 and step < schedule.total_steps:  # reads the state only
+                with run.phase("evaluation"):
+                    run.writer.write_scalars(step, test_row(evaluate(state, frozen), step, schedule))
             run.profile(step, (state, m))
             if run.should_save(step):  # (preempted or the last step: saved below)
                 run.save(step, state)
         if run.final_save_due:
             run.save(run.steps_done, state, final=True)
         # the test split
-        result = None if run.preempted else evaluate(task, state, frozen, test_src, c, par, num_classes)
+        with run.phase("evaluation"):
+            result = None if run.preempted else evaluate(state, frozen)
+        if result is not None:
+            run.writer.write_scalars(run.steps_done, test_row(result, run.steps_done, schedule))
     if run.preempted:
         return {"task": task.name, "preempted": True, "steps": run.steps_done}
     result.update(task=task.name, init=paths.absolute(c.init), pool=c.pool, steps=run.steps_done,
                   num_train=len(train_src), num_classes=num_classes)
-    if jax.process_index() == 0:
+    if jax.process_index() == 0:  # the best of this run's evaluations, resumed segments included
+        result.update(best_of(metrics.read_metrics(paths.join(out, "metrics.jsonl"))))
         paths.write_text(paths.join(out, f"{task.name}.json"), json.dumps(result, indent=2))
     return result

@@ -5,7 +5,8 @@
 Model: the pre-trained encoder (with drop path), global average pooling + fc_norm (a fresh
 LayerNorm; or the normed cls token with pool="token") and a linear head (trunc-normal std
 2e-5, zero bias). AdamW, lr = blr * batch / 256, warm-up then cosine, layer-wise lr decay
-(MAE `param_groups_lrd`); no weight decay on biases, norms and the cls token. On device,
+(MAE `param_groups_lrd`); no weight decay on biases, norms, the cls token and the position
+embedding, which trains here (from the sin-cos table, layer 0, as in MAE). On device,
 each step: random erasing (timm, per image), then mixup / cutmix (timm `Mixup`, mode
 'batch') with label smoothing folded into the soft targets; the host pipeline gives
 RandomResizedCrop + flip (mimjax.data). This module owns the model, the layer-wise lr
@@ -140,6 +141,7 @@ def build_finetune(cfg, num_classes: int, lr_fn) -> Task:
     m, a = cfg.model, cfg.augment
     encoder, pretrained = load_encoder(cfg.init, img_size=m.img_size, drop_path=m.drop_path, dtype=m.dtype,
                                        remat=m.remat)
+    encoder = encoder.clone(learned_pos_embed=True)  # MAE: pos_embed trains, from the sin-cos table
     model = Classifier(encoder, num_classes, cfg.pool, m.head_init_std)
     s = encoder.img_size
     init = lambda: model.init(jax.random.key(cfg.seed), jnp.zeros((1, s, s, 3)))["params"]
@@ -149,7 +151,7 @@ def build_finetune(cfg, num_classes: int, lr_fn) -> Task:
 
     def init_state(encoder_params):
         params = init()
-        enc = dict(encoder_params)
+        enc = {"pos_embed": params["encoder"]["pos_embed"], **encoder_params}  # a learned one is kept
         if cfg.pool == "avg":  # MAE: fc_norm is new, the pre-training `norm` is dropped
             enc["norm"] = params["encoder"]["norm"]
         return ClassifierState.create({**params, "encoder": enc}, tx)

@@ -22,15 +22,15 @@ WEIGHTS_NAME, CONFIG_NAME = "model.safetensors", "config.json"
 _TIMM_SIZES = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "huge"}
 
 
-def timm_config(arch: dict, *, global_pool: str, mean, std, crop_pct: float, extra: dict) -> dict:
+def timm_config(arch: dict, *, global_pool: str, mean, std, crop_pct: float, extra: dict, num_classes: int = 0) -> dict:
     """config.json for an encoder of `arch` (mimjax.export.architecture: patch_size, width,
-    depth, num_heads, img_size, mlp_ratio)."""
+    depth, num_heads, img_size, mlp_ratio), with a classifier head of num_classes (0: none)."""
     size = _TIMM_SIZES.get(arch["width"], "base")  # model_args below carry the real shape
     patch = 14 if size == "huge" else 16
     s = arch["img_size"]
     return {
         "architecture": f"vit_{size}_patch{patch}_224",
-        "num_classes": 0,
+        "num_classes": num_classes,
         "num_features": arch["width"],
         "global_pool": global_pool,
         "model_args": {"img_size": s, "patch_size": arch["patch_size"], "embed_dim": arch["width"],
@@ -38,7 +38,7 @@ def timm_config(arch: dict, *, global_pool: str, mean, std, crop_pct: float, ext
                        "global_pool": global_pool, "class_token": True},
         "pretrained_cfg": {"input_size": [3, s, s], "fixed_input_size": True, "interpolation": "bicubic",
                            "crop_pct": crop_pct, "crop_mode": "center", "mean": list(mean), "std": list(std),
-                           "num_classes": 0, "first_conv": "patch_embed.proj", "classifier": "head",
+                           "num_classes": num_classes, "first_conv": "patch_embed.proj", "classifier": "head",
                            "license": "apache-2.0"},
         "mimjax": extra,
     }

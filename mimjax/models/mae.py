@@ -169,7 +169,7 @@ def mae(name: str, **overrides) -> MAE:
 def mae_from_config(mc) -> MAE:
     """The MAE a `model` config section (mimjax/train/config.py) describes."""
     over = dict(img_size=mc.img_size, dtype=resolve_dtype(mc.dtype), remat=mc.remat, scan=mc.get("scan", False),
-                attention=mc.get("attention", "auto"),
+                attention=mc.get("attention", "auto"), learned_pos_embed=mc.get("learned_pos_embed", False),
                 norm_pix_loss=mc.norm_pix_loss, gpa_head=mc.gpa_head,
                 gpa_head_late_start=mc.gpa_head_late_start, decoder_width=mc.decoder_width,
                 decoder_depth=mc.decoder_depth, decoder_heads=mc.decoder_heads)

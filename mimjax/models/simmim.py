@@ -94,7 +94,7 @@ def simmim_from_config(mc) -> SimMIM:
     """The SimMIM a `model` config section describes (model.arch = "simmim"). model.name keeps
     the schema's "mae_<vit>" form for every arch; decoder_* and gpa_head_late_start are MAE's."""
     over = {"img_size": mc.img_size, "dtype": resolve_dtype(mc.dtype), "remat": mc.remat, "scan": mc.get("scan", False),
-            "attention": mc.get("attention", "auto"),
+            "attention": mc.get("attention", "auto"), "learned_pos_embed": mc.get("learned_pos_embed", False),
             "norm_pix_loss": mc.norm_pix_loss, "gpa_head": mc.gpa_head}
     over.update({k: mc[k] for k in ("patch_size", "width", "depth", "num_heads") if mc.get(k)})
     return simmim("simmim_" + mc.name[len("mae_"):], **over)

@@ -9,6 +9,10 @@ method=VisionTransformer.encode)`, or as methods of a bound submodule):
 - `features`: one pooled feature per image [B, D] (k-NN, linear probe, fine-tuning).
 - `teacher_qk`: q and k of one block (and head) [B, 1+N, 1 or H, hd], stopping right
   there: what the GPA teacher's scores are computed from.
+
+The position embedding is MAE's fixed 2-D sin-cos table in pre-training; with
+`learned_pos_embed` it is a parameter `pos_embed` [1, 1+N, D] initialised from that table, as
+MAE's and the GPA authors' fine-tuning train it (and a fine-tuned timm ViT holds it).
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ class VisionTransformer(nn.Module):
     scan: bool = False  # one lax.scan over the blocks (see `Transformer`)
     drop_path: float = 0.0
     attention: str = "auto"  # attention kernel: auto | explicit | xla | cudnn (`layers.Attention`)
+    learned_pos_embed: bool = False  # a `pos_embed` parameter, initialised from the sin-cos table
 
     def __post_init__(self):
         if self.img_size % self.patch_size:
@@ -64,6 +69,11 @@ class VisionTransformer(nn.Module):
         self.blocks = Transformer(self.depth, self.width, self.num_heads, self.mlp_ratio, self.dtype, self.remat,
                                   self.drop_path, self.scan, self.attention)
         self.norm = LayerNorm()
+        if self.learned_pos_embed:
+            self.pos_embed = self.param("pos_embed", lambda _: self._sincos()[None])  # [1, 1+N, D]
+
+    def _sincos(self):
+        return jnp.asarray(posemb_sincos_2d(self.grid_size, self.grid_size, self.width))  # [1+N, D]
 
     def __call__(self, images, *, train: bool = False):
         """`encode` of every patch: normed tokens [B, 1+N, D]."""
@@ -109,7 +119,7 @@ class VisionTransformer(nn.Module):
         if mask is not None:  # SimMIM: x * (1 - w) + mask_token * w, w = 1 on masked patches
             w = mask.astype(x.dtype)[:, :, None]  # [B, N, 1]
             x = x * (1 - w) + mask_token.astype(x.dtype) * w
-        pos = jnp.asarray(posemb_sincos_2d(self.grid_size, self.grid_size, self.width))  # [1+N, D]
+        pos = self.pos_embed[0] if self.learned_pos_embed else self._sincos()  # [1+N, D]
         x = x + pos[1:].astype(x.dtype)
         if ids_keep is not None:
             x = jnp.take_along_axis(x, ids_keep[:, :, None], axis=1)  # [B, K, D]

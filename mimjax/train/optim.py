@@ -42,12 +42,25 @@ def scale_by_tree(scales) -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+def mae_lars(lr_fn, *, weight_decay: float, mask, momentum: float = 0.9, trust_coefficient: float = 0.001
+             ) -> optax.GradientTransformation:
+    """LARS as MAE's util/lars.py applies it: on the leaves `mask` selects (kernels), the
+    gradient plus weight decay is scaled by the trust ratio trust_coefficient * |p| / |g + wd p|
+    (1 where either norm is 0); then the momentum buffer mu = momentum * mu + that, on every
+    leaf; then p -= lr * mu. optax.lars scales by the lr *before* its momentum, so a changing
+    lr (warm-up, cosine) weighs old gradients by their own step's lr instead of today's."""
+    return optax.chain(optax.add_decayed_weights(weight_decay, mask),
+                       optax.masked(optax.scale_by_trust_ratio(trust_coefficient=trust_coefficient), mask),
+                       optax.trace(decay=momentum),
+                       optax.scale_by_learning_rate(lr_fn))
+
+
 def make_optimizer(o, lr_fn, scales=None, mask=decay_mask, own_adam_for_head: bool = False
                    ) -> optax.GradientTransformation:
     """The optimizer of an `optimizer` config section, for pre-training and the classifiers.
 
     `o.name` (the classifiers' schema; pre-training is always adamw): adamw (b1, b2), lars
-    (MAE util/lars.py: weight decay and trust ratio on kernels only, momentum) or sgd
+    (`mae_lars`: weight decay and trust ratio on kernels only, momentum, then the lr) or sgd
     (momentum). Weight decay where `mask` says (the classifiers' `decay_mask` by default;
     pre-training passes `pretrain_decay_mask`); `own_adam_for_head` (adamw): the GPA head
     gets Adam moments and a step count of its own (`keep_head_unchanged`); `scales`: per-parameter lr
@@ -60,8 +73,7 @@ def make_optimizer(o, lr_fn, scales=None, mask=decay_mask, own_adam_for_head: bo
     elif name == "adamw":
         tx = optax.adamw(lr_fn, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=mask)
     elif name == "lars":
-        tx = optax.lars(lr_fn, weight_decay=o.weight_decay, weight_decay_mask=mask,
-                        trust_ratio_mask=mask, momentum=o.momentum)
+        tx = mae_lars(lr_fn, weight_decay=o.weight_decay, mask=mask, momentum=o.momentum)
     else:
         tx = optax.chain(optax.add_decayed_weights(o.weight_decay, mask),
                          optax.sgd(lr_fn, momentum=o.momentum or None))
