@@ -269,3 +269,29 @@ def _connect(url: str, what: str, p: str, timeout: float = 10.0) -> None:
         socket.create_connection((u.hostname, port), timeout=timeout).close()
     except OSError as e:
         raise ConfigError(f"{what} {p!r}: cannot connect to the object store at {u.hostname}:{port} ({e})") from None
+
+
+# --- A full disk ------------------------------------------------------------------------
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# Orbax/TensorStore report write failures as ValueError('RESOURCE_EXHAUSTED: ... No space
+# left on device'), so the text is checked as well as OSError.errno.
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "File too large")
+
+
+def disk_full_reason(e: BaseException | None) -> str | None:
+    """Why e (or an exception it was raised from) is a full disk / quota / file-size limit,
+    e.g. "No space left on device"; None when it is something else."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in _DISK_FULL_ERRNOS:
+            return os.strerror(e.errno)
+        for text in _DISK_FULL_TEXT:
+            if text in str(e):
+                return text
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def is_disk_full(e: BaseException | None) -> bool:
+    return disk_full_reason(e) is not None

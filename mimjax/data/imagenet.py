@@ -569,9 +569,7 @@ def prepare(out: str, *, train_tar: str = "", val_tar: str = "", val_labels: str
         paths.write_text(writing, json.dumps(meta, indent=1))  # whole, never through a link
     except BaseException as e:
         shards, size = _remove_partial(out, splits, made_out)
-        from mimjax.train.checkpoint import disk_full_reason  # (jax, Orbax: only once it failed)
-
-        full = disk_full_reason(e)
+        full = paths.disk_full_reason(e)
         if full is None:
             raise
         raise DiskFullError(f"disk full while writing {writing} ({full}); the {shards} shard file(s) written "

@@ -30,7 +30,6 @@ moving a step aside copies and deletes it; there is no free-space check before a
 """
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import shutil
@@ -41,34 +40,10 @@ from jax.experimental.multihost_utils import sync_global_devices
 
 from mimjax import paths
 from mimjax.errors import DiskFullError, UsageError, WriteError
+from mimjax.paths import disk_full_reason, is_disk_full  # noqa: F401 (the loop reads it from here)
 from mimjax.schema import ConfigError
 
 log = logging.getLogger("mimjax")
-
-_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-# Orbax/TensorStore report write failures as ValueError('RESOURCE_EXHAUSTED: ... No space
-# left on device'), so the text is checked as well as OSError.errno.
-_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "File too large")
-
-
-def disk_full_reason(e: BaseException | None) -> str | None:
-    """Why e (or an exception it was raised from) is a full disk / quota / file-size limit,
-    e.g. "No space left on device"; None when it is something else."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in _DISK_FULL_ERRNOS:
-            return os.strerror(e.errno)
-        for text in _DISK_FULL_TEXT:
-            if text in str(e):
-                return text
-        e = e.__cause__ or e.__context__
-    return None
-
-
-def is_disk_full(e: BaseException | None) -> bool:
-    return disk_full_reason(e) is not None
-
 
 def _bytes_to_write(tree) -> int:
     """Bytes of `tree` this process writes: its own shards, one replica of each."""
