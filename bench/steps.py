@@ -63,7 +63,7 @@ def make_config(method: str, size: str, batch: int, img_size: int, dtype: str, o
         # An empty directory is no workdir, so the teacher is `vit(teacher.name)` (as for an
         # imported checkpoint); its weights are random (`build_train_step`).
         c.teacher.source, c.teacher.name, c.teacher.path = "checkpoint", size, tempfile.mkdtemp(prefix="bench_teacher_")
-        c.teacher.head = min(c.teacher.head, vit_kwargs(size)["num_heads"] - 1)  # head 11 of B; the last one below
+        c.teacher.block, c.teacher.head = 9, min(11, vit_kwargs(size)["num_heads"] - 1)  # B's; the last head below
     c = apply_overrides(c, overrides)
     config_lib.validate(c, num_devices=1)
     return c

@@ -29,6 +29,32 @@ def in_range(key: str, value, lo, hi, expected: str):
         fail(key, value, expected)
 
 
+# grain shuffles with a 32-bit seed; pre-training draws its snapshot images with seed + 1
+SEED_MAX = 2**32 - 2
+
+
+def check_seed(seed) -> None:
+    """ConfigError unless `seed` is an integer in [0, SEED_MAX] (every command's `seed` key)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        fail("seed", seed, f"an integer in [0, {SEED_MAX}]")
+
+
+def single_duration(config, overridden: list[str]) -> None:
+    """A run length given on the command line alone is the run length: for each overridden
+    `[PREFIX.]total_steps` > 0 whose `[PREFIX.]total_epochs` is not overridden too, that one
+    becomes -1 (unset), and the other way round; so `--config.total_steps=300` is enough on a
+    recipe that counts epochs. Both given: `validate` says to set exactly one."""
+    given = set(overridden)
+    for key in given:
+        prefix, _, name = key.rpartition(".")
+        other = {"total_steps": "total_epochs", "total_epochs": "total_steps"}.get(name)
+        section = config
+        for part in filter(None, prefix.split(".")):
+            section = section[part]
+        if other and f"{prefix}.{other}".lstrip(".") not in given and other in section and section[name] > 0:
+            section[other] = -1
+
+
 def schema_diff(config, schema, prefix: str = "") -> tuple[list[str], list[str]]:
     """(unknown keys, missing keys) of config against schema, dotted."""
     unknown, missing = [], []
@@ -109,6 +135,7 @@ def _update(dst, src):
 def _friendly(message: str) -> str:
     message = re.sub(r"invalid literal for int\(\) with base 10: .*", "expected an integer", message)
     message = re.sub(r"could not convert string to float: .*", "expected a number", message)
+    message = re.sub(r"\('Non-boolean argument to boolean flag', .*\)", "expected True or False", message)
     return message
 
 

@@ -24,6 +24,9 @@ def test_a_file_that_exists_is_taken_as_given(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "demo.py").write_text("def get_config(arg=None):\n    return None\n")
     assert configs.resolve("demo.py:x") == "demo.py:x"
+    (tmp_path / "demo").write_text("raise SystemExit('a file of the current directory ran')\n")
+    assert configs.resolve("demo:mae") == os.path.join(PACKAGED, "demo.py:mae")  # a bare name: only the packaged recipe
+    assert configs.resolve("./demo:mae") == "./demo:mae"
     assert configs.resolve("elsewhere/demo.py") == "elsewhere/demo.py"  # a path to another folder: not ours
     assert configs.resolve("nope") == "nope"
 
@@ -42,7 +45,10 @@ def test_a_command_line_names_its_recipe_and_overrides(tmp_path, monkeypatch):
     demo = os.path.join(PACKAGED, "demo.py")
     argv = ["mimjax train", "--config", "demo:mae", "--workdir", "configs/demo.py", "--config.batch_size=8",
             "--noconfig.model.gpa_head", "--config.optimizer.lr", "1e-4"]
-    assert configs.resolve_argv(argv) == [*argv[:2], f"{demo}:mae", *argv[3:]]  # only --config's value
+    assert configs.resolve_argv(argv) == [*argv[:2], f"{demo}:mae", *argv[3:7], "--config.optimizer.lr=1e-4"]
+    assert configs.resolve_argv(["x", "--config.teacher.head", "-1", "--config.model.remat", "auto", "--noconfig.y",
+                                 "--config.z", "--workdir", "w"]) == [
+        "x", "--config.teacher.head=-1", "--config.model.remat=auto", "--noconfig.y", "--config.z", "--workdir", "w"]
     assert configs.resolve_argv(["mimjax plan", "-config=gpa_mae:vit_base_patch16,feature"]) == [
         "mimjax plan", f"-config={os.path.join(PACKAGED, 'gpa_mae.py')}:vit_base_patch16,feature"]
     assert configs.config_arg(argv) == "demo:mae" and configs.config_arg(["x", "--config=a.py:b"]) == "a.py:b"

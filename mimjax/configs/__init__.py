@@ -4,7 +4,10 @@ so `mimjax train --config demo --workdir W` works after `pip install` outside a 
 
 In a clone `configs/` is a link to this folder, so `--config configs/demo.py` is the same
 file; outside a clone that path (which is what the README shows) falls back to the
-packaged recipe of that name. A file that exists is always taken as it is.
+packaged recipe of that name. A bare name (no folder, no `.py`) is only ever a packaged
+recipe: a config file is Python that runs with the user's rights, so a file `./mae` in the
+current directory must not stand in for `--config mae`. A file named by a path or by a name
+ending in `.py` that exists is taken as it is.
 """
 from __future__ import annotations
 
@@ -19,12 +22,19 @@ def names() -> list[str]:
     return sorted(f[:-3] for f in os.listdir(DIR) if f.endswith(".py") and not f.startswith("_"))
 
 
+def bare(file: str) -> bool:
+    """Whether `--config`'s FILE is a bare name (`mae`): no folder and no `.py`."""
+    return not (os.sep in file or "/" in file or file.endswith(".py"))
+
+
 def resolve(spec: str) -> str:
-    """`FILE[:ARG]` with FILE an existing file -> unchanged; `NAME[:ARG]`, `NAME.py[:ARG]` or
-    `configs/NAME.py[:ARG]` (no such file here) with NAME a packaged recipe -> its path in
-    the package, `:ARG` kept; anything else -> unchanged (the caller says it is missing)."""
+    """`NAME[:ARG]` (a bare name) with NAME a packaged recipe -> its path in the package,
+    `:ARG` kept, whatever the current directory holds; `FILE[:ARG]` with FILE an existing file
+    named by a path or `.py` -> unchanged; `NAME.py[:ARG]` or `configs/NAME.py[:ARG]` (no such
+    file here) with NAME a packaged recipe -> its path in the package; anything else ->
+    unchanged (the caller says it is missing)."""
     file, sep, arg = spec.partition(":")
-    if os.path.isfile(file):
+    if os.path.isfile(file) and not bare(file):
         return spec
     folder, name = os.path.split(file)
     name = name.removesuffix(".py")
@@ -54,7 +64,8 @@ def overrides(argv) -> list[str]:
 
 def resolve_argv(argv: list) -> list:
     """argv with the value of `--config NAME[:ARG]` resolved (`resolve`): a packaged recipe
-    named without a path becomes its file in the package."""
+    named without a path becomes its file in the package; and each `--config.KEY VALUE` as
+    `--config.KEY=VALUE`."""
     out = list(argv)
     for i, a in enumerate(out):
         if a in ("--config", "-config") and i + 1 < len(out):
@@ -62,13 +73,34 @@ def resolve_argv(argv: list) -> list:
         elif a.startswith(("--config=", "-config=")):
             flag, _, value = a.partition("=")
             out[i] = f"{flag}={resolve(value)}"
+    return _join_override_values(out)
+
+
+def _join_override_values(argv: list) -> list:
+    """`--config.KEY VALUE` -> `--config.KEY=VALUE`: absl reads a field that takes any literal
+    (model.remat, optimizer.accum_steps: True, 4 or auto) as a boolean flag, which would leave
+    VALUE behind as a stray argument; the commands take no positional arguments."""
+    out, i = [], 0
+    while i < len(argv):
+        a = argv[i]
+        value_next = i + 1 < len(argv) and not re.match(r"^-(?!\d|\.\d)", argv[i + 1])  # a word or a negative number
+        if re.match(r"^--?config\.[^=]+$", a) and value_next:
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
     return out
 
 
 def missing(spec: str | None) -> str | None:
-    """For `--config FILE[:ARG]` whose FILE is not a file: one line saying so and naming the
-    packaged recipes; None when there is nothing to say (no --config: absl says it is required)."""
+    """For `--config FILE[:ARG]` (as `resolve` left it) whose FILE is not a file, or is a bare
+    name that is no packaged recipe: one line saying so and naming the packaged recipes; None
+    when there is nothing to say (no --config: absl says it is required)."""
     file = (spec or "").split(":", 1)[0]
+    if spec and bare(file) and os.path.isfile(file):
+        return (f"no packaged recipe {file!r} (--config {spec}); the packaged recipes are {', '.join(names())}; "
+                f"a config file of your own is named by its path: --config ./{spec}")
     if not spec or os.path.isfile(file):
         return None
     return (f"config file {file!r} {'is not a file' if os.path.exists(file) else 'not found'} (--config {spec}); "

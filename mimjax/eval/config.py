@@ -1,6 +1,8 @@
 """The config schema of `mimjax finetune` and `mimjax eval linprobe` (`base_config`, with
-MAE's ViT-B fine-tuning values as defaults), `runlocal`, and `validate`, which raises a
-one-line `ConfigError` naming the key and value before anything starts."""
+MAE's ViT-B fine-tuning values as defaults; `MEANINGS` says what each key means, and `mimjax
+config show --config linprobe` prints a config with them), `runlocal`, and `validate`, which
+raises a one-line `ConfigError` naming the key and value before anything starts: `check`, the
+config itself (what `config show` runs), then `preflight`, what the run reads."""
 from __future__ import annotations
 
 import os
@@ -14,57 +16,116 @@ POOLS, OPTIMIZERS, SOURCES = ("avg", "token"), ("adamw", "lars", "sgd"), ("tfds"
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """The schema of fine-tune and linear-probe configs; defaults: MAE fine-tuning of ViT-B."""
+    """The schema of fine-tune and linear-probe configs; defaults: MAE fine-tuning of ViT-B.
+    Each key's meaning is in MEANINGS (`mimjax config show`)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
-    c.init = ""  # the pre-trained encoder (set by --workdir): a mimjax workdir or `mimjax import` directory
-    c.batch_size = 1024  # global, one optimizer step
+    c.init = ""
+    c.batch_size = 1024
     c.eval_batch_size = 1024
-    c.total_epochs = 100  # set exactly one of total_epochs / total_steps (-1 = unset)
+    c.total_epochs = 100
     c.total_steps = -1
     c.log_every = 50
     c.checkpoint_every = 1000
+    c.eval_every_epochs = 1
     c.keep_checkpoints = 2
-    c.pool = "avg"  # avg: LayerNorm of the mean patch token (fc_norm, MAE fine-tune) | token: normed cls token
-    c.num_classes = -1  # -1: from the dataset
-    c.parallelism = ml_collections.ConfigDict({"mode": "jit", "data": -1, "fsdp": 1, "model": 1})  # mimjax/parallel/mesh.py
+    c.pool = "avg"
+    c.num_classes = -1
+    c.parallelism = ml_collections.ConfigDict({"mode": "jit", "data": -1, "fsdp": 1, "model": 1})
     c.model = ml_collections.ConfigDict()
-    c.model.img_size = 0  # 0: the pre-training image size
+    c.model.img_size = 0
     c.model.drop_path = 0.1
-    c.model.head_init_std = 2e-5  # fine-tune head (the probe's is 0.01, fixed as in MAE)
+    c.model.head_init_std = 2e-5
     c.model.dtype = "float32"
     c.model.remat = False
     c.data = ml_collections.ConfigDict()
-    c.data.source = "tfds"  # tfds | folder | embedded_faces (every 4th image is a test image) | idx:DIR | arrayrecord:PATH
+    c.data.source = "tfds"
     c.data.name = "imagenet2012"
     c.data.train_split = "train"
     c.data.test_split = "validation"
     c.data.data_dir = ""
-    c.data.folder = ""  # class-per-folder training images
-    c.data.test_folder = ""  # class-per-folder test images ("" with a folder: every 4th image)
+    c.data.folder = ""
+    c.data.test_folder = ""
     c.data.prefetch = 2
-    c.data.randaugment = ""  # timm RandAugment of the training crops on the host, e.g. "rand-m9-mstd0.5-inc1"; "" = off
-    c.augment = ml_collections.ConfigDict()  # on device; mixup, cutmix and reprob: fine-tuning only
-    c.augment.mixup = 0.8  # Beta alpha; 0 = off
+    c.data.crop = "torchvision"
+    c.data.randaugment = ""
+    c.augment = ml_collections.ConfigDict()
+    c.augment.mixup = 0.8
     c.augment.cutmix = 1.0
     c.augment.mix_prob = 1.0
     c.augment.switch_prob = 0.5
     c.augment.label_smoothing = 0.1
-    c.augment.reprob = 0.25  # random erasing probability per image
+    c.augment.reprob = 0.25
     c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "adamw"  # adamw | lars | sgd
-    c.optimizer.blr = 5e-4  # lr = blr * batch_size / 256
-    c.optimizer.lr = -1.0  # absolute lr, overrides blr when > 0; -1 = unset
+    c.optimizer.name = "adamw"
+    c.optimizer.blr = 5e-4
+    c.optimizer.lr = -1.0
     c.optimizer.min_lr = 1e-6
     c.optimizer.warmup_epochs = 5
-    c.optimizer.warmup_steps = -1  # overrides warmup_epochs when >= 0
+    c.optimizer.warmup_steps = -1
     c.optimizer.b1 = 0.9
     c.optimizer.b2 = 0.999
-    c.optimizer.momentum = 0.9  # lars / sgd
+    c.optimizer.momentum = 0.9
     c.optimizer.weight_decay = 0.05
-    c.optimizer.layer_decay = 0.65  # layer-wise lr decay; 1 = off
+    c.optimizer.layer_decay = 0.65
     c.optimizer.grad_clip = 0.0
     return c
+
+
+# Each key of `base_config`, dotted, with its one-line meaning (`mimjax config show` prints them
+# beside the values). "fine-tune only": the linear probe's frozen encoder and fixed head ignore it.
+MEANINGS = {
+    "seed": "all randomness: head init, data order, augmentation",
+    "init": "the pre-trained encoder: a pre-training workdir or `mimjax import` directory (set by --workdir)",
+    "batch_size": "global batch of one optimizer step, over all processes and devices",
+    "eval_batch_size": "global batch of the test-split evaluation",
+    "total_epochs": "run length in epochs; set exactly one of total_steps / total_epochs (-1 = unset)",
+    "total_steps": "run length in steps; set exactly one of total_steps / total_epochs (-1 = unset)",
+    "log_every": "steps between metrics fetches and log rows",
+    "checkpoint_every": "steps between checkpoints; also at the end and on SIGTERM",
+    "eval_every_epochs": "the test split every N epochs and after the last step (best and final kept); 0 = last only",
+    "keep_checkpoints": "how many checkpoints are kept",
+    "pool": "the feature: avg (LayerNorm of the mean patch token, MAE's fc_norm) | token (the normed cls token)",
+    "num_classes": "classes of the head; -1 = from the dataset",
+    "parallelism.mode": "jit (the classifiers run as one jit program; mimjax/parallel/mesh.py)",
+    "parallelism.data": "data-parallel mesh axis size; -1 = all remaining devices",
+    "parallelism.fsdp": "mesh axis over which parameters and optimizer state are sharded (FSDP)",
+    "parallelism.model": "tensor-parallel mesh axis (attention heads, MLP hidden)",
+    "model.img_size": "input image size in pixels; 0 = the pre-training size",
+    "model.drop_path": "stochastic depth rate of the encoder (fine-tune only)",
+    "model.head_init_std": "std of the fine-tune head's trunc-normal init (the probe's is MAE's fixed 0.01)",
+    "model.dtype": "operand dtype of the encoder's matrix products: float32 | bfloat16 | float16",
+    "model.remat": "activation checkpointing per encoder block (fine-tune only)",
+    "data.source": "tfds | folder | embedded_faces (every 4th image is a test image) | idx:DIR | arrayrecord:PATH",
+    "data.name": "TFDS dataset name (data.source=tfds)",
+    "data.train_split": "the training split (tfds, idx, arrayrecord)",
+    "data.test_split": "the evaluated split (tfds, idx, arrayrecord)",
+    "data.data_dir": "TFDS data_dir ('' = TFDS default)",
+    "data.folder": "class-per-folder training images (data.source=folder)",
+    "data.test_folder": "class-per-folder test images; '' with a folder: every 4th image of data.folder",
+    "data.prefetch": "batches put on the devices ahead of the step",
+    "data.crop": "the training crop's draw: torchvision (MAE fine-tune) | mae (MAE's util/crop.py, its linear probe)",
+    "data.randaugment": "timm RandAugment of the training crops on the host, e.g. rand-m9-mstd0.5-inc1; '' = off",
+    "augment.mixup": "mixup Beta alpha, on device; 0 = off (fine-tune only)",
+    "augment.cutmix": "cutmix Beta alpha; 0 = off (fine-tune only)",
+    "augment.mix_prob": "probability that a batch is mixed (fine-tune only)",
+    "augment.switch_prob": "probability of cutmix rather than mixup when both are on (fine-tune only)",
+    "augment.label_smoothing": "label smoothing of the targets",
+    "augment.reprob": "random erasing probability per image (fine-tune only)",
+    "optimizer.name": "adamw | lars (MAE's linear probe) | sgd (momentum)",
+    "optimizer.blr": "base learning rate: lr = blr * batch_size / 256",
+    "optimizer.lr": "absolute learning rate, used instead of blr when > 0; -1 = unset",
+    "optimizer.min_lr": "learning rate at the end of the cosine decay",
+    "optimizer.warmup_epochs": "linear warm-up length in epochs",
+    "optimizer.warmup_steps": "linear warm-up length in steps; used instead of warmup_epochs when >= 0",
+    "optimizer.b1": "AdamW beta1",
+    "optimizer.b2": "AdamW beta2",
+    "optimizer.momentum": "momentum of lars and sgd",
+    "optimizer.weight_decay": "weight decay (kernels only)",
+    "optimizer.layer_decay": ("layer-wise lr decay: block i's lr x layer_decay ** (depth - i), the patch "
+                              "embedding's ** (depth + 1); 1 = off (fine-tune only)"),
+    "optimizer.grad_clip": "global-norm gradient clipping; 0 = off",
+}
 
 
 def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -81,9 +142,31 @@ def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def validate(c, *, num_devices: int = 1, process_count: int = 1) -> None:
     """Raises ConfigError (one line naming key and value) for anything that cannot run."""
+    check(c, num_devices=num_devices, process_count=process_count)
+    preflight(c)
+
+
+def preflight(c) -> None:
+    """ConfigError for what a `check`ed config reads and cannot: the encoder (`init`) and the
+    image folders."""
+    if not c.init:
+        _fail("init", c.init, "the pre-trained encoder's directory (--workdir)")
+    if not workdir.is_workdir(c.init):
+        _fail("init", c.init, "a mimjax pre-training workdir or a `mimjax import` directory "
+              "(config.json and checkpoints/ inside)")
+    d = c.data
+    for key in ("folder", "test_folder"):
+        if (d[key] or (key == "folder" and d.source == "folder")) and not os.path.isdir(d[key]):
+            _fail(f"data.{key}", d[key], "an existing class-per-folder directory of images")
+
+
+def check(c, *, num_devices: int = 1, process_count: int = 1) -> None:
+    """ConfigError for a config that cannot run on `num_devices` devices in `process_count`
+    processes: keys, types, ranges and combinations. Pure: reads no file (`preflight` does)."""
     from mimjax.parallel.mesh import mesh_shape
 
     schema.check_keys(c, base_config(), "mimjax/eval/config.py")
+    schema.check_seed(c.seed)
     if (c.total_steps > 0) == (c.total_epochs > 0):
         _fail("total_steps", c.total_steps, f"exactly one of total_steps / total_epochs > 0 "
               f"(total_epochs={c.total_epochs})")
@@ -100,11 +183,8 @@ def validate(c, *, num_devices: int = 1, process_count: int = 1) -> None:
     for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
         if c[key] <= 0:
             _fail(key, c[key], "a positive integer")
-    if not c.init:
-        _fail("init", c.init, "the pre-trained encoder's directory (--workdir)")
-    if not workdir.is_workdir(c.init):
-        _fail("init", c.init, "a mimjax pre-training workdir or a `mimjax import` directory "
-              "(config.json and checkpoints/ inside)")
+    if c.eval_every_epochs < 0:
+        _fail("eval_every_epochs", c.eval_every_epochs, "a number of epochs >= 0 (0: after the last step only)")
     if c.pool not in POOLS:
         _fail("pool", c.pool, " or ".join(POOLS))
     if c.num_classes == 0 or c.num_classes < -1:
@@ -143,8 +223,9 @@ def validate(c, *, num_devices: int = 1, process_count: int = 1) -> None:
         parse_randaugment(d.randaugment)
     except ValueError as e:  # "'<spec>': <what is wrong>; expected ..."
         raise ConfigError(f"config.data.randaugment={e}") from None
+    from mimjax.data.augment import CROP_DRAWS
+
+    if d.crop not in CROP_DRAWS:
+        _fail("data.crop", d.crop, " or ".join(CROP_DRAWS))
     if d.source not in SOURCES and not (d.source.startswith(("arrayrecord:", "idx:")) and d.source.partition(":")[2]):
         _fail("data.source", d.source, ", ".join(SOURCES) + ", arrayrecord:PATH or idx:DIR (labelled data)")
-    for key in ("folder", "test_folder"):
-        if (d[key] or (key == "folder" and d.source == "folder")) and not os.path.isdir(d[key]):
-            _fail(f"data.{key}", d[key], "an existing class-per-folder directory of images")

@@ -8,9 +8,13 @@ Top-level keys (stable): seed, batch_size, total_steps, total_epochs, log_every,
 checkpoint_every, parallelism, model, data, masking, teacher, optimizer, and the monitoring
 ones (writers, wandb, eval, profile); `MEANINGS` says what each key means, and `mimjax config
 show --config X` prints a resolved config with them. Integer durations use -1 for "not set".
+`model.remat` and `optimizer.accum_steps` hold their setting or "auto" (fields of any type, so
+that `--config.model.remat=auto` parses on every recipe); `teacher.block` / `teacher.head`
+left unset (None) follow the teacher's architecture (`follow_teacher`).
 """
 from __future__ import annotations
 
+import math
 import os
 
 import ml_collections
@@ -22,6 +26,13 @@ from mimjax.models.vit import VIT_VARIANTS
 from mimjax.train import teacher
 from mimjax.train.writers import parse_writers
 from mimjax.schema import ConfigError, fail as _fail  # noqa: F401 (ConfigError: re-exported)
+
+
+def setting_field(value) -> ml_collections.FieldReference:
+    """A field that holds a bool / int setting or "auto" (model.remat, optimizer.accum_steps):
+    of any type, so ml_collections parses `--config.KEY=VALUE` as a literal (True, 4, auto)
+    instead of refusing "auto" for a bool or int field."""
+    return ml_collections.FieldReference(value, field_type=object)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -56,10 +67,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.gpa_head = False
     c.model.gpa_head_late_start = False
     c.model.dtype = "float32"
-    c.model.remat = False
+    c.model.remat = setting_field(False)
     c.model.scan = False
     c.model.attention = "auto"
     c.model.init_from = ""
+    c.model.learned_pos_embed = False
 
     c.data = ml_collections.ConfigDict()
     c.data.source = "tfds"
@@ -83,8 +95,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.teacher.source = "none"
     c.teacher.path = ""
     c.teacher.name = "vit_base_patch16"
-    c.teacher.block = 9
-    c.teacher.head = 11
+    c.teacher.block = ml_collections.config_dict.placeholder(int)  # None: follow_teacher
+    c.teacher.head = ml_collections.config_dict.placeholder(int)
     c.teacher.ema_momentum = 0.996
 
     c.optimizer = ml_collections.ConfigDict()
@@ -97,7 +109,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.b2 = 0.95
     c.optimizer.weight_decay = 0.05
     c.optimizer.grad_clip = 0.0
-    c.optimizer.accum_steps = 1
+    c.optimizer.accum_steps = setting_field(1)
     c.optimizer.nonfinite = "halt"
 
     # Monitoring (mimjax.train.writers, knn_eval; none of it changes the training trajectory).
@@ -107,6 +119,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.wandb.name = ""
     c.wandb.entity = ""
     c.wandb.mode = ""
+    c.telemetry = ml_collections.ConfigDict()
+    c.telemetry.peak_tflops = 0.0
+    c.telemetry.input_warn_frac = 0.1
     c.eval = ml_collections.ConfigDict()
     c.eval.every = 0
     c.eval.dataset = "embedded_faces"
@@ -160,6 +175,8 @@ MEANINGS = {
     "model.remat": "activation checkpointing per block: True | False | auto (the cheapest that fits)",
     "model.scan": "one lax.scan over the blocks: one compiled block (ViT-L/H compile time)",
     "model.attention": "auto | explicit | xla | cudnn (cuDNN flash attention, GPU); see models/layers.py",
+    "model.learned_pos_embed": "the position embedding is a parameter (from the sin-cos table), as in a fine-tuned "
+                               "ViT `mimjax import` keeps; False: MAE's fixed sin-cos table",
     "model.init_from": "start from these weights: a run dir or an MAE / timm .pth / .safetensors (fresh start only)",
     "data.source": "tfds | folder | embedded | embedded_faces | synthetic | idx:DIR (MNIST format, e.g. "
                    "Fashion-MNIST) | arrayrecord:PATH (mimjax prepare "
@@ -181,8 +198,9 @@ MEANINGS = {
                       "no gradient)",
     "teacher.path": "teacher.source=checkpoint: a mimjax run directory or a `mimjax import` directory",
     "teacher.name": "architecture of a checkpoint teacher",
-    "teacher.block": "teacher block whose attention gives the GPA scores (0-indexed)",
-    "teacher.head": "attention head of the GPA scores; -1 = mean over heads",
+    "teacher.block": "teacher block whose attention gives the GPA scores (0-indexed); unset: three quarters "
+                     "deep (the authors' 9 of ViT-B's 12)",
+    "teacher.head": "attention head of the GPA scores; -1 = mean over heads; unset: the last (the authors' 11 of 12)",
     "teacher.ema_momentum": "momentum of an ema teacher",
     "optimizer.blr": "base learning rate: lr = blr * batch_size / 256",
     "optimizer.lr": "absolute learning rate, used instead of blr when > 0; -1 = unset",
@@ -200,6 +218,8 @@ MEANINGS = {
     "wandb.name": "the run's W&B display name ('' = W&B's)",
     "wandb.entity": "W&B entity (user or team; '' = the default)",
     "wandb.mode": "'' (WANDB_MODE or online) | online | offline (nothing sent; wandb sync later) | disabled",
+    "telemetry.peak_tflops": "dense peak TFLOP/s per device for the rows' mfu; 0 = the device's own (none on a CPU)",
+    "telemetry.input_warn_frac": "warn when a log window spent more than this share waiting for input (1 = never)",
     "eval.every": "steps between k-NN evaluations of the encoder (knn_top1 rows); 0 = off",
     "eval.dataset": ("k-NN labelled set, as mimjax eval knn --dataset: embedded_faces | tfds:NAME | folder:PATH | "
                      "arrayrecord:PATH (mimjax prepare imagenet; eval.test_split=validation)"),
@@ -219,8 +239,41 @@ MEANINGS = {
 
 
 def fill_missing(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Adds keys a config from an older mimjax lacks, with their defaults, and warns."""
-    return schema.fill_missing(config, base_config())
+    """Adds keys a config from an older mimjax lacks, with their defaults (and warns), and
+    sets an unset teacher.block / teacher.head where the teacher is known without reading its
+    checkpoint (`follow_teacher(read=False)`; `preflight` does the rest)."""
+    return follow_teacher(schema.fill_missing(config, base_config()), read=False)
+
+
+def teacher_indices(depth: int, heads: int) -> tuple[int, int]:
+    """The authors' teacher block and head (9 and 11 of ViT-B's 12 blocks and 12 heads) for a
+    teacher of this depth and head count: the block three quarters deep, the last head."""
+    return 3 * depth // 4, heads - 1
+
+
+def follow_teacher(c: ml_collections.ConfigDict, *, read: bool = True) -> ml_collections.ConfigDict:
+    """`c` with teacher.block / teacher.head left unset (None) set from the teacher's
+    architecture (`teacher_indices` of `teacher.describe`: the student for an ema / self
+    teacher, teacher.name for a checkpoint without a run's config). read=False leaves them
+    unset when only the checkpoint at teacher.path can say (its run's config.json); so does an
+    unknown model.name or teacher.name (`validate` names it). With no teacher in use they are
+    the authors' ViT-B choice, 9 and 11: unused, and what runs of earlier mimjax saved (a run
+    resumes only with the teacher keys it started with)."""
+    t = c.teacher
+    if t.block is not None and t.head is not None:
+        return c
+    if not teacher.uses_teacher(c):
+        block, head = teacher_indices(12, 12)
+    else:
+        known = c.model.name[:4] == "mae_" and c.model.name[4:] in VIT_VARIANTS and (
+            t.source != "checkpoint" or t.name in VIT_VARIANTS)
+        if not known or (not read and t.source == "checkpoint" and t.path):
+            return c
+        _, depth, heads, _ = teacher.describe(c)
+        block, head = teacher_indices(depth, heads)
+    t.block = block if t.block is None else t.block
+    t.head = head if t.head is None else t.head
+    return c
 
 
 def _setting(value, key: str, kind):
@@ -249,11 +302,11 @@ def settings(cfg) -> tuple:
 
 
 def set_fields(c, remat, accum_steps):
-    """model.remat / optimizer.accum_steps set to these values, "auto" or not: the fields take
-    the type of the value (a bool field cannot hold "auto" otherwise)."""
+    """model.remat / optimizer.accum_steps set to these values, "auto" or not, in fields of any
+    type (`setting_field`), whatever the fields held (a config from `to_dict` has a bool and an int)."""
     with c.unlocked():
         del c.model["remat"], c.optimizer["accum_steps"]
-        c.model.remat, c.optimizer.accum_steps = remat, accum_steps
+        c.model.remat, c.optimizer.accum_steps = setting_field(remat), setting_field(accum_steps)
     return c
 
 
@@ -281,6 +334,7 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_coun
     no file and no network (`mimjax plan` checks a config for a machine it is not on); what
     the run reads is `preflight`'s."""
     schema.check_keys(c, base_config(), "mimjax/train/config.py")
+    schema.check_seed(c.seed)
     try:
         remat, accum = settings(c)
     except ValueError as e:
@@ -359,24 +413,29 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_coun
 
 
 def _check_teacher_dims(c) -> None:
-    """The teacher's patch size, block and head against the student and the teacher's own depth."""
+    """The teacher's patch size, block and head against the student and the teacher's own depth
+    (an unset block or head: the one `follow_teacher` will set)."""
     patch = teacher.encoder_dims(c.model)[2]
     arch, depth, heads, teacher_patch = teacher.describe(c)
+    block, head = (value if value is not None else derived
+                   for value, derived in zip((c.teacher.block, c.teacher.head), teacher_indices(depth, heads)))
     if teacher_patch != patch:
         _fail("teacher.path" if c.teacher.source == "checkpoint" else "teacher.source", c.teacher.path or
               c.teacher.source, f"a teacher with the student's patch size {patch} (the {arch} teacher has "
               f"{teacher_patch}): GPA scores are per student patch")
-    if not 0 <= c.teacher.block < depth:
-        _fail("teacher.block", c.teacher.block, f"a block index in [0, {depth}) for the {arch} teacher")
-    if not -1 <= c.teacher.head < heads:
-        _fail("teacher.head", c.teacher.head, f"a head index in [0, {heads}) or -1 (mean) for the {arch} teacher")
+    if not 0 <= block < depth:
+        _fail("teacher.block", block, f"a block index in [0, {depth}) for the {arch} teacher")
+    if not -1 <= head < heads:
+        _fail("teacher.head", head, f"a head index in [0, {heads}) or -1 (mean) for the {arch} teacher")
 
 
 def preflight(c: ml_collections.ConfigDict) -> None:
     """Raises ConfigError for what a `validate`d config would read and cannot: a checkpoint
     teacher's path (reachable, existing, a run or `mimjax import` directory, with dimensions
     that fit), the data folder, the k-NN evaluation's folder, the wandb package. Reads disk
-    and, for gs:// paths, the network; `mimjax train` calls it after `validate`."""
+    and, for gs:// paths, the network; `mimjax train` calls it after `validate`. Then sets a
+    teacher.block / teacher.head left unset from the teacher's architecture (`follow_teacher`:
+    a checkpoint teacher's is known once its path is read)."""
     if c.teacher.source == "checkpoint":
         path = c.teacher.path
         if not path:
@@ -391,6 +450,7 @@ def preflight(c: ml_collections.ConfigDict) -> None:
                                   f"in its checkpoints/); expected a pre-training run directory or a `mimjax import` "
                                   f"directory")
             _check_teacher_dims(c)
+    follow_teacher(c)
     if c.data.source == "folder" and not os.path.isdir(c.data.folder):
         _fail("data.folder", c.data.folder, "an existing directory of images")
     if c.eval.every:
@@ -413,6 +473,10 @@ def _validate_monitoring(c, batch_devices: int, process_count: int) -> None:
         _fail("writers", c.writers, "at least one of jsonl, tensorboard, wandb")
     if c.wandb.mode not in ("", "online", "offline", "disabled"):
         _fail("wandb.mode", c.wandb.mode, "'', online, offline or disabled")
+    if not (math.isfinite(c.telemetry.peak_tflops) and c.telemetry.peak_tflops >= 0):
+        _fail("telemetry.peak_tflops", c.telemetry.peak_tflops, "a peak in TFLOP/s per device > 0, or 0 (the device's)")
+    if not 0.0 <= c.telemetry.input_warn_frac <= 1.0:
+        _fail("telemetry.input_warn_frac", c.telemetry.input_warn_frac, "a share in [0, 1]")
     if c.eval.every < 0:
         _fail("eval.every", c.eval.every, "steps between k-NN evaluations, >= 0 (0 = off)")
     if c.eval.every:
@@ -447,6 +511,7 @@ def runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.model.decoder_width, c.model.decoder_depth, c.model.decoder_heads = 32, 2, 4
     c.model.remat = False
     c.data.source = "embedded"
-    if c.teacher.source != "checkpoint":
-        c.teacher.block, c.teacher.head = min(c.teacher.block, 1), min(c.teacher.head, 3)
+    if c.teacher.source != "checkpoint":  # the recipe's block / head, or unset: from this tiny student
+        t = c.teacher
+        t.block, t.head = (None if v is None else min(v, cap) for v, cap in ((t.block, 1), (t.head, 3)))
     return c

@@ -1,11 +1,11 @@
 """What the pre-training recipes in configs/ share: the recipe argument, the encoder size and
-the GPA teacher block (docs/method.md §5). A recipe is `get_config("vit_base_patch16,flag,...")`.
+the GPA teacher (docs/method.md §5). A recipe is `get_config("vit_base_patch16,flag,...")`.
 
 It lives in the package, not in configs/: ml_collections loads a config file by its path,
 so a sibling configs/common.py could only be imported by editing sys.path."""
 from __future__ import annotations
 
-from mimjax.train.config import base_config, runlocal, set_fields
+from mimjax.train.config import base_config, runlocal
 
 TEACHER_SOURCES = ("ema", "self")  # flags that replace the frozen checkpoint teacher
 
@@ -25,7 +25,7 @@ def pretraining(variant: str):
     cheapest setting whose step fits the device (mimjax/train/plan.py), chosen at start-up."""
     c = base_config()
     c.model.name = "mae_" + variant
-    set_fields(c, remat="auto", accum_steps="auto")
+    c.model.remat, c.optimizer.accum_steps = "auto", "auto"
     # bf16 products (float32 accumulation, parameters, norms, losses) on GPU/TPU and on CPUs
     # with native bf16; float32 elsewhere. Resolved when the model is built (models/precision.py).
     c.model.dtype = "auto"
@@ -35,13 +35,14 @@ def pretraining(variant: str):
 def gpa_teacher(c, flags: set[str]):
     """GPA masking with the authors' teacher: hard share 0.0 -> 0.5 and soft 0.3 -> 0.0 of the
     masked patches, a frozen MAE-pretrained ViT-B/16 teacher, GPA from block 9, head 11;
-    the "ema" / "self" flags pick a teacher that needs no checkpoint."""
+    the "ema" / "self" flags pick a teacher that needs no checkpoint. teacher.block / head stay
+    unset: they follow the teacher (`config.follow_teacher`: block 9 and head 11 of a ViT-B,
+    three quarters deep and the last head of any other) unless set."""
     c.masking.strategy = "gpa"
     c.masking.hard = (0.0, 0.5)
     c.masking.soft = (0.3, 0.0)
     c.teacher.source = "checkpoint"
     c.teacher.name = "vit_base_patch16"
-    c.teacher.block, c.teacher.head = 9, 11
     for source in TEACHER_SOURCES:
         if source in flags:
             c.teacher.source = source
@@ -54,6 +55,7 @@ def finish(c, flags: set[str]):
     if "runlocal" in flags:
         if c.teacher.source == "checkpoint":
             c.teacher.source = "ema"
-        runlocal(set_fields(c, False, 1))
+        c.optimizer.accum_steps = 1  # runlocal sets remat False
+        runlocal(c)
         c.model.dtype = "float32"  # smoke runs keep the float32 reference numerics on any host
     return c

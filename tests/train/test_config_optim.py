@@ -244,6 +244,7 @@ def test_gpa_recipes_are_the_authors_runs():
     ours = recipe("gpa_mae.py", "vit_base_patch16,feature_early")
     assert ours.model.gpa_head and not ours.model.gpa_head_late_start and tuple(ours.masking.soft) == (0.3, 0.0)
     for c in (teacher, feature, ours):
+        c = config_lib.fill_missing(c)  # the teacher block / head, left to the ViT-B teacher: the authors' 9 and 11
         assert (c.total_epochs, c.optimizer.warmup_epochs, c.batch_size, c.teacher.block, c.teacher.head) == (
             200, 20, 4096, 9, 11)
     with pytest.raises(ValueError, match="late_head"):
@@ -260,3 +261,55 @@ def test_recipe_flags_are_checked():
     assert recipes.parse(None, known=()) == ("vit_base_patch16", set())
     with pytest.raises(ValueError, match=r"\['featrue'\] in 'vit_base_patch16,featrue': expected any of"):
         recipes.parse("vit_base_patch16,featrue", known=("feature",))
+
+
+def fake_run(path, **model):
+    """A run directory as far as `preflight` reads it: config.json's model section and a finalised step."""
+    import json
+
+    (path / "checkpoints" / "1").mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"model": model}))
+    return str(path)
+
+
+def test_teacher_block_and_head_follow_the_teacher_unless_set(tmp_path):
+    """Left unset, teacher.block / teacher.head are the authors' block 9 and head 11 of a ViT-B
+    teacher, and three quarters deep / the last head of any other; set, they are kept."""
+    from mimjax.configs import gpa_mae, mae, simmim
+
+    for c in (gpa_mae.get_config("vit_base_patch16"), gpa_mae.get_config("vit_base_patch16,ema"),
+              simmim.get_config("vit_base_patch16,gpa")):
+        assert (c.teacher.block, c.teacher.head) == (None, None)
+        c = config_lib.fill_missing(c)
+        assert (c.teacher.block, c.teacher.head) == (9, 11)
+    vit_b = gpa_mae.get_config("vit_base_patch16")
+    vit_b.teacher.path = fake_run(tmp_path / "b16", name="mae_vit_base_patch16")
+    config_lib.preflight(config_lib.fill_missing(vit_b))
+    assert (vit_b.teacher.block, vit_b.teacher.head) == (9, 11)
+
+    large = config_lib.fill_missing(gpa_mae.get_config("vit_large_patch16,ema"))
+    assert (large.teacher.block, large.teacher.head) == (18, 15)  # 24 blocks, 16 heads
+    unused = config_lib.fill_missing(mae.get_config("vit_large_patch16"))  # no teacher: what earlier runs saved
+    assert (unused.teacher.block, unused.teacher.head) == (9, 11)
+
+    # a 3-head, 2-block teacher: the student itself (ema) or a checkpoint run of that size
+    ema = config_lib.fill_missing(gpa_mae.get_config("vit_tiny_patch16,ema"))
+    assert (ema.teacher.block, ema.teacher.head) == (9, 2)  # ViT-Ti: 12 blocks, 3 heads
+    ema = gpa_mae.get_config("vit_tiny_patch16,ema")
+    ema.model.depth = 2
+    config_lib.validate(ema)  # unset: valid for any teacher
+    assert (config_lib.fill_missing(ema).teacher.block, ema.teacher.head) == (1, 2)
+    small = gpa_mae.get_config("vit_tiny_patch16")
+    small.teacher.path = fake_run(tmp_path / "ti2", name="mae_vit_tiny_patch16", depth=2)
+    config_lib.validate(config_lib.fill_missing(small))
+    assert (small.teacher.block, small.teacher.head) == (None, None)  # only the run says; fill_missing reads nothing
+    config_lib.preflight(small)
+    assert (small.teacher.block, small.teacher.head) == (1, 2)
+    mine = gpa_mae.get_config("vit_tiny_patch16")
+    mine.teacher.path, mine.teacher.head = small.teacher.path, 0
+    config_lib.preflight(config_lib.fill_missing(mine))
+    assert (mine.teacher.block, mine.teacher.head) == (1, 0)  # set: kept
+    mine.teacher.block, mine.teacher.head = None, 11
+    with pytest.raises(config_lib.ConfigError, match=r"config.teacher.head=11: expected a head index in \[0, 3\) "
+                                                     r"or -1 \(mean\) for the workdir '.*ti2' teacher"):
+        config_lib.preflight(config_lib.fill_missing(mine))

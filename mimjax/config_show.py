@@ -1,24 +1,37 @@
-"""`mimjax config show`: a pre-training config as `mimjax train` resolves it, one line per
-key with its meaning (`mimjax.train.config.MEANINGS`).
+"""`mimjax config show`: a config as its command resolves it, one line per key with its
+meaning: a pre-training config as `mimjax train` resolves it (`mimjax.train.config.MEANINGS`),
+a fine-tuning or linear-probe config as `mimjax finetune` / `mimjax eval linprobe` do
+(`mimjax.eval.config.MEANINGS`).
 
     mimjax config show --config gpa_mae:vit_base_patch16,feature --config.batch_size=1024
     seed = 0  # all randomness: init, data order, augmentation, masks
     ...
 
-The config is checked as `mimjax plan` checks it (`config.validate`, for one device): keys,
-types, ranges and combinations, without reading the files the run would read (teacher
-checkpoint, data folders), so a recipe can be shown before its teacher exists.
+The config is checked as `mimjax plan` checks it (`config.validate` / the classifiers'
+`check`, for one device): keys, types, ranges and combinations, the same checks the command
+runs before it starts, without reading the files the run would read (teacher checkpoint,
+encoder, data folders), so a recipe can be shown before its teacher or encoder exists.
 """
 from __future__ import annotations
 
 import ml_collections
 
+from mimjax.eval import config as classifier_config
 from mimjax.train import config as config_lib
 
 
+def is_classifier(cfg: ml_collections.ConfigDict) -> bool:
+    """Whether `cfg` is a fine-tuning / linear-probe config (mimjax/eval/config.py's schema)."""
+    return "augment" in cfg and "masking" not in cfg
+
+
 def resolve(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The config `mimjax train` would start from (missing keys filled in), validated; a
+    """The config its command would start from (a pre-training config: missing keys filled
+    in, an unset teacher block / head set where known without reading), checked; a
     ConfigError with one line otherwise."""
+    if is_classifier(cfg):
+        classifier_config.check(cfg)
+        return cfg
     cfg = config_lib.fill_missing(cfg)
     config_lib.validate(cfg)
     return cfg
@@ -26,7 +39,8 @@ def resolve(cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def rows(cfg: ml_collections.ConfigDict) -> list[tuple[str, object, str]]:
     """(dotted key, value, meaning) for every key of a `resolve`d config, in the schema's order."""
-    return [(key, _get(cfg, key), meaning) for key, meaning in config_lib.MEANINGS.items()]
+    meanings = classifier_config.MEANINGS if is_classifier(cfg) else config_lib.MEANINGS
+    return [(key, _get(cfg, key), meaning) for key, meaning in meanings.items()]
 
 
 def _get(cfg, dotted: str):
