@@ -31,7 +31,7 @@ from typing import Callable
 from absl import flags
 from ml_collections import config_flags
 
-from mimjax import configs, procenv, schema
+from mimjax import configs, jaxenv, procenv, schema
 from mimjax.errors import Interrupted, NonFiniteError, UsageError, WriteError
 from mimjax.schema import ConfigError
 
@@ -39,6 +39,7 @@ EXIT_USAGE, EXIT_NONFINITE, EXIT_DISK_FULL = 2, 3, 4
 EXIT_DOES_NOT_FIT = 3  # mimjax plan: the step does not fit the target
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 TRAIN_KEYS = "mimjax/train/config.py"  # the pre-training schema, whose keys `mimjax config show` lists
+CLASSIFIER_KEYS = "mimjax/eval/config.py"  # fine-tuning and linear probing: `mimjax config show` lists them too
 GROUPS = ("eval", "prepare", "config")  # the first word of two-word commands: mimjax eval knn
 HELP_ARGS = ("-h", "--help", "-help", "--helpshort", "--helpfull")
 METAVARS = {"target": "TARGET", "workdir": "DIR", "out": "PATH", "in": "PATH", "coordinator_address": "HOST:PORT",
@@ -145,8 +146,9 @@ def _define_import(fv, argv):
     flags.DEFINE_string("in", None, "F.pth (torch.load weights_only), F.safetensors, or an export folder "
                         "(DIR/model.safetensors).", flag_values=fv)
     flags.DEFINE_string("out", None, "A new directory, usable as --config.teacher.path.", flag_values=fv)
-    flags.DEFINE_string("name", "vit_base_patch16", "The architecture of the checkpoint.", flag_values=fv)
-    flags.DEFINE_integer("img_size", 224, "Image size the position embeddings are for.", flag_values=fv)
+    flags.DEFINE_string("name", "vit_base_patch16", "The architecture of the checkpoint (a mimjax export's "
+                        "record beside the weights gives it, sizes included).", flag_values=fv)
+    flags.DEFINE_integer("img_size", 224, "Image size the position embeddings are for (likewise).", flag_values=fv)
 
 
 def _define_prepare_imagenet(fv, argv):
@@ -168,7 +170,8 @@ def _define_prepare_imagenet(fv, argv):
     flags.DEFINE_boolean("strict", False, "An unreadable image is an error (default: skipped, counted, listed in "
                          "metadata.json and the summary).", flag_values=fv)
     flags.DEFINE_integer("max_side", 0, "Store images whose longer side is over this many pixels shrunk to it "
-                         "(re-encoded JPEG, as FFCV; less to decode per step); 0 keeps the files' bytes.",
+                         "(re-encoded JPEG, as FFCV; less to decode per step): at least 32, 224 or more for the "
+                         "ImageNet recipes; 0 keeps the files' bytes.",
                          flag_values=fv)
 
 
@@ -203,7 +206,7 @@ def _run_plan(fv) -> int:
         target = targets.parse(fv.target)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    env = targets.compile_only_env(target, os.environ)
+    env = targets.compile_only_env(target, jaxenv.users_env(os.environ))  # not procenv's JAX_PLATFORMS
     os.environ.update(env)  # before JAX starts a backend (the config file has imported jax already)
     if "JAX_PLATFORMS" in env:
         import jax
@@ -218,6 +221,7 @@ def _run_plan(fv) -> int:
         cfg = study_run.pretrain_config(cfg, "gpa_ema", 0, "")
     cfg = config_lib.fill_missing(cfg)
     config_lib.validate(cfg, num_devices=target.num_devices)  # the pure check: plan reads no data, no teacher
+    config_lib.follow_teacher(cfg)  # an unset teacher block / head: from teacher.path's config.json, as build reads it
     try:
         report = plan.plan(cfg, target, config_name=configs.config_arg(sys.argv) or "")
     except ValueError as e:
@@ -230,12 +234,8 @@ def _run_plan(fv) -> int:
 
 
 def _run_config_show(fv) -> int:
-    from mimjax.eval import config as eval_config
-    from mimjax.train import config_show
+    from mimjax import config_show
 
-    if not schema.schema_diff(fv.config, eval_config.base_config())[0]:  # no key outside the classifiers' schema
-        raise UsageError("a fine-tuning / linear-probe config: config show lists pre-training configs (mimjax train, "
-                         "mimjax plan); the classifiers' keys are in mimjax/eval/config.py")
     table = config_show.rows(config_show.resolve(fv.config))
     print(json.dumps(config_show.as_json(table)) if fv.json else config_show.format_rows(table))
     return 0
@@ -300,8 +300,9 @@ def _run_export(fv) -> int:
 def _run_import(fv) -> int:
     from mimjax import interop
 
-    name, out = fv["name"].value, fv["out"].value
-    decoder = interop.import_checkpoint(fv["in"].value, out, name=name, img_size=fv["img_size"].value)
+    out = fv["out"].value
+    given = {k: fv[k].value for k in ("name", "img_size") if fv[k].present}  # else the export record's
+    decoder, name = interop.import_checkpoint(fv["in"].value, out, **given)
     print(f"wrote {out} ({'encoder + decoder' if decoder else 'encoder'} of {name}); "
           f"use it with --config.teacher.source=checkpoint --config.teacher.path={out}")
     return 0
@@ -335,10 +336,11 @@ COMMANDS = {c.name: c for c in [
             ("mimjax plan --config configs/gpa_mae.py:vit_base_patch16,feature --target h100x8",
              "mimjax plan --config configs/mae.py:vit_large_patch16 --target v5e-256 --json"),
             _define_plan, _run_plan, required=("config", "target"), config_keys=TRAIN_KEYS),
-    Command("config show", "Print a pre-training config as train resolves it (recipe, overrides, checks): one "
-            "line per key, `key = value  # meaning`.",
+    Command("config show", "Print a pre-training, fine-tuning or linear-probe config as its command resolves it "
+            "(recipe, overrides, checks): one line per key, `key = value  # meaning`.",
             ("mimjax config show --config gpa_mae:vit_base_patch16,feature",
-             "mimjax config show --config configs/demo.py --config.batch_size=16 --json"),
+             "mimjax config show --config configs/demo.py --config.batch_size=16 --json",
+             "mimjax config show --config linprobe:runlocal"),
             _define_config_show, _run_config_show, required=("config",), config_keys=TRAIN_KEYS),
     Command("finetune", "Fine-tune a pre-trained encoder (MAE recipe: layer decay, mixup/cutmix); prints the "
             "result as JSON.",
@@ -346,7 +348,7 @@ COMMANDS = {c.name: c for c in [
             _define_classifier("configs/finetune.py or configs/finetune.py:runlocal",
                                "Output directory: checkpoints, metrics.jsonl, the result JSON. The same command "
                                "again resumes."),
-            _run_finetune, required=("config", "workdir", "out"), config_keys="mimjax/eval/config.py"),
+            _run_finetune, required=("config", "workdir", "out"), config_keys=CLASSIFIER_KEYS),
     Command("eval knn", "Weighted k-NN accuracy of a run's frozen encoder (DINO protocol); prints JSON and "
             "writes WORKDIR/knn.json (--random_init: WORKDIR/knn_random_init.json).",
             ("mimjax eval knn --workdir W --dataset embedded_faces",
@@ -359,7 +361,7 @@ COMMANDS = {c.name: c for c in [
             _define_classifier("configs/linprobe.py or configs/linprobe.py:runlocal",
                                "Output directory: checkpoints, metrics.jsonl, the result JSON "
                                "(default: WORKDIR/linprobe)."),
-            _run_linprobe, required=("config", "workdir"), config_keys="mimjax/eval/config.py"),
+            _run_linprobe, required=("config", "workdir"), config_keys=CLASSIFIER_KEYS),
     Command("study", "Does GPA learn better features than MAE? Every arm x seed pre-trained and evaluated "
             "(linear probe, fine-tune, k-NN), with paired 95% intervals; writes OUT/study.{json,md,png}.",
             ("mimjax study --config study:fashion_mnist --out studies/fmnist",
@@ -421,8 +423,8 @@ def help_text(cmd: Command) -> str:
         left, text = _flag_usage(fv[name], name in cmd.required, name in cmd.multi)
         rows.append((left, text))
         if name == "config":
-            where = ("`mimjax config show --config FILE` lists them with their meanings" if cmd.config_keys == TRAIN_KEYS
-                     else f"the keys are in {cmd.config_keys}")
+            where = ("`mimjax config show --config FILE` lists them with their meanings"
+                     if cmd.config_keys in (TRAIN_KEYS, CLASSIFIER_KEYS) else f"the keys are in {cmd.config_keys}")
             rows.append(("--config.KEY=VALUE", "Override a config value, e.g. --config.batch_size=256 "
                          f"--config.optimizer.lr=1e-4; {where}."))
     out = [f"usage: mimjax {cmd.name} " + " ".join(
@@ -482,6 +484,7 @@ def parse(cmd: Command, args: list) -> flags.FlagValues:
             getattr(fv.config, "keys")
         except OSError as e:  # config_flags defers a failed load to the first access
             raise UsageError(schema.deferred_load_error(e, spec)) from None
+        schema.single_duration(fv.config, configs.overrides(argv))  # --config.total_steps=N alone is enough
     return fv
 
 
@@ -495,6 +498,7 @@ def _execute(cmd: Command, fv) -> int:
     prog = f"mimjax {cmd.name}"
     procenv.setup_logging()
     try:
+        jaxenv.check(os.environ)  # JAX_PLATFORMS, XLA_FLAGS: one line before JAX starts, not its abort
         return cmd.run(fv)
     except ConfigError as e:
         return _fail(prog, f"config error: {e}")
@@ -511,6 +515,8 @@ def _execute(cmd: Command, fv) -> int:
     except KeyboardInterrupt:  # Ctrl-C outside a run loop (loading, compiling, evaluating): nothing to save
         return _fail(prog, "interrupted (Ctrl-C)", EXIT_INTERRUPTED)
     except Exception as e:  # several processes: a collective failed because another one went away
+        if (line := jaxenv.backend_error(e, os.environ)) is not None:  # or the user's JAX_PLATFORMS failed
+            return _fail(prog, line)
         from mimjax.parallel.distributed import lost_process_error
 
         line = lost_process_error(e)

@@ -125,7 +125,8 @@ def check_output(out: str, flag: str = "--out", *, own_run: bool = False, not_in
     """An output path (export, visualize, eval results, prepare) that would damage a run:
     UsageError naming it when `out` is a run directory (`is_run_dir`; own_run=True: a
     classifier's --out is its own run, allowed) or `not_in` (the run being read), or lies
-    inside a run directory's checkpoints/ (which Orbax owns). Writes nothing."""
+    inside a run directory's checkpoints/ (which Orbax owns), whether written through a
+    linked checkpoints/ (on a bigger disk) or by the real path it links to. Writes nothing."""
     from mimjax.errors import UsageError
 
     if out is None or not str(out).strip():
@@ -137,13 +138,19 @@ def check_output(out: str, flag: str = "--out", *, own_run: bool = False, not_in
     if not own_run and is_run_dir(target):
         raise UsageError(f"{flag} {out!r} is a run directory (it holds {CHECKPOINTS}/, {HISTORY} or {LOCK}); "
                          f"writing there would overwrite the run's files: choose another path")
-    child, parent = target, paths.dirname(target)
-    while parent and parent != child:
-        if paths.basename(child) == CHECKPOINTS and (paths.isfile(config_path(parent)) or
-                                                     paths.isfile(paths.join(parent, HISTORY))):
-            raise UsageError(f"{flag} {out!r} lies inside the run {parent}'s {CHECKPOINTS}/, which holds only "
-                             f"its checkpoints: choose a path outside it")
-        child, parent = parent, paths.dirname(parent)
+    def inside(run: str) -> UsageError:
+        return UsageError(f"{flag} {out!r} lies inside the run {run}'s {CHECKPOINTS}/, which holds only its "
+                          f"checkpoints: choose a path outside it")
+
+    if not_in and (target + "/").startswith(_resolved(checkpoints_dir(str(not_in))) + "/"):
+        raise inside(not_in)  # its checkpoints/ may link to another disk
+    for path in dict.fromkeys((target, paths.absolute(str(out)))):  # as resolved, and as written (through a link)
+        child, parent = path, paths.dirname(path)
+        while parent and parent != child:
+            if paths.basename(child) == CHECKPOINTS and (paths.isfile(config_path(parent)) or
+                                                         paths.isfile(paths.join(parent, HISTORY))):
+                raise inside(parent)
+            child, parent = parent, paths.dirname(parent)
 
 
 # --- What a run directory holds: resuming with another config ---------------------------
@@ -289,9 +296,9 @@ def check_writable(workdir: str, flag: str = "--workdir", outputs=()) -> None:
     """Before a run writes anything in the local `workdir`: ConfigError, one line naming the
     path, when a file it would write there (RUN_FILES, then `outputs`, and the files in
     snapshots/ and tb/) is a symbolic link (never written through), or when checkpoints/
-    exists but is not a directory this process can write. A folder that is a link to a
-    directory (checkpoints/ on a bigger disk) is the user's choice and is written into.
-    Writes nothing."""
+    exists but is not a directory this process can write, or holds a step that is a link
+    (Orbax would fail to remove it at every save). A folder that is a link to a directory
+    (checkpoints/ on a bigger disk) is the user's choice and is written into. Writes nothing."""
     from mimjax.errors import UsageError
     from mimjax.schema import ConfigError
 
@@ -313,6 +320,12 @@ def check_writable(workdir: str, flag: str = "--workdir", outputs=()) -> None:
     if os.path.isdir(ckpts) and not os.access(ckpts, os.W_OK | os.X_OK):
         raise ConfigError(f"{ckpts} cannot be written by this process (nothing was written): expected a writable "
                           f"checkpoint folder; fix its permissions or choose another {flag}")
+    for name in sorted(os.listdir(ckpts)) if os.path.isdir(ckpts) else ():
+        step = os.path.join(ckpts, name)
+        if (name.isdigit() or ".orbax-checkpoint-tmp" in name) and os.path.islink(step):
+            raise ConfigError(f"{step} is a symbolic link (to {os.readlink(step)!r}): the steps in {ckpts} are "
+                              f"folders that Orbax writes and removes, never through a link (nothing was written); "
+                              f"move that step's folder into {ckpts} or remove the link")
 
 
 # --- One writer: the run lock -------------------------------------------------------------
@@ -323,11 +336,13 @@ class RunLock:
     flock rather than an O_EXCL file + pid check: the kernel releases it when the holder
     dies, even by kill -9, so a stale lock never blocks a restart, pid reuse cannot fake a
     live holder, and a pid on another host (which cannot be checked) is never needed. The
-    file left behind by a killed run is taken over with a warning naming its pid and host.
-    Limitation: flock is only as good as the filesystem's locking: local disks and NFSv4
-    (Linux emulates flock with POSIX locks there) honour it; some network or FUSE
-    filesystems (gcsfuse, older NFS, some SMB mounts) accept it without locking across
-    hosts, and there two hosts could both run in one directory.
+    file left behind by a killed run is taken over with a warning naming its pid and host;
+    one this process may not write (another user's run) is a ConfigError naming its owner,
+    the pid inside and how to remove it (`_unwritable_lock`). Limitation: flock is only as
+    good as the filesystem's locking: local disks and NFSv4 (Linux emulates flock with POSIX
+    locks there) honour it; some network or FUSE filesystems (gcsfuse, older NFS, some SMB
+    mounts) accept it without locking across hosts, and there two hosts could both run in
+    one directory.
 
     Object stores (gs://...): there is no flock, and a lock object could not be told from
     one left by a killed run (kill -9, a preempted VM), so none is taken: `acquire` logs a
@@ -361,14 +376,16 @@ class RunLock:
                 fd = paths.open_nofollow(path, os.O_RDWR | os.O_CREAT, 0o644)
             except UsageError as e:
                 raise ConfigError(str(e)) from None
+            except PermissionError:  # another user's lock (else: the workdir cannot be written)
+                if (why := _unwritable_lock(workdir, path)) is None:
+                    raise
+                raise why from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 held = _read_lock(fd)
                 os.close(fd)
-                raise ConfigError(f"{workdir} is in use by pid {held.get('pid', '?')} on host {held.get('host', '?')}"
-                                  f"{' since ' + held['started'] if held.get('started') else ''} (lock {path}); wait "
-                                  f"for that run to end or stop it") from None
+                raise _in_use(workdir, path, held) from None
             try:  # the holder may have removed the file between our open and flock: lock the new one
                 same = os.stat(path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:
@@ -401,6 +418,54 @@ class RunLock:
             pass
         os.close(self.fd)
         self.fd = None
+
+
+def _in_use(workdir: str, path: str, held: dict) -> Exception:
+    """The ConfigError of a lock a live run holds: its pid, host and start (`held`)."""
+    from mimjax.schema import ConfigError
+
+    return ConfigError(f"{workdir} is in use by pid {held.get('pid', '?')} on host {held.get('host', '?')}"
+                       f"{' since ' + held['started'] if held.get('started') else ''} (lock {path}); wait for that "
+                       f"run to end or stop it")
+
+
+def _unwritable_lock(workdir: str, path: str) -> Exception | None:
+    """Why a run.lock that exists but that this process may not open for writing (another
+    user's) stops the start: its holder when a run holds it, else whose stale lock it is,
+    the pid inside, and how to remove it. None when there is no such file."""
+    import fcntl
+    import pwd
+
+    from mimjax.schema import ConfigError
+
+    def name(uid: int) -> str:
+        try:
+            return pwd.getpwuid(uid).pw_name
+        except KeyError:
+            return f"uid {uid}"
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    owner = f"user {name(st.st_uid)} (uid {st.st_uid})"
+    remove = f"(rm {path}, as {name(st.st_uid)}{' or root' if st.st_uid else ''})"
+    this = f"this process (user {name(os.geteuid())}, uid {os.geteuid()})"
+    try:
+        fd = paths.open_nofollow(path, os.O_RDONLY)
+    except OSError:  # not even readable: neither its pid nor whether a run holds it can be known
+        return ConfigError(f"{path} belongs to {owner}, and {this} may neither read nor write it; if no run of "
+                           f"that user is using {workdir}, remove it {remove} and start again")
+    try:
+        info = _read_lock(fd)
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a probe: fails while a run holds the lock
+    except BlockingIOError:
+        return _in_use(workdir, path, info)
+    finally:
+        os.close(fd)
+    return ConfigError(f"{path} is a stale lock (pid {info.get('pid', '?')} on host {info.get('host', '?')}; no run "
+                       f"holds it) that belongs to {owner}, and {this} may not write it; remove it {remove} and "
+                       f"start again")
 
 
 def _read_lock(fd: int) -> dict:

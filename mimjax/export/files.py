@@ -28,7 +28,7 @@ def save_state_dict(state_dict: dict, path: str, meta: dict) -> None:
     if path.endswith(".safetensors"):
         write_safetensors(state_dict, path, {"mimjax": json.dumps(meta)})
     elif path.endswith(".pth"):
-        torch = _torch(path)
+        torch = require_torch(path)
         buf = io.BytesIO()
         torch.save({k: torch.from_numpy(v) for k, v in state_dict.items()}, buf)
         paths.write_bytes(path, buf.getvalue())  # whole, never through a link
@@ -54,7 +54,7 @@ def load_state_dict(path: str) -> dict:
     if path.endswith((".pth", ".pt", ".bin")):
         import pickle
 
-        torch = _torch(path)
+        torch = require_torch(path)
         try:
             src = io.BytesIO(paths.read_bytes(path)) if remote else path
             obj = torch.load(src, map_location="cpu", weights_only=True)
@@ -73,11 +73,11 @@ def load_state_dict(path: str) -> dict:
     raise ValueError(f"input {path!r}: expected a .safetensors or .pth file")
 
 
-def _torch(path: str):
+def require_torch(path: str):
     """torch, or a ValueError naming the file when PyTorch is not installed."""
     try:
         import torch
     except ImportError:
-        raise ValueError(f"{path!r}: .pth files need PyTorch (pip install -r requirements-torch.txt, or the "
-                         f"[torch] extra); .safetensors files do not") from None
+        raise ValueError(f"{path!r}: .pth files need PyTorch, which is not installed (pip install torch, or "
+                         f"the [torch] extra); .safetensors files do not") from None
     return torch

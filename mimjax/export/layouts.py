@@ -4,8 +4,10 @@
 Flax -> PyTorch: Dense kernel [in, out] -> weight [out, in]; conv kernel HWIO -> OIHW;
 q/k/v kernels [D, H, hd] -> one qkv weight [3D, D] (q, k, v stacked); out kernel [H, hd, D]
 -> proj weight [D, D]; LayerNorm scale -> weight. Position embeddings are the fixed 2-D
-sin-cos tables (not parameters in mimjax); they are written for timm/MAE and, on import,
-checked against the table (a learned one, e.g. a supervised timm ViT, is reported).
+sin-cos tables in pre-training (not parameters) and are written as such for timm/MAE; a
+fine-tuned encoder's learned `pos_embed` is written as it is, and one read on import that is
+not the table (a fine-tuned or supervised timm ViT) is kept as the encoder's parameter.
+A fine-tuned classifier's `head` is written as timm's `head.*`.
 
 State dicts here are dicts of numpy arrays; nothing here imports torch (files: `files.py`).
 """
@@ -87,7 +89,8 @@ def to_timm_state_dict(params, name: str, *, img_size: int = 224, global_pool: s
         raise ValueError(f"unknown ViT name {name!r}; expected one of {sorted(VIT_VARIANTS)}")
     p, grid = _grid(enc, img_size)
     d = enc["cls_token"].shape[-1]
-    sd = {"cls_token": enc["cls_token"], "pos_embed": posemb_sincos_2d(grid, grid, d)[None],
+    pos = enc["pos_embed"] if "pos_embed" in enc else posemb_sincos_2d(grid, grid, d)[None]  # [1, 1+N, D]
+    sd = {"cls_token": enc["cls_token"], "pos_embed": pos,
           "patch_embed.proj.weight": enc["patch_embed"]["kernel"].transpose(3, 2, 0, 1),
           "patch_embed.proj.bias": enc["patch_embed"]["bias"]}
     i = 0
@@ -96,6 +99,9 @@ def to_timm_state_dict(params, name: str, *, img_size: int = 224, global_pool: s
         i += 1
     norm = "norm" if global_pool == "token" else "fc_norm"
     sd.update({f"{norm}.{k}": v for k, v in _ln(enc["norm"]).items()})
+    if "head" in params:  # a fine-tuned classifier (mimjax.eval.finetune.Classifier)
+        head = _np(params["head"])
+        sd.update({"head.weight": head["kernel"].T, "head.bias": head["bias"]})
     return {k: np.ascontiguousarray(v, np.float32) for k, v in sd.items()}
 
 
@@ -154,17 +160,17 @@ def from_torch_state_dict(state_dict, name: str, *, img_size: int = 224, decoder
         raise ValueError(f"state dict does not match {name} ({'MAE' if has_decoder else 'timm'} layout, "
                          f"img_size {img_size}): " + "; ".join(problems))
     grid = img_size // patch
-    if "pos_embed" in sd:
-        dev = float(np.abs(sd["pos_embed"][0] - posemb_sincos_2d(grid, grid, width)).max())
-        if dev > 1e-3:
-            log.warning("pos_embed differs from the fixed 2-D sin-cos table by up to %.3g (a learned "
-                        "position embedding?); mimjax uses the fixed table, outputs will differ", dev)
+    learned = "pos_embed" in sd and float(np.abs(sd["pos_embed"][0] - posemb_sincos_2d(grid, grid, width)).max()) > 1e-3
+    if learned:
+        log.info("pos_embed is not the fixed 2-D sin-cos table (a fine-tuned ViT): kept as the encoder's parameter")
     norm = "fc_norm" if "fc_norm.weight" in sd else "norm"
     enc = {"cls_token": sd["cls_token"],
            "patch_embed": {"kernel": sd["patch_embed.proj.weight"].transpose(2, 3, 1, 0),
                            "bias": sd["patch_embed.proj.bias"]},
            "blocks": {f"block_{i}": _block_from_torch(sd, f"blocks.{i}.", heads) for i in range(depth)},
            "norm": {"scale": sd[f"{norm}.weight"], "bias": sd[f"{norm}.bias"]}}
+    if learned:
+        enc["pos_embed"] = sd["pos_embed"]
     params = {"encoder": enc}
     if has_decoder:
         params.update({

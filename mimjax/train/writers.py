@@ -88,9 +88,33 @@ def flat_hparams(config: Mapping[str, Any], prefix: str = "") -> dict:
     return out
 
 
+def _row_step(line: str) -> int | None:
+    """The step of a metrics.jsonl line that is a whole row, else None (a cut line, other text)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+def _warn_cut(path: str, line: str, resume_step: int | None) -> None:
+    """Says that the last line of metrics.jsonl, cut mid-write by a kill, was removed: whose
+    row it was (a row starts `{"step": N,`) and whether the resumed run logs it again."""
+    import re
+
+    m = re.match(r'\{"step": (\d+)[,}]', line)
+    if m is None:
+        log.warning("%s: removed its last line, cut mid-write (a kill): %r", path, line[:60])
+        return
+    step = int(m.group(1))
+    fate = ("" if resume_step is None else f"; the resumed run logs step {step} again" if step > resume_step
+            else f"; that row is lost (the run resumes after step {resume_step})")
+    log.warning("%s: removed its last line, step %d's row cut mid-write (a kill)%s", path, step, fate)
+
+
 def _drop_partial_line(path: str):
-    """Cut a last line without its newline (a writer killed mid-line), so that appended
-    rows start on a line of their own."""
+    """Ends metrics.jsonl with a newline before rows are appended: a last line that is a whole
+    row but lost its newline gets it back; one cut mid-write (a writer killed mid-line) is
+    removed with a warning (`_warn_cut`), so that appended rows start on a line of their own."""
     from mimjax import paths
 
     if not os.path.lexists(path):
@@ -100,36 +124,40 @@ def _drop_partial_line(path: str):
         if size == 0:
             return
         f.seek(size - 1)
-        if f.read(1) != b"\n":  # rare: read the whole file once to find the last newline
-            f.seek(0)
-            f.truncate(f.read().rfind(b"\n") + 1)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)  # rare: read the whole file once to find the last newline
+        data = f.read()
+        start = data.rfind(b"\n") + 1
+        last = data[start:].decode(errors="replace")
+        if _row_step(last) is not None:
+            f.write(b"\n")  # (at the end: the read left the position there)
+        else:
+            f.truncate(start)
+            _warn_cut(path, last, None)
 
 
 def drop_rows_after(workdir: str, step: int) -> int:
-    """Removes the rows of workdir/metrics.jsonl logged after `step` (and a line cut by a
-    kill): a run resumed from checkpoint `step` logs those steps again, and its rows replace
-    them (one row per step and name). Rewrites the file only when something goes; returns
-    how many rows went."""
+    """Removes the rows of workdir/metrics.jsonl logged after `step`: a run resumed from
+    checkpoint `step` logs those steps again, and its rows replace them (one row per step
+    and name). Every whole row up to `step` stays, the last one too when a kill took only
+    its newline (given back); a last line cut mid-write is removed with a warning naming its
+    step and whether it is logged again (`_warn_cut`); other text stays. Rewrites the file
+    only when something changes; returns how many whole rows after `step` went."""
     from mimjax import paths
 
     path = paths.join(str(workdir), "metrics.jsonl")
     if not paths.isfile(path):
         return 0
-    text = paths.read_text(path)
-    kept, dropped = [], 0
-    for line in text.splitlines(keepends=True):
-        try:
-            row = json.loads(line)
-            later = line.endswith("\n") and int(row["step"]) > step
-        except (ValueError, TypeError, KeyError):
-            later = not line.endswith("\n")  # a last line cut by a kill goes; other text stays
-        if later:
-            dropped += 1
-        else:
-            kept.append(line)
-    if dropped:
-        paths.write_text(path, "".join(kept))
-    return dropped
+    *lines, last = paths.read_text(path).split("\n")  # last: "" when the file ends with a newline
+    if _row_step(last) is not None:
+        lines.append(last)  # a whole row that lost only its newline
+    kept = [line for line in lines if (s := _row_step(line)) is None or s <= step]
+    if last and _row_step(last) is None:
+        _warn_cut(path, last, step)
+    if last or len(kept) < len(lines):
+        paths.write_text(path, "".join(line + "\n" for line in kept))
+    return len(lines) - len(kept)
 
 
 # --- Appending to an object store (gs://) ------------------------------------------------------------
