@@ -241,9 +241,10 @@ class Run:
         self.cfg, self.name, self.flag, self.schedule, self.par = cfg, name, flag, schedule, par
         self.outputs = (*outputs, telemetry.GOODPUT)
         t = cfg.get("telemetry") or {}
+        on_cpu = jax.default_backend() == "cpu"  # the step and the input share the cores: no advice to give
         self.telemetry = telemetry.Telemetry(
             flops_per_step=flops_per_step, peak=telemetry.device_peak_flops(cfg), devices=jax.device_count(),
-            warn_frac=t.get("input_warn_frac", 0.1), threads=min(16, os.cpu_count() or 1))
+            warn_frac=1.0 if on_cpu else t.get("input_warn_frac", 0.1), threads=min(16, os.cpu_count() or 1))
         self._abstract, self._init_state, self._iterator = abstract_state, init_state, iterator
         self._lock = self.ckpt = self.writer = self._profile = self._bar = self._preemption = None
 
@@ -329,7 +330,8 @@ class Run:
         row["epoch"] = step / self.schedule.steps_per_epoch
         row.update(self.telemetry.row(len(self._pending)), **fields)
         self.writer.write(step, row)
-        shown = {k: row[k] for k in ("input_wait_frac", "mfu") if k in row}
+        shown = {label: f"{100 * row[k]:.0f}%" for k, label in (("input_wait_frac", "input wait"), ("mfu", "MFU"))
+                 if k in row}
         self._bar.update(step, images_per_sec=row["images_per_sec"], loss=row["loss"], **shown)
         self._pending, self.last_row = [], row
         return row

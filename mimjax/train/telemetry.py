@@ -8,7 +8,8 @@ Per row (metrics.jsonl, TensorBoard, W&B; the progress line shows them too):
 - `mfu`: that against the device's dense bf16 peak (`mimjax.parallel.targets.CHIPS`), or
   `telemetry.peak_tflops` when set; left out where neither is known (the CPU).
 Every WARN_ROWS rows, when the loop waited for input more than `telemetry.input_warn_frac`
-of their time, one warning line says so.
+of their time, one warning line says so (on an accelerator: on the CPU the step and the
+input share the same cores, and the rows' input_wait_frac is all there is to say).
 
 Goodput: every moment of this process, from its start, is charged to one part: startup (to
 the first step), compile (the first step's call, which compiles it), steps, input (waiting
