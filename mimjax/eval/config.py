@@ -10,6 +10,7 @@ import os
 import ml_collections
 
 from mimjax import schema, workdir
+from mimjax.train.config import MEANINGS as PRETRAIN_MEANINGS
 from mimjax.schema import ConfigError, fail as _fail, in_range as _in_range
 
 POOLS, OPTIMIZERS, SOURCES = ("avg", "token"), ("adamw", "lars", "sgd"), ("tfds", "folder", "embedded_faces")
@@ -113,13 +114,8 @@ MEANINGS = {
     "augment.label_smoothing": "label smoothing of the targets",
     "augment.reprob": "random erasing probability per image (fine-tune only)",
     "optimizer.name": "adamw | lars (MAE's linear probe) | sgd (momentum)",
-    "optimizer.blr": "base learning rate: lr = blr * batch_size / 256",
-    "optimizer.lr": "absolute learning rate, used instead of blr when > 0; -1 = unset",
-    "optimizer.min_lr": "learning rate at the end of the cosine decay",
-    "optimizer.warmup_epochs": "linear warm-up length in epochs",
-    "optimizer.warmup_steps": "linear warm-up length in steps; used instead of warmup_epochs when >= 0",
-    "optimizer.b1": "AdamW beta1",
-    "optimizer.b2": "AdamW beta2",
+    **{k: PRETRAIN_MEANINGS[k] for k in ("optimizer.blr", "optimizer.lr", "optimizer.min_lr", "optimizer.warmup_epochs",
+                                         "optimizer.warmup_steps", "optimizer.b1", "optimizer.b2")},  # the same
     "optimizer.momentum": "momentum of lars and sgd",
     "optimizer.weight_decay": "weight decay (kernels only)",
     "optimizer.layer_decay": ("layer-wise lr decay: block i's lr x layer_decay ** (depth - i), the patch "
