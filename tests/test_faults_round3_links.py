@@ -111,7 +111,7 @@ def test_a_released_lock_removes_only_its_own_file(tmp_path):
 
 # --- BAD 2: the run refuses at its start, before any step -----------------------------------
 @pytest.mark.parametrize("name", ["run.lock", "config.json", "config_history.jsonl", "metrics.jsonl", "curves.png",
-                                  "snapshots/step_0000002.png", "wandb_run_id"])
+                                  "snapshots/step_0000002.png", "wandb_run_id", "goodput.json"])
 def test_train_refuses_a_link_at_any_file_it_writes(run_copy, tmp_path, capsys, name):
     target = plant(os.path.join(run_copy, name), tmp_path)
     before = listing(tmp_path)
