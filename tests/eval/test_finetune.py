@@ -186,4 +186,6 @@ def test_finetune_cli_from_a_pretraining_workdir(tmp_path, trained_run, run_cli)
     res = json.loads(out.stdout.strip().splitlines()[-1])
     assert res == json.loads((tmp_path / "ft" / "finetune.json").read_text())
     assert res["num_test"] == 50 and 0 <= res["top1"] <= 100 and res["steps"] == 20
-    assert [r["step"] for r in metrics.read_metrics(str(tmp_path / "ft" / "metrics.jsonl"))] == [10, 20]
+    rows = metrics.read_metrics(str(tmp_path / "ft" / "metrics.jsonl"))
+    assert [r["step"] for r in rows if "loss" in r] == [10, 20]
+    assert [r["step"] for r in rows if "test_top1" in r] == [4, 8, 12, 16, 20]  # every epoch of 4 steps
