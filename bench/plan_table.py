@@ -38,11 +38,11 @@ def done() -> set:
 
 def run_one(python: str, recipe: str, target: str, timeout: int) -> dict:
     cmd = [python, "-m", "mimjax.cli", "plan", "--config", f"configs/{recipe}", "--target", target, "--json"]
-    t0 = time.time()
+    t0, load = time.time(), os.getloadavg()[0]  # the 1-minute load at the start: a shared machine slows the compiler
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                        env={**os.environ, "CUDA_VISIBLE_DEVICES": "-1"})
     row = {"recipe": recipe, "target": target, "exit": p.returncode, "wall_s": round(time.time() - t0, 1),
-           "host_cpu": cpu_model(), "host_cores": os.cpu_count()}
+           "host_cpu": cpu_model(), "host_cores": os.cpu_count(), "host_load": round(load, 2)}
     if p.stdout.strip().startswith("{"):
         row["plan"] = json.loads(p.stdout)
     else:
@@ -66,12 +66,24 @@ def markdown(rows: list[dict]) -> str:
         lines.append(f"| `{r['recipe']}` | {r['target']} | {'yes' if p['fits'] else 'no'} | {mem:.1f} of "
                      f"{p['capacity_bytes'] / 2 ** 30:.1f} GiB | {setting} | {p['flops_per_step'] / 1e12:.1f} T "
                      f"({'XLA' if p['flops_source'] == 'xla' else 'analytic'}) | {ips:,.0f} | "
-                     f"{EPOCHS * IMAGENET / ips / 3600:.1f} | {p['compile_s']:.0f} s |")
+                     f"{EPOCHS * IMAGENET / ips / 3600:.1f} | {compile_cell(r)} |")
     cpus = sorted({f"{r['host_cpu']} ({r['host_cores']} cores)" for r in rows})
     return "\n".join(lines) + (f"\n\nCompiled on: {'; '.join(cpus)}. Memory: XLA's memory analysis of the step "
                                "(arguments + temporaries + outputs - donated + code) a device; GPU capacity is 90% of "
                                "the device (XLA_PYTHON_CLIENT_MEM_FRACTION as `mimjax` sets it); a setting fits within "
-                               "90% of that. img/s: the whole batch over all devices at 50% of the bf16 peak.\n")
+                               "90% of that. img/s: the whole batch over all devices at 50% of the bf16 peak. Compile: "
+                               "seconds of compiling on a shared machine (newer rows record its load in plan.jsonl), "
+                               "and this host's peak memory where recorded.\n")
+
+
+def compile_cell(row: dict) -> str:
+    """The compile time, the slice compiled for when smaller than the target (older rows: the
+    target itself) and the host's peak memory (older rows: not recorded)."""
+    p = row["plan"]
+    on = p.get("compiled_for", row["target"])
+    peak = p.get("host_peak_bytes")
+    return (f"{p['compile_s']:.0f} s" + ("" if on == row["target"] else f" (as {on})") +
+            ("" if peak is None else f", {peak / 2 ** 30:.1f} GiB RAM"))
 
 
 def main(argv=None) -> int:

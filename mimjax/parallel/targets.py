@@ -121,6 +121,8 @@ class Target:
             kw = {"chip_config_name": "megacore"} if self.chip.cores_per_chip == 2 else {}
             if self.groups > 1:
                 kw["num_slices"] = self.groups
+            if self.chips < 4:  # libtpu's default host is 2x2 chips: v5e-1 / v5e-2 are one smaller host
+                kw["chips_per_host_bounds"] = [*map(int, self.topology().split(":")[1].split("x")), 1]
             return list(topologies.get_topology_desc(topology_name=self.topology(), platform="tpu", **kw).devices)
         if not any(importlib.util.find_spec(m) for m in ("jax_cuda12_plugin", "jax_cuda13_plugin")):
             raise ValueError(f"--target {self.name}: compiling for an NVIDIA GPU needs JAX's CUDA plugin: "

@@ -20,6 +20,8 @@ import logging
 import os
 import pathlib
 import re
+import resource
+import sys
 import time
 
 import jax
@@ -96,8 +98,9 @@ class Compiled:
     compile_s: float
     mesh: dict  # axis -> size
     per_device_batch: int
-    executable: object = None  # jax's Compiled (input_shardings, as_text, ...)
+    executable: object = None  # jax's Compiled (input_shardings, as_text, ...); `plan` drops it once read
     compiler_error: str = ""  # the TPU compiler refused the program as too big (memory: its numbers)
+    built: bool = False  # the compiler gave an executable (the memory and FLOPs are its analyses)
 
 
 def abstract_frozen_teacher(built, img_size: int):
@@ -150,7 +153,7 @@ def compile_step(cfg, devices, platform: str, max_arguments: float = float("inf"
                         compiler_error=error)
     memory = flops_lib.xla_memory(compiled)  # aliased bytes (the donated state's outputs) count once
     return Compiled(memory, flops_lib.xla_flops(compiled), collectives(compiled.as_text()), seconds,
-                    dict(par.mesh.shape), cfg.batch_size // batch_devices, compiled)
+                    dict(par.mesh.shape), cfg.batch_size // batch_devices, compiled, built=True)
 
 
 def _shard_bytes(x) -> int:
@@ -234,8 +237,9 @@ def resolve_auto(cfg, devices=None) -> ml_collections.ConfigDict:
     probe = as_jit(cfg)
     data, fsdp, _ = mesh_shape(probe.parallelism, len(devices))
     allowed = (1 - MARGIN) * capacity
-    chosen, result, tried = choose(
-        probe, lambda c: compile_step(c, devices, jax.default_backend(), max_arguments=allowed), capacity, data * fsdp)
+    measure = lambda c: dataclasses.replace(  # noqa: E731 - the analyses are read: free the program
+        compile_step(c, devices, jax.default_backend(), max_arguments=allowed), executable=None)
+    chosen, result, tried = choose(probe, measure, capacity, data * fsdp)
     if chosen is None:
         (remat, accum), = [s for s, r in tried if r is result]
         why = stopped_line(tried, capacity) or (
@@ -314,8 +318,9 @@ def plan(cfg, target, config_name: str = "") -> dict:
 
     def measure(c):
         key = (c.model.remat, c.optimizer.accum_steps)
-        if key not in compiled:
-            compiled[key] = compile_step(c, devices, target.platform, max_arguments=(1 - MARGIN) * capacity)
+        if key not in compiled:  # the analyses are read: the program itself is freed before the next compile
+            compiled[key] = dataclasses.replace(
+                compile_step(c, devices, target.platform, max_arguments=(1 - MARGIN) * capacity), executable=None)
         return compiled[key]
 
     t0 = time.perf_counter()
@@ -347,20 +352,26 @@ def plan(cfg, target, config_name: str = "") -> dict:
         flops_source="xla" if use_xla else ("analytic (mimjax/flops.py: XLA counts a loop body once)" if
                                              result.flops_xla is not None else
                                              "analytic (mimjax/flops.py: the step was not compiled)" if
-                                             result.executable is None else
+                                             not result.built else
                                              "analytic (mimjax/flops.py: this backend gives no cost analysis)"),
         flops_xla=result.flops_xla, flops_analytic=analytic, peak_flops=peak, step_time_s=step_s,
         img_per_s={k: chosen.batch_size / v for k, v in step_s.items()},
         collectives=result.collectives, compile_s=sum(r.compile_s for r in compiled.values()),
-        wall_s=time.perf_counter() - t0,
+        wall_s=time.perf_counter() - t0, host_peak_bytes=host_peak_bytes(),
         settings=dict(remat=chosen.model.remat, accum_steps=chosen.optimizer.accum_steps, fsdp=fsdp,
                       dtype=str(resolve_dtype(chosen.model.dtype, backend=target.platform)),
                       attention=chosen.model.attention),
         requested=dict(zip(("remat", "accum_steps"), settings(cfg))),
         tried=[dict(remat=r, accum_steps=a, total_bytes=m.memory["total"]) for (r, a), m in compiled.items()],
-        suggestion=suggestion, stopped=stopped, compiled=result.executable is not None or bool(result.compiler_error),
+        suggestion=suggestion, stopped=stopped, compiled=result.built or bool(result.compiler_error),
         note="; ".join(filter(None, [note, stopped, result.compiler_error and
                                      f"the compiler refused the step: {result.compiler_error}"])))
+
+
+def host_peak_bytes() -> int:
+    """This process's peak resident memory so far, in bytes (the compiler's share of it is most)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux counts KiB
 
 
 def _gib(n) -> str:
@@ -389,7 +400,8 @@ def format_report(r: dict) -> str:
         f"  at 100% MFU   {r['step_time_s']['100%'] * 1e3:.3g} ms a step, {r['img_per_s']['100%']:,.0f} img/s; at 50%: "
         f"{r['step_time_s']['50%'] * 1e3:.3g} ms, {r['img_per_s']['50%']:,.0f} img/s",
         f"  collectives   {coll or ('none' if r['compiled'] else 'not compiled')}",
-        f"  compiled in   {r['compile_s']:.1f} s ({len(r['tried']) or 1} setting(s))",
+        f"  compiled in   {r['compile_s']:.1f} s ({len(r['tried']) or 1} setting(s)), "
+        f"{_gib(r['host_peak_bytes'])} of this host's memory at the peak",
     ]
     if r["note"]:
         lines.append(f"  note          {r['note']}")

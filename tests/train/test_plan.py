@@ -3,6 +3,7 @@ on this CPU machine (tiny ViTs: seconds to a minute each), the accumulation that
 there, the settings `auto` picks, and the target names."""
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -42,6 +43,20 @@ def v5e4():
 def test_target_names_give_chips_and_topology(name, chips, groups, topology):
     t = targets.parse(name)
     assert (t.chips, t.groups, t.topology(), t.num_devices) == (chips, groups, topology, chips * groups)
+
+
+@needs_libtpu
+@pytest.mark.parametrize("name", ["v5e-1", "v5e-2"])
+def test_slices_smaller_than_a_host_have_devices(name, v5e4):  # libtpu's default host (2x2) refused them
+    assert len(targets.parse(name).devices()) == targets.parse(name).num_devices
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="Linux's /proc")
+def test_the_host_peak_is_this_process_high_water_mark():
+    """`plan` reports the planning host's peak memory (the compiler's, mostly): getrusage's, as
+    the kernel's VmHWM gives it."""
+    hwm = lambda: int(re.search(r"VmHWM:\s+(\d+) kB", open("/proc/self/status").read())[1]) * 1024  # noqa: E731
+    assert abs(plan.host_peak_bytes() - hwm()) <= 2 ** 20  # the two count pages a little differently
 
 
 @pytest.mark.parametrize("name,says", [("v5e-12", "power of two"), ("v4-4", "from 8 to 8192"), ("h100x16", "1 to 8"),
@@ -198,7 +213,7 @@ def test_plan_command_reports_json_and_exits_3_with_the_cheapest_fix(run_cli):
     assert ok.returncode == 0, ok.stderr[-2000:]
     r = json.loads(ok.stdout)
     for key in ("target", "devices", "mesh", "per_device_batch", "memory_bytes", "capacity_bytes", "fits",
-                "flops_per_step", "flops_source", "settings", "collectives", "compile_s"):
+                "flops_per_step", "flops_source", "settings", "collectives", "compile_s", "host_peak_bytes"):
         assert key in r, key
     assert (r["devices"], r["per_device_batch"], r["fits"], r["flops_source"]) == (4, 4, True, "xla")
     assert set(r["memory_bytes"]) >= {"arguments", "temporaries", "outputs", "total"}
