@@ -44,7 +44,8 @@ def export_weights(workdir: str, fmt: str, out: str, pool: str = "token") -> int
             export.files.require_torch(out)  # before any work, not after reading the checkpoint
         except ValueError as e:
             raise UsageError(f"--out {e}") from None
-    mc, run_cfg = workdir_lib.model_config(workdir), workdir_lib.read_config(workdir)
+    run_cfg = workdir_lib.read_config(workdir)  # config.json read once: the model section and the classifier's keys
+    mc = None if run_cfg is None or "model" not in run_cfg else run_cfg.model
     if mc is None:
         raise UsageError(f"{workdir!r} has no config.json; is it a mimjax workdir?")
     step, params = workdir_lib.load_latest_params(workdir)

@@ -44,3 +44,16 @@ def command_name(args: list[str]) -> str:
     from mimjax import cli
 
     return " ".join(args[:2]) if args[0] in cli.GROUPS else args[0]
+
+
+def run_written(args: list[str], extra: list[str], outputs: dict, what: str) -> None:
+    """Runs `mimjax ARGS EXTRA` in this process and checks it exited 0 and wrote its output:
+    outputs[command] = (the flag naming its directory, the file it writes there)."""
+    import os
+
+    from mimjax import cli
+
+    assert cli.main(["mimjax", *args, *extra]) == 0, f"{what} failed"
+    flag, written = outputs[command_name(args)]
+    where = args[args.index(f"--{flag}") + 1]
+    assert os.path.exists(os.path.join(where, written)), f"{what} did not write {where}/{written}"

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from doc_blocks import assignment, bash_lines, command_name, expand  # tests/ is on sys.path
+from doc_blocks import assignment, bash_lines, command_name, expand, run_written  # tests/ is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "imagenet.md"
@@ -165,10 +165,7 @@ def run_guide(root: Path) -> list[str]:
                 tiny = TINY[name] + (GPA_TINY if any(a.startswith("gpa_mae:") for a in args) else [])
                 tiny += EVAL_TINY if any(a.startswith("--config.eval.every=") for a in args) else []
                 start = time.perf_counter()
-                assert cli.main(["mimjax", *args, *tiny]) == 0, f"{platform}: {line!r} failed"
-                flag, written = OUTPUT[name]
-                where = args[args.index(f"--{flag}") + 1]
-                assert os.path.exists(os.path.join(where, written)), f"{line!r} did not write {where}/{written}"
+                run_written(args, tiny, OUTPUT, f"{platform}: {line!r}")
                 done.add(tuple(args))
                 ran.append(f"{name} ({time.perf_counter() - start:.1f} s)")
         assert seen == STEPS, f"{platform}: the steps are {seen}"

@@ -6,14 +6,13 @@ tests/test_own_images.py DIR`), as tests/test_imagenet_doc.py runs docs/imagenet
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from doc_blocks import assignment, bash_lines, command_name, expand  # tests/ is on sys.path
+from doc_blocks import assignment, bash_lines, command_name, expand, run_written  # tests/ is on sys.path
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "recipes.md"
 SECTION = "Your own images"
@@ -49,8 +48,6 @@ def make_class_folders(root: Path):
 
 def run_block(root: Path) -> list[str]:
     """Runs the section's block in `root`; returns the commands run."""
-    from mimjax import cli
-
     site = {"IMAGES": str(root / "images"), "W": str(root / "runs" / "my_images")}
     make_class_folders(Path(site["IMAGES"]))
     lines = bash_lines(DOC.read_text(encoding="utf-8")).get(SECTION)
@@ -67,10 +64,7 @@ def run_block(root: Path) -> list[str]:
         assert words[0] == "mimjax", f"docs/recipes.md ({SECTION}): a command this test does not know: {line!r}"
         args = words[1:]
         name = command_name(args)
-        assert cli.main(["mimjax", *args, *TINY[name]]) == 0, f"{line!r} failed"
-        flag, written = OUTPUT[name]
-        where = args[args.index(f"--{flag}") + 1]
-        assert os.path.exists(os.path.join(where, written)), f"{line!r} did not write {where}/{written}"
+        run_written(args, TINY[name], OUTPUT, repr(line))
         ran.append(name)
     return ran
 

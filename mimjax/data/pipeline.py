@@ -132,8 +132,9 @@ class InputIterator:
     """
 
     def __init__(self, grain_iter, transform: _Transform, num_records: int, *, seed: int,
-                 global_batch_size: int, process_count: int, fingerprint: dict | None = None):
+                 global_batch_size: int, process_count: int, fingerprint: dict | None = None, num_threads: int = 0):
         self._it, self._transform, self.num_records = grain_iter, transform, num_records
+        self.num_threads = num_threads  # grain's reader threads (the input-bound warning names them)
         self._config = {"seed": seed, "global_batch_size": global_batch_size, "process_count": process_count}
         self._fingerprint = dict(fingerprint or {})
         self.host_uint8 = False
@@ -232,7 +233,7 @@ def make_pretrain_iterator(data_config, *, img_size: int, global_batch_size: int
     options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=max(4 * threads, min(2 * local, 256)))
     it = ds.to_iter_dataset(options).batch(local, drop_remainder=train)
     return InputIterator(iter(it), transform, len(src), seed=seed, global_batch_size=global_batch_size,
-                         process_count=process_count,
+                         process_count=process_count, num_threads=threads,
                          fingerprint=src.fingerprint() if hasattr(src, "fingerprint") else None)
 
 

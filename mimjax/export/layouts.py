@@ -160,16 +160,14 @@ def from_torch_state_dict(state_dict, name: str, *, img_size: int = 224, decoder
         raise ValueError(f"state dict does not match {name} ({'MAE' if has_decoder else 'timm'} layout, "
                          f"img_size {img_size}): " + "; ".join(problems))
     grid = img_size // patch
-    learned = "pos_embed" in sd and float(np.abs(sd["pos_embed"][0] - posemb_sincos_2d(grid, grid, width)).max()) > 1e-3
-    if learned:
-        log.info("pos_embed is not the fixed 2-D sin-cos table (a fine-tuned ViT): kept as the encoder's parameter")
     norm = "fc_norm" if "fc_norm.weight" in sd else "norm"
     enc = {"cls_token": sd["cls_token"],
            "patch_embed": {"kernel": sd["patch_embed.proj.weight"].transpose(2, 3, 1, 0),
                            "bias": sd["patch_embed.proj.bias"]},
            "blocks": {f"block_{i}": _block_from_torch(sd, f"blocks.{i}.", heads) for i in range(depth)},
            "norm": {"scale": sd[f"{norm}.weight"], "bias": sd[f"{norm}.bias"]}}
-    if learned:
+    if "pos_embed" in sd and float(np.abs(sd["pos_embed"][0] - posemb_sincos_2d(grid, grid, width)).max()) > 1e-3:
+        log.info("pos_embed is not the fixed 2-D sin-cos table (a fine-tuned ViT): kept as the encoder's parameter")
         enc["pos_embed"] = sd["pos_embed"]
     params = {"encoder": enc}
     if has_decoder:

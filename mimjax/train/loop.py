@@ -244,7 +244,7 @@ class Run:
         on_cpu = jax.default_backend() == "cpu"  # the step and the input share the cores: no advice to give
         self.telemetry = telemetry.Telemetry(
             flops_per_step=flops_per_step, peak=telemetry.device_peak_flops(cfg), devices=jax.device_count(),
-            warn_frac=1.0 if on_cpu else t.get("input_warn_frac", 0.1), threads=min(16, os.cpu_count() or 1))
+            warn_frac=1.0 if on_cpu else t.get("input_warn_frac", 0.1), threads=getattr(iterator, "num_threads", 0))
         self._abstract, self._init_state, self._iterator = abstract_state, init_state, iterator
         self._lock = self.ckpt = self.writer = self._profile = self._bar = self._preemption = None
 
