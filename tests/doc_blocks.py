@@ -39,6 +39,22 @@ def assignment(words: list[str]) -> tuple[str, str] | None:
     return None
 
 
+def command_lines(lines: list[str], site: dict, adjust=lambda name, value: value):
+    """(line, words) of each command of a block, in order, its $VARs expanded: the block's own
+    `NAME=value` lines set NAME, to site[NAME] where the test gives the path (a site path),
+    else to adjust(NAME, value)."""
+    env = {}
+    for line in lines:
+        words = expand(line, {**env, **site})
+        if not words:
+            continue
+        if pair := assignment(words):  # NAME=value
+            name, value = pair
+            env[name] = site[name] if name in site else adjust(name, value)
+            continue
+        yield line, words
+
+
 def command_name(args: list[str]) -> str:
     """`mimjax ARGS`'s command, as cli.py reads it: two words for a group (`eval knn`)."""
     from mimjax import cli

@@ -22,12 +22,11 @@ from pathlib import Path
 
 import pytest
 
-from doc_blocks import assignment, bash_lines, command_name, expand, run_written  # tests/ is on sys.path
+from doc_blocks import bash_lines, command_lines, command_name, run_written  # tests/ is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "imagenet.md"
 PLATFORMS = ("One host with 8 x H100", "A TPU v4-32 / v5e-64 pod slice", "A SLURM GPU cluster")
-SITE_PATHS = ("TARS", "DATA", "RUNS")  # each block's own paths; the test puts them in tmp_path
 
 # The same recipe shrunk as `runlocal` shrinks it (mimjax/train/config.py: runlocal), with
 # 16 px patches so that the recipes' ViT-B/16 teacher checks hold.
@@ -127,23 +126,17 @@ def run_guide(root: Path) -> list[str]:
     torch_here = all(importlib.util.find_spec(m) is not None for m in ("torch", "timm"))
     if torch_here:
         make_official_mae_file(str(root / "mae_pretrain_vit_base.pth"))
-    site = {"TARS": str(tars), "DATA": str(root / "imagenet_ar"), "RUNS": str(root / "runs")}
+    site = {"TARS": str(tars), "DATA": str(root / "imagenet_ar"), "RUNS": str(root / "runs")}  # the blocks' paths
+
+    def adjust(name, value):  # without PyTorch the import cannot run: the self-trained teacher instead
+        return value.replace("mae_b16_official", "mae_b16") if name == "TEACHER" and not torch_here else value
 
     blocks = platform_lines(DOC.read_text(encoding="utf-8"))
     assert set(blocks) == set(PLATFORMS), f"docs/imagenet.md has blocks for {sorted(blocks)}"
     done, ran = set(), []
     for platform in PLATFORMS:
-        env, seen = {}, []
-        for line in blocks[platform]:
-            words = expand(line, {**env, **site})
-            if not words:
-                continue
-            if pair := assignment(words):  # NAME=value
-                name, value = pair
-                env[name] = site[name] if name in SITE_PATHS else value
-                if name == "TEACHER" and not torch_here:  # the import cannot run: the self-trained teacher
-                    env[name] = value.replace("mae_b16_official", "mae_b16")
-                continue
+        seen = []
+        for line, words in command_lines(blocks[platform], site, adjust):
             head = words[0]
             if head in NOT_RUN:
                 assert head != "pip" or "-c requirements.txt" in line, f"{line!r} lets pip move past the pins"

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from doc_blocks import assignment, bash_lines, command_name, expand, run_written  # tests/ is on sys.path
+from doc_blocks import bash_lines, command_lines, command_name, run_written  # tests/ is on sys.path
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "recipes.md"
 SECTION = "Your own images"
-SITE_PATHS = ("IMAGES", "W")  # the block's own paths; the test puts them in tmp_path
 CLASSES, PER_CLASS = ("cats", "dogs"), 16  # 24 k-NN / probe training images, 8 test images
 STEPS = ["train", "eval knn", "eval linprobe", "visualize", "export"]
 TINY = {"train": ["--config.total_steps=2", "--config.batch_size=8", "--config.log_every=1",
@@ -48,19 +47,12 @@ def make_class_folders(root: Path):
 
 def run_block(root: Path) -> list[str]:
     """Runs the section's block in `root`; returns the commands run."""
-    site = {"IMAGES": str(root / "images"), "W": str(root / "runs" / "my_images")}
+    site = {"IMAGES": str(root / "images"), "W": str(root / "runs" / "my_images")}  # the block's paths, in root
     make_class_folders(Path(site["IMAGES"]))
     lines = bash_lines(DOC.read_text(encoding="utf-8")).get(SECTION)
     assert lines, f"docs/recipes.md has no bash block under '## {SECTION}'"
-    env, ran = {}, []
-    for line in lines:
-        words = expand(line, {**env, **site})
-        if not words:
-            continue
-        if pair := assignment(words):  # NAME=value
-            name, value = pair
-            env[name] = site[name] if name in SITE_PATHS else value
-            continue
+    ran = []
+    for line, words in command_lines(lines, site):
         assert words[0] == "mimjax", f"docs/recipes.md ({SECTION}): a command this test does not know: {line!r}"
         args = words[1:]
         name = command_name(args)
