@@ -6,8 +6,8 @@ TPU slices, each plan in its own process, appended to bench/results/plan.jsonl a
     python -m bench.plan_table --targets h100x8 --recipes gpa_mae.py:vit_base_patch16,feature
     python -m bench.plan_table --markdown
 
-GPU targets need JAX's CUDA plugin (`pip install 'mimjax[gpu]' -c requirements.txt`, ~5.5 GB),
-TPU targets libtpu (`mimjax[tpu]`); `--python` picks the interpreter that has them.
+GPU targets need JAX's CUDA plugin (`pip install -e ".[gpu]" -c requirements.txt`, ~5.5 GB),
+TPU targets libtpu (`pip install -e ".[tpu]" -c requirements.txt`); `--python` picks the interpreter that has them.
 """
 from __future__ import annotations
 
@@ -60,7 +60,8 @@ def markdown(rows: list[dict]) -> str:
             continue
         s, mem = p["settings"], p["memory_bytes"]["total"] / 2 ** 30
         ips = p["img_per_s"]["50%"]
-        setting = f"remat={s['remat']}, accum={s['accum_steps']}" if p["fits"] else (
+        scanned = ", scanned" if s.get("scan") else ""
+        setting = f"remat={s['remat']}, accum={s['accum_steps']}{scanned}" if p["fits"] else (
             f"none as asked; fits with remat={p['suggestion']['remat']}, accum={p['suggestion']['accum_steps']}"
             if p["suggestion"] else "none")
         lines.append(f"| `{r['recipe']}` | {r['target']} | {'yes' if p['fits'] else 'no'} | {mem:.1f} of "

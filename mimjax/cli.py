@@ -540,7 +540,7 @@ def _command(args: list) -> tuple[Command | None, list, str | None]:
 def main(argv=None) -> int:
     """`mimjax ARGS` (argv: the program name, then the arguments) -> exit status."""
     if argv is None:  # the console script: restart once with huge-page malloc (mimjax/procenv.py)
-        procenv.setup_process()
+        procenv.setup_process(plan=sys.argv[1:2] == ["plan"])
     args = list(sys.argv if argv is None else argv)[1:]
     if not args:
         print(USAGE, file=sys.stderr)

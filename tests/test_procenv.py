@@ -170,3 +170,23 @@ def test_exit_with_last_line_ends_the_process_with_its_line_last():
     assert out.returncode == 4
     assert out.stderr.splitlines()[-1] == "mimjax train: disk full while saving step 3", out.stderr[-300:]
     assert "before" in out.stdout and "never" not in out.stdout
+
+
+def test_plan_alone_gets_two_malloc_arenas(monkeypatch):
+    """`mimjax plan` only compiles: two arenas keep the TPU compiler's threads from each holding
+    a heap (host memory, docs/scaling.md); the user's own arena setting wins."""
+    env = functools.partial(procenv.entry_point_env, tpu=True, glibc=True)
+    assert env({}, plan=True)["GLIBC_TUNABLES"] == f"{procenv.TUNABLE}:{procenv.PLAN_TUNABLE}"
+    assert env({"MIMJAX_HUGEPAGES": "0"}, plan=True)["GLIBC_TUNABLES"] == procenv.PLAN_TUNABLE
+    assert env({}, plan=False)["GLIBC_TUNABLES"] == procenv.TUNABLE
+    assert env({"MALLOC_ARENA_MAX": "8"}, plan=True)["GLIBC_TUNABLES"] == procenv.TUNABLE
+    mine = "glibc.malloc.arena_max=4"
+    assert env({"GLIBC_TUNABLES": mine}, plan=True)["GLIBC_TUNABLES"] == f"{mine}:{procenv.TUNABLE}"
+    assert "GLIBC_TUNABLES" not in procenv.entry_point_env({}, tpu=True, glibc=False, plan=True)
+    from mimjax import cli
+
+    seen = []
+    monkeypatch.setattr(procenv, "setup_process", lambda plan=False: seen.append(plan))
+    for argv, want in ((["mimjax", "plan", "--help"], True), (["mimjax", "train", "--help"], False)):
+        monkeypatch.setattr(sys, "argv", argv)
+        assert cli.main() == 0 and seen[-1] is want

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from mimjax.models.layers import LayerNorm, Transformer, patchify, posemb_sincos_2d, xavier_uniform
-from mimjax.models.precision import mixed_dot_general, resolve_dtype
+from mimjax.models.precision import mixed_dot_general, resolve_dtype, resolve_scan
 from mimjax.models.vit import VisionTransformer, _check_overrides, vit_kwargs
 
 
@@ -168,7 +168,8 @@ def mae(name: str, **overrides) -> MAE:
 
 def mae_from_config(mc) -> MAE:
     """The MAE a `model` config section (mimjax/train/config.py) describes."""
-    over = dict(img_size=mc.img_size, dtype=resolve_dtype(mc.dtype), remat=mc.remat, scan=mc.get("scan", False),
+    over = dict(img_size=mc.img_size, dtype=resolve_dtype(mc.dtype), remat=mc.remat,
+                scan=resolve_scan(mc.get("scan", False), mc.remat),
                 attention=mc.get("attention", "auto"), learned_pos_embed=mc.get("learned_pos_embed", False),
                 norm_pix_loss=mc.norm_pix_loss, gpa_head=mc.gpa_head,
                 gpa_head_late_start=mc.gpa_head_late_start, decoder_width=mc.decoder_width,

@@ -1,7 +1,8 @@
 """The mixed-precision policy of `model.dtype` and the platform the model is built for.
 
 `resolve_dtype` names the compute dtype ("auto": bfloat16 on accelerators and on CPUs that
-multiply bf16 natively); `mixed_dot_general` is the matrix product every layer uses under
+multiply bf16 natively); `resolve_scan` whether the blocks run as one `lax.scan` ("auto": on
+TPU with remat); `mixed_dot_general` is the matrix product every layer uses under
 it (a custom VJP, so the backward products follow the policy too); `current_platform` /
 `target_backend` say which backend's kernels and dtype the model is traced for.
 """
@@ -87,6 +88,22 @@ def resolve_dtype(name, backend: str | None = None, native_bf16: bool | None = N
     if name not in COMPUTE_DTYPES:
         raise ValueError(f"compute dtype {name!r}: expected one of {COMPUTE_DTYPES}")
     return jnp.dtype(name)
+
+
+def resolve_scan(value, remat: bool, backend: str | None = None) -> bool:
+    """Whether `model.scan` runs the blocks as one `lax.scan`: True | False, or "auto": on TPU
+    when the blocks are rematerialised (`remat`). There an unrolled stack costs libtpu the most
+    to compile, and a scanned one the same device memory; without remat a scanned stack keeps
+    more for the backward pass than XLA does for an unrolled one (docs/scaling.md). Strings as
+    the command line gives them ("true", "False") too."""
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word == "auto":
+        return bool(remat) and (current_platform() if backend is None else backend) == "tpu"
+    if word in ("true", "false"):
+        return word == "true"
+    raise ValueError(f"model.scan={value!r}: expected True, False or 'auto'")
 
 
 def _remaining(n, *removed):

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from mimjax.models.layers import xavier_uniform
 from mimjax.models.mae import gpa_feature_loss, init_params, pixel_target
-from mimjax.models.precision import mixed_dot_general, resolve_dtype
+from mimjax.models.precision import mixed_dot_general, resolve_dtype, resolve_scan
 from mimjax.models.vit import VisionTransformer, _check_overrides, vit_kwargs
 
 
@@ -93,7 +93,8 @@ def simmim(name: str, **overrides) -> SimMIM:
 def simmim_from_config(mc) -> SimMIM:
     """The SimMIM a `model` config section describes (model.arch = "simmim"). model.name keeps
     the schema's "mae_<vit>" form for every arch; decoder_* and gpa_head_late_start are MAE's."""
-    over = {"img_size": mc.img_size, "dtype": resolve_dtype(mc.dtype), "remat": mc.remat, "scan": mc.get("scan", False),
+    over = {"img_size": mc.img_size, "dtype": resolve_dtype(mc.dtype), "remat": mc.remat,
+            "scan": resolve_scan(mc.get("scan", False), mc.remat),
             "attention": mc.get("attention", "auto"), "learned_pos_embed": mc.get("learned_pos_embed", False),
             "norm_pix_loss": mc.norm_pix_loss, "gpa_head": mc.gpa_head}
     over.update({k: mc[k] for k in ("patch_size", "width", "depth", "num_heads") if mc.get(k)})

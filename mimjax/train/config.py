@@ -8,8 +8,8 @@ Top-level keys (stable): seed, batch_size, total_steps, total_epochs, log_every,
 checkpoint_every, parallelism, model, data, masking, teacher, optimizer, and the monitoring
 ones (writers, wandb, eval, profile); `MEANINGS` says what each key means, and `mimjax config
 show --config X` prints a resolved config with them. Integer durations use -1 for "not set".
-`model.remat` and `optimizer.accum_steps` hold their setting or "auto" (fields of any type, so
-that `--config.model.remat=auto` parses on every recipe); `teacher.block` / `teacher.head`
+`model.remat`, `model.scan` and `optimizer.accum_steps` hold their setting or "auto" (fields of
+any type, so that `--config.model.remat=auto` parses on every recipe); `teacher.block` / `teacher.head`
 left unset (None) follow the teacher's architecture (`follow_teacher`).
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ import ml_collections
 from mimjax import paths, schema, workdir
 from mimjax.models import ARCHS
 from mimjax.models.layers import ATTENTION_IMPLEMENTATIONS
+from mimjax.models.precision import resolve_scan
 from mimjax.models.vit import VIT_VARIANTS
 from mimjax.train import teacher
 from mimjax.train.writers import parse_writers
@@ -68,7 +69,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.gpa_head_late_start = False
     c.model.dtype = "float32"
     c.model.remat = setting_field(False)
-    c.model.scan = False
+    c.model.scan = setting_field(False)
     c.model.attention = "auto"
     c.model.init_from = ""
     c.model.learned_pos_embed = False
@@ -173,7 +174,8 @@ MEANINGS = {
     "model.dtype": "operand dtype of every matrix product (float32 accumulation): float32 | bfloat16 | float16 "
                    "| auto (bfloat16 on GPU/TPU and CPUs with native bf16)",
     "model.remat": "activation checkpointing per block: True | False | auto (the cheapest that fits)",
-    "model.scan": "one lax.scan over the blocks: one compiled block (ViT-L/H compile time)",
+    "model.scan": "each stack's blocks as one lax.scan, the same parameters (compile time and the compiling "
+                  "host's memory): True | False | auto (on TPU with remat)",
     "model.attention": "auto | explicit | xla | cudnn (cuDNN flash attention, GPU); see models/layers.py",
     "model.learned_pos_embed": "the position embedding is a parameter (from the sin-cos table), as in a fine-tuned "
                                "ViT `mimjax import` keeps; False: MAE's fixed sin-cos table",
@@ -372,6 +374,10 @@ def validate(c: ml_collections.ConfigDict, *, num_devices: int = 1, process_coun
         _fail("model.attention", c.model.attention, " | ".join(ATTENTION_IMPLEMENTATIONS))
     if not isinstance(c.model.init_from, str):  # read (and checked) by step.build, only at a fresh start
         _fail("model.init_from", c.model.init_from, "a path: a run directory or a .pth / .safetensors file, or ''")
+    try:
+        resolve_scan(c.model.scan, remat=False, backend="cpu")
+    except ValueError as e:
+        raise ConfigError(f"config.{e}") from None
     if c.model.dtype not in ("float32", "bfloat16", "float16", "auto"):
         _fail("model.dtype", c.model.dtype, "float32, bfloat16, float16 or auto")
     patch = c.model.patch_size or VIT_VARIANTS[name[4:]][0]

@@ -14,6 +14,7 @@ or the process's cgroup limit, whichever is smaller (`device_capacity`).
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import functools
 import logging
@@ -304,7 +305,7 @@ def plan(cfg, target, config_name: str = "") -> dict:
     """The pre-flight report of `cfg` on `target` (mimjax.parallel.targets.Target) as one dict;
     `fits` False when no allowed setting fits (then `suggestion` names the cheapest that does,
     or None). Raises ValueError for a target that cannot be compiled for here."""
-    from mimjax.models.precision import resolve_dtype
+    from mimjax.models.precision import resolve_dtype, resolve_scan
 
     devices = target.devices()
     if len(devices) != target.num_devices:
@@ -321,6 +322,7 @@ def plan(cfg, target, config_name: str = "") -> dict:
         if key not in compiled:  # the analyses are read: the program itself is freed before the next compile
             compiled[key] = dataclasses.replace(
                 compile_step(c, devices, target.platform, max_arguments=(1 - MARGIN) * capacity), executable=None)
+            release_freed_memory()
         return compiled[key]
 
     t0 = time.perf_counter()
@@ -339,7 +341,8 @@ def plan(cfg, target, config_name: str = "") -> dict:
     if method == "gpa_feature_late":  # the head's blocks run in the last 25% of training only
         per_image = 0.75 * per_image + 0.25 * flops_lib.step_flops(arch, "gpa_feature")["total"]
     analytic = per_image * result.per_device_batch
-    loops = chosen.optimizer.accum_steps > 1 or chosen.model.scan or method == "gpa_feature_late"
+    scan = resolve_scan(chosen.model.scan, chosen.model.remat, backend=target.platform)
+    loops = chosen.optimizer.accum_steps > 1 or scan or method == "gpa_feature_late"
     use_xla = result.flops_xla is not None and not loops
     step_flops = result.flops_xla if use_xla else analytic
     peak = target.chip.peak_bf16
@@ -356,16 +359,25 @@ def plan(cfg, target, config_name: str = "") -> dict:
                                              "analytic (mimjax/flops.py: this backend gives no cost analysis)"),
         flops_xla=result.flops_xla, flops_analytic=analytic, peak_flops=peak, step_time_s=step_s,
         img_per_s={k: chosen.batch_size / v for k, v in step_s.items()},
-        collectives=result.collectives, compile_s=sum(r.compile_s for r in compiled.values()),
+        collectives=result.collectives, loops=loops, compile_s=sum(r.compile_s for r in compiled.values()),
         wall_s=time.perf_counter() - t0, host_peak_bytes=host_peak_bytes(),
         settings=dict(remat=chosen.model.remat, accum_steps=chosen.optimizer.accum_steps, fsdp=fsdp,
                       dtype=str(resolve_dtype(chosen.model.dtype, backend=target.platform)),
-                      attention=chosen.model.attention),
+                      attention=chosen.model.attention, scan=scan),
         requested=dict(zip(("remat", "accum_steps"), settings(cfg))),
         tried=[dict(remat=r, accum_steps=a, total_bytes=m.memory["total"]) for (r, a), m in compiled.items()],
         suggestion=suggestion, stopped=stopped, compiled=result.built or bool(result.compiler_error),
         note="; ".join(filter(None, [note, stopped, result.compiler_error and
                                      f"the compiler refused the step: {result.compiler_error}"])))
+
+
+def release_freed_memory() -> None:
+    """Give the memory the compiler freed back to the system (glibc's `malloc_trim`): without it
+    the next candidate's compile starts on top of the last one's free but held heap."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def host_peak_bytes() -> int:
@@ -394,12 +406,14 @@ def format_report(r: dict) -> str:
         f"  mesh          data {mesh['data']} x fsdp {mesh['fsdp']} x model {mesh['model']}; batch {r['batch_size']}"
         f" = {r['per_device_batch']} a device",
         f"  settings      model.remat={s['remat']}{mark('remat')}, optimizer.accum_steps={s['accum_steps']}"
-        f"{mark('accum_steps')}, dtype {s['dtype']}, attention {s['attention']}",
+        f"{mark('accum_steps')}, dtype {s['dtype']}, attention {s['attention']}, "
+        f"{'scanned blocks' if s['scan'] else 'unrolled blocks'}",
         f"  memory        {memory} of {_gib(r['capacity_bytes'])} a device: {verdict}",
         f"  FLOPs/step    {r['flops_per_step'] / 1e12:.3g} TFLOP a device ({r['flops_source']})",
         f"  at 100% MFU   {r['step_time_s']['100%'] * 1e3:.3g} ms a step, {r['img_per_s']['100%']:,.0f} img/s; at 50%: "
         f"{r['step_time_s']['50%'] * 1e3:.3g} ms, {r['img_per_s']['50%']:,.0f} img/s",
-        f"  collectives   {coll or ('none' if r['compiled'] else 'not compiled')}",
+        f"  collectives   {coll or ('none' if r['compiled'] else 'not compiled')}"
+        f"{' (in the program text: a loop body counted once)' if coll and r.get('loops') else ''}",
         f"  compiled in   {r['compile_s']:.1f} s ({len(r['tried']) or 1} setting(s)), "
         f"{_gib(r['host_peak_bytes'])} of this host's memory at the peak",
     ]

@@ -22,10 +22,12 @@ def parse(arg: str | None, known: tuple[str, ...], default: str = "vit_base_patc
 
 def pretraining(variant: str):
     """The schema's defaults with the encoder `variant`; remat and accumulation "auto": the
-    cheapest setting whose step fits the device (mimjax/train/plan.py), chosen at start-up."""
+    cheapest setting whose step fits the device (mimjax/train/plan.py), chosen at start-up;
+    scan "auto": the blocks run as one `lax.scan` on TPU with remat (models/precision.resolve_scan)."""
     c = base_config()
     c.model.name = "mae_" + variant
     c.model.remat, c.optimizer.accum_steps = "auto", "auto"
+    c.model.scan = "auto"  # one scanned block on TPU with remat (libtpu's compile time and memory), else unrolled
     # bf16 products (float32 accumulation, parameters, norms, losses) on GPU/TPU and on CPUs
     # with native bf16; float32 elsewhere. Resolved when the model is built (models/precision.py).
     c.model.dtype = "auto"

@@ -102,14 +102,15 @@ class Teacher:
 def teacher_model(cfg, student: VisionTransformer) -> VisionTransformer:
     """The teacher's architecture: a checkpoint workdir's own encoder (from its config.json),
     the named ViT for an imported checkpoint, else the student encoder. It always runs at
-    the student's image size and dtype (the fixed sin-cos position embedding fits any grid)."""
+    the student's image size, dtype, kernels and `scan` (the fixed sin-cos position embedding fits any grid)."""
     if cfg.teacher.source != "checkpoint":
         return student
     mc = teacher_run_model(cfg)
     if mc is None:
-        return vit(cfg.teacher.name, img_size=student.img_size, dtype=student.dtype, attention=student.attention)
-    return model_from_config(mc).encoder.clone(img_size=student.img_size, dtype=student.dtype,
-                                             remat=False, drop_path=0.0, attention=student.attention)
+        return vit(cfg.teacher.name, img_size=student.img_size, dtype=student.dtype, attention=student.attention,
+                   scan=student.scan)
+    return model_from_config(mc).encoder.clone(img_size=student.img_size, dtype=student.dtype, remat=False,
+                                             drop_path=0.0, attention=student.attention, scan=student.scan)
 
 
 def scores(teacher: VisionTransformer, teacher_params, images, tcfg, strategy: str):

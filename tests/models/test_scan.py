@@ -70,3 +70,50 @@ def test_scanned_model_from_config_gives_the_same_loss_and_teacher_qk(arch, tiny
     qk = [m.encoder.apply({"params": params["encoder"]}, images, block=1, head=0, method="teacher_qk")
           for m in (unrolled, scanned)]
     jax.tree.map(lambda got, want: np.testing.assert_allclose(got, want, atol=1e-4), qk[1], qk[0])
+
+
+@pytest.mark.parametrize("value,remat,backend,want", [
+    ("auto", True, "tpu", True), ("auto", False, "tpu", False),  # a TPU step with remat is scanned
+    ("auto", True, "gpu", False), ("auto", True, "cpu", False), ("AUTO", True, "tpu", True),
+    (True, False, "cpu", True), (False, True, "tpu", False), ("true", False, "cpu", True), ("False", True, "tpu", False)])
+def test_resolve_scan(value, remat, backend, want):
+    from mimjax.models.precision import resolve_scan, target_backend
+
+    assert resolve_scan(value, remat, backend=backend) is want
+    with target_backend(backend):  # the platform a model is built for, as `mimjax plan` sets it
+        assert resolve_scan(value, remat) is want
+
+
+def test_a_bad_scan_value_is_one_config_line(tiny_config):
+    from mimjax.train import config as config_lib
+
+    c = tiny_config(total_steps=2)
+    c.model.scan = "sometimes"
+    with pytest.raises(config_lib.ConfigError, match=r"^config\.model\.scan='sometimes': expected True, False or 'auto'$"):
+        config_lib.validate(c)
+
+
+@pytest.mark.parametrize("remat", [False, True])
+def test_scan_auto_scans_every_stack_of_a_tpu_step_with_remat(tiny_config, remat):
+    """The recipes' "auto": on TPU with remat the encoder, decoder, GPA head and a checkpoint
+    teacher are each one `lax.scan`; without remat (or on the CPU) nothing is."""
+    from mimjax import masking
+    from mimjax.models import init_model, model_from_config
+    from mimjax.models.precision import target_backend
+    from mimjax.train import recipes, teacher
+
+    c = tiny_config(gpa=True, model=dict(gpa_head=True, remat=remat))
+    assert recipes.pretraining("vit_base_patch16").model.scan == "auto"
+    c.model.scan = "auto"
+    c.teacher.source, c.teacher.name = "checkpoint", "vit_tiny_patch16"
+    images, g = jnp.zeros((2, 32, 32, 3)), jnp.ones((2, 16))
+    mask = masking.random_mask(jax.random.key(2), 2, 16, 0.75)
+    for backend, want in (("tpu", remat), ("cpu", False)):
+        with target_backend(backend):
+            model = model_from_config(c.model)
+            params = jax.eval_shape(lambda: init_model(model, jax.random.key(0), batch_size=2))
+            jaxpr = str(jax.make_jaxpr(lambda p: model.apply({"params": p}, images, mask, gpa_target=g, train=False))(params))
+            t = teacher.teacher_model(c, model.encoder)
+        stacks = 3  # encoder, decoder, GPA head
+        assert model.encoder.scan is want and t.scan is want
+        assert jaxpr.count(" scan[") == (stacks if want else 0), backend
