@@ -1,8 +1,8 @@
-"""The documentation stays true to the repository: every relative link in README.md, docs/
-and bench/README.md resolves (to a file, and to a heading when it names one); every
-`mimjax <command> --flag` written there is a flag of that command (by its own `--help`);
-every citation `docs/method.md §N` in the code names a section of docs/method.md.
-Each checker is also run on a small broken example, so that it is seen to fail."""
+"""The documentation stays true to the repository: every `mimjax <command> --flag` written in
+README.md, docs/ and bench/README.md is a flag of that command (by its own `--help`); every
+citation `docs/method.md §N` in the code names a section of docs/method.md.
+Each checker is also run on a small broken example, so that it is seen to fail. Links, anchors
+and code fences, under a CommonMark parser: tests/test_docs_markdown.py."""
 from __future__ import annotations
 
 import functools
@@ -24,7 +24,7 @@ def doc_files() -> list[Path]:
     return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md"]
 
 
-# --- Markdown: code, headings, links ---------------------------------------------------------
+# --- Markdown code blocks and inline code (links, anchors: tests/test_docs_markdown.py) ------
 
 FENCE = re.compile(r"^\s*(```|~~~)")
 
@@ -47,50 +47,6 @@ def split_code(text: str) -> tuple[list[str], str]:
 
 
 INLINE_CODE = re.compile(r"`([^`]+)`")
-
-
-def slug(heading: str) -> str:
-    """GitHub's anchor of a heading: link text kept, formatting and punctuation dropped,
-    lower case, spaces to hyphens."""
-    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading).strip().lower()
-    text = re.sub(r"[^\w\- ]", "", text)
-    return text.replace(" ", "-")
-
-
-def anchors(text: str) -> set[str]:
-    """The anchors of a Markdown file's headings (a repeated heading gets -1, -2, ...)."""
-    _, prose = split_code(text)
-    seen: dict[str, int] = {}
-    out = set()
-    for m in re.finditer(r"^#{1,6}\s+(.+?)\s*#*\s*$", prose, re.M):
-        s = slug(m.group(1))
-        out.add(s if s not in seen else f"{s}-{seen[s]}")
-        seen[s] = seen.get(s, 0) + 1
-    return out
-
-
-LINK = re.compile(r"\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
-
-
-def broken_links(path: Path, text: str) -> list[str]:
-    """Relative links of `text` (the file at `path`) whose file or heading does not exist."""
-    _, prose = split_code(text)
-    prose = INLINE_CODE.sub("", prose)
-    problems = []
-    for target in LINK.findall(prose):
-        if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # https:, mailto: ...
-            continue
-        file_part, _, anchor = target.partition("#")
-        dest = (path.parent / file_part).resolve() if file_part else path
-        if not dest.exists():
-            problems.append(f"{path.name}: link {target!r}: no file {dest}")
-            continue
-        if anchor:
-            if dest.suffix != ".md" or dest.is_dir():
-                problems.append(f"{path.name}: link {target!r}: an anchor into a file that is not Markdown")
-            elif anchor not in anchors(dest.read_text(encoding="utf-8")):
-                problems.append(f"{path.name}: link {target!r}: no heading #{anchor} in {dest.name}")
-    return problems
 
 
 # --- mimjax <command> --flag -----------------------------------------------------------------
@@ -217,29 +173,6 @@ def citing_files() -> list[Path]:
 
 
 # --- the tests -------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("path", doc_files(), ids=lambda p: str(p.relative_to(ROOT)))
-def test_relative_links_resolve(path):
-    assert path.exists()
-    assert broken_links(path, path.read_text(encoding="utf-8")) == []
-
-
-def test_link_checker_fails_on_broken_links():
-    readme = ROOT / "README.md"
-    good = "[method](docs/method.md#1-the-base-method-mae) [up](#quick-start) [web](https://example.org/x)"
-    assert broken_links(readme, good) == []
-    bad = "[a](docs/no_such_file.md) [b](docs/method.md#no-such-heading) [c](#nowhere)"
-    assert len(broken_links(readme, bad)) == 3
-    assert broken_links(readme, "```\n[a](docs/no_such_file.md)\n```\n`[b](nope.md)`") == []  # code is not a link
-
-
-def test_slug_follows_github():
-    assert slug("Pre-flight: will it fit, and how fast can it go? (`mimjax plan`)") == \
-        "pre-flight-will-it-fit-and-how-fast-can-it-go-mimjax-plan"
-    assert slug("4. GPA as a feature (the GPA head)") == "4-gpa-as-a-feature-the-gpa-head"
-    assert slug("metrics.jsonl") == "metricsjsonl"
-    assert anchors("# A\n## A\n```\n# not a heading\n```\n") == {"a", "a-1"}
-
 
 @pytest.mark.parametrize("path", doc_files(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_written_commands_have_their_flags(path):

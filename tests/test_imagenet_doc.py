@@ -67,12 +67,12 @@ def platform_lines(text: str) -> dict[str, list[str]]:
 
 def launched(script_args: list[str]) -> list[str]:
     """The `mimjax` command a launch script runs (DRY_RUN=1 prints it): its arguments."""
-    env = {**os.environ, "DRY_RUN": "1", "MIMJAX_REPO": "https://git.example.org/mimjax.git"}
+    env = {**os.environ, "DRY_RUN": "1", "MIMJAX_ALLOW_DIRTY": "1"}  # tpu_pod.sh ships HEAD of this tree
     out = subprocess.run(["bash", *script_args], capture_output=True, text=True, cwd=ROOT, env=env)
     assert out.returncode == 0, f"{script_args}: {out.stderr}"
     shown = [shlex.split(line[2:]) for line in out.stdout.splitlines() if line.startswith("+ ")]
-    if shown[0][0] == "gcloud":  # tpu_pod.sh: the workers' install, then the command they run
-        setup, train = (words[words.index("--command") + 1] for words in shown)
+    if "--worker=all" in shown[-1]:  # tpu_pod.sh: the commit copied, the workers' install, the command they run
+        setup, train = (words[words.index("--command") + 1] for words in shown if "--command" in words)
         assert "-c requirements.txt" in setup, setup
         shown = [shlex.split(train.split("&&")[-1])]
     (words,) = shown

@@ -1,13 +1,16 @@
 """The launch scripts parse, pass shellcheck, in DRY_RUN mode print what they would run, and
-install only the tested versions; the extras of setup.cfg agree with the pin files."""
+install only the tested versions (tpu_pod.sh: of the exact local commit); the extras of setup.cfg
+agree with the pin files."""
 import configparser
 import glob
 import importlib.metadata
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import tarfile
 
 import pytest
 from packaging.requirements import Requirement
@@ -32,11 +35,22 @@ def test_shellcheck():
     assert out.returncode == 0, out.stdout
 
 
-def dry(*args):
-    env = {**os.environ, "DRY_RUN": "1", "MIMJAX_REPO": "https://git.example.org/mimjax.git"}
-    out = subprocess.run(["bash", *args], capture_output=True, text=True, cwd=REPO, env=env)
+def dry(*args, **env):
+    """stdout of `bash ARGS` with DRY_RUN=1 (and `env`), which must succeed."""
+    out = subprocess.run(["bash", *args], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "DRY_RUN": "1", **env})
     assert out.returncode == 0, out.stderr
     return out.stdout
+
+
+def shown(stdout: str) -> list[list[str]]:
+    """The commands a DRY_RUN printed (its `+ ` lines), as words."""
+    return [shlex.split(line[2:]) for line in stdout.splitlines() if line.startswith("+ ")]
+
+
+def git(cwd, *args) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args], cwd=cwd, check=True,
+                          capture_output=True, text=True).stdout.strip()
 
 
 def test_dry_runs_print_the_commands():
@@ -47,10 +61,60 @@ def test_dry_runs_print_the_commands():
          "--coordinator_address 10.0.0.1:1234 --num_processes 2 --process_id 1")
     assert dry("launch/slurm_gpu.sbatch", "configs/demo.py", "/shared/w").strip() == \
         "+ srun --kill-on-bad-exit=1 mimjax train --config configs/demo.py --workdir /shared/w"
-    tpu = dry("launch/tpu_pod.sh", "my-v4-32", "us-central2-b", "configs/demo.py", "/mnt/w").splitlines()
-    assert len(tpu) == 2 and all("gcloud compute tpus tpu-vm ssh my-v4-32 --zone us-central2-b --worker=all" in t for t in tpu)
-    assert "git.example.org/mimjax.git" in tpu[0] and "-e\\ \\'.\\[tpu\\]\\'\\ -c\\ requirements.txt" in tpu[0]
-    assert "mimjax\\ train\\ --config\\ configs/demo.py\\ --workdir\\ /mnt/w" in tpu[1]
+    # This tree may hold uncommitted work (tested below): ship its HEAD regardless.
+    head = git(REPO, "rev-parse", "HEAD")
+    tpu = shown(dry("launch/tpu_pod.sh", "my-v4-32", "us-central2-b", "configs/demo.py", "/mnt/w", "--config.seed=3",
+                    MIMJAX_ALLOW_DIRTY="1"))
+    assert [words[:2] for words in tpu] == [["git", "-C"], ["gcloud", "compute"], ["gcloud", "compute"], ["gcloud", "compute"]]
+    assert tpu[1][-3:] == ["--zone", "us-central2-b", "--worker=all"] and tpu[1][6] == f"my-v4-32:mimjax-{head}.tar.gz"
+    setup, train = (words[words.index("--command") + 1] for words in tpu[2:])
+    assert tpu[2][:8] == tpu[3][:8] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "my-v4-32", "--zone", "us-central2-b"]
+    assert "-e '.[tpu]' -c requirements.txt" in setup
+    assert train == f"cd mimjax-{head} && .venv/bin/mimjax train --config configs/demo.py --workdir /mnt/w --config.seed=3"
+
+
+def test_tpu_pod_ships_the_exact_local_commit(tmp_path):
+    """The workers get this checkout's HEAD, an unpushed commit included (its `git archive`,
+    copied to each worker), never a clone of `origin`; uncommitted changes to tracked files
+    are refused in one line before anything runs, unless MIMJAX_ALLOW_DIRTY=1."""
+    clone = tmp_path / "clone"
+    shutil.copytree(os.path.join(REPO, "launch"), clone / "launch")
+    (clone / "requirements.txt").write_text("jax\n")
+    git(clone, "init", "-q")
+    git(clone, "add", ".")
+    git(clone, "commit", "-qm", "first")
+    (clone / "requirements.txt").write_text("jax\nflax\n")
+    git(clone, "commit", "-qam", "a local commit")
+    head = git(clone, "rev-parse", "HEAD")
+    (clone / "untracked.txt").write_text("stays here\n")  # not a change to a tracked file
+    env = {k: v for k, v in os.environ.items() if k != "MIMJAX_ALLOW_DIRTY"}
+    env.update(DRY_RUN="1", GIT_CEILING_DIRECTORIES=str(tmp_path))
+    args = ["bash", "launch/tpu_pod.sh", "my-v4-32", "us-central2-b", "configs/demo.py", "/mnt/w"]
+
+    out = subprocess.run(args, capture_output=True, text=True, cwd=clone, env=env)
+    assert out.returncode == 0, out.stderr
+    assert f"ships commit {head} (a local commit)" in out.stdout
+    assert not re.search(r"\bgit (clone|checkout|fetch)\b", out.stdout)
+    archive, scp, setup, _ = shown(out.stdout)
+    assert archive[archive.index("archive"):] == \
+        ["archive", "--format=tar.gz", f"--prefix=mimjax-{head}/", "-o", archive[-2], head]
+    assert scp[:5] == ["gcloud", "compute", "tpus", "tpu-vm", "scp"] and scp[5] == archive[-2] and "--worker=all" in scp
+    assert f"tar -xzf mimjax-{head}.tar.gz; cd mimjax-{head} &&" in setup[setup.index("--command") + 1]
+    subprocess.run([*archive[:-2], str(tmp_path / "shipped.tar.gz"), head], check=True, env=env)  # what it would copy
+    with tarfile.open(tmp_path / "shipped.tar.gz") as tar:
+        assert tar.extractfile(f"mimjax-{head}/requirements.txt").read() == b"jax\nflax\n"
+        assert f"mimjax-{head}/untracked.txt" not in tar.getnames()
+
+    (clone / "requirements.txt").write_text("jax\nflax\noptax\n")  # uncommitted: the workers would not get it
+    out = subprocess.run(args, capture_output=True, text=True, cwd=clone, env=env)
+    assert out.returncode == 2 and out.stdout == "" and len(out.stderr.strip().splitlines()) == 1, out
+    assert "uncommitted changes to tracked files" in out.stderr and "MIMJAX_ALLOW_DIRTY=1" in out.stderr
+    out = subprocess.run(args, capture_output=True, text=True, cwd=clone, env={**env, "MIMJAX_ALLOW_DIRTY": "1"})
+    assert out.returncode == 0 and f"ships commit {head}" in out.stdout and len(shown(out.stdout)) == 4
+
+    shutil.rmtree(clone / ".git")  # not a git checkout: nothing to ship
+    out = subprocess.run(args, capture_output=True, text=True, cwd=clone, env=env)
+    assert out.returncode == 2 and out.stdout == "" and "not in a git checkout" in out.stderr, out
 
 
 def test_missing_arguments_print_usage():

@@ -117,7 +117,7 @@ class Target:
         if self.platform == "tpu":
             if importlib.util.find_spec("libtpu") is None:
                 raise ValueError(f"--target {self.name}: compiling for a TPU needs libtpu: "
-                                 f"pip install 'mimjax[tpu]' -c requirements.txt")
+                                 f'pip install -e ".[tpu]" -c requirements.txt (in the mimjax clone)')
             kw = {"chip_config_name": "megacore"} if self.chip.cores_per_chip == 2 else {}
             if self.groups > 1:
                 kw["num_slices"] = self.groups
@@ -126,7 +126,7 @@ class Target:
             return list(topologies.get_topology_desc(topology_name=self.topology(), platform="tpu", **kw).devices)
         if not any(importlib.util.find_spec(m) for m in ("jax_cuda12_plugin", "jax_cuda13_plugin")):
             raise ValueError(f"--target {self.name}: compiling for an NVIDIA GPU needs JAX's CUDA plugin: "
-                             f"pip install 'mimjax[gpu]' -c requirements.txt (~5.5 GB)")
+                             f'pip install -e ".[gpu]" -c requirements.txt (in the mimjax clone, ~5.5 GB)')
         return list(topologies.get_topology_desc(platform="cuda", topology=self.topology(),
                                                  target_config=_gpu_target_config(self.chip)).devices)
 

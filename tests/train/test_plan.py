@@ -3,7 +3,10 @@ on this CPU machine (tiny ViTs: seconds to a minute each), the accumulation that
 there, the settings `auto` picks, and the target names."""
 import json
 import os
+import platform
 import re
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -218,6 +221,14 @@ def test_plan_command_reports_json_and_exits_3_with_the_cheapest_fix(run_cli):
     assert (r["devices"], r["per_device_batch"], r["fits"], r["flops_source"]) == (4, 4, True, "xla")
     assert set(r["memory_bytes"]) >= {"arguments", "temporaries", "outputs", "total"}
     assert r["settings"]["dtype"] == "float32" and "all-reduce" in r["collectives"]  # runlocal keeps float32
+    assert r["settings"]["scan"] is False  # the recipe's scan "auto": unrolled without remat
+    # With remat, "auto" scans the blocks on TPU: the report says so, counts the FLOPs
+    # analytically and says the collectives inside the loop are counted once.
+    scanned = run_cli(*[a for a in base if a != "--json"], "--config.model.remat=True", timeout=600)
+    assert scanned.returncode == 0, scanned.stderr[-2000:]
+    assert "model.remat=True, optimizer.accum_steps=1, dtype float32, attention auto, scanned blocks" in \
+        scanned.stdout
+    assert "XLA counts a loop body once" in scanned.stdout and "a loop body counted once" in scanned.stdout
     # A 1.6 B parameter encoder (width 8192): its weights and AdamW moments alone pass a
     # v5e's 16 GiB, so no remat / accumulation setting fits either, and none is compiled.
     big = [*base, "--config.model.width=8192", "--config.model.num_heads=64", "--config.batch_size=4"]
@@ -238,8 +249,8 @@ HAS_CUDA_PLUGIN = __import__("importlib").util.find_spec("jax_cuda12_plugin") is
 def test_gpu_target_without_the_cuda_plugin_is_one_line(run_cli):
     p = run_cli("plan", "--config", "configs/demo.py", "--target", "h100x8", timeout=300)
     assert p.returncode == 2 and p.stderr.strip().splitlines() == [
-        "mimjax plan: --target h100x8: compiling for an NVIDIA GPU needs JAX's CUDA plugin: pip install "
-        "'mimjax[gpu]' -c requirements.txt (~5.5 GB)"]
+        "mimjax plan: --target h100x8: compiling for an NVIDIA GPU needs JAX's CUDA plugin: pip install -e "
+        "\".[gpu]\" -c requirements.txt (in the mimjax clone, ~5.5 GB)"]
 
 
 @pytest.mark.skipif(not HAS_CUDA_PLUGIN, reason="JAX's CUDA plugin (mimjax[gpu]) not installed")
@@ -252,3 +263,25 @@ def test_plan_on_an_8_gpu_host(run_cli):
     assert (r["platform"], r["devices"], r["per_device_batch"], r["fits"]) == ("gpu", 8, 1, True)
     assert r["capacity_bytes"] == int(targets.CHIPS["h100"].memory_bytes * targets.gpu_mem_fraction())
     assert r["flops_source"].startswith("analytic") and r["flops_per_step"] > 0  # the GPU backend gives no count
+
+
+@pytest.mark.skipif(not (sys.platform == "linux" and platform.libc_ver()[0] == "glibc"), reason="glibc's malloc_trim")
+def test_freed_compiler_memory_goes_back_to_the_system():
+    """What one candidate's compile freed is returned before the next (`release_freed_memory`):
+    a heap of small blocks, all but every 64th freed, keeps its pages until then."""
+    child = """
+import ctypes, json
+from mimjax.train.plan import release_freed_memory
+libc = ctypes.CDLL("libc.so.6"); libc.malloc.restype = ctypes.c_void_p; libc.free.argtypes = [ctypes.c_void_p]
+def rss(): return int(open("/proc/self/statm").read().split()[1]) * 4096
+blocks = [libc.malloc(16384) for _ in range(20000)]  # 320 MB under the mmap threshold: the heap
+for b in blocks: ctypes.memset(b, 1, 16384)
+for i, b in enumerate(blocks):
+    if i % 64: libc.free(b)
+held = rss(); release_freed_memory(); print(json.dumps([held, rss()]))
+"""
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "GLIBC_TUNABLES": ""})
+    assert out.returncode == 0, out.stderr[-2000:]
+    held, after = json.loads(out.stdout)
+    assert held - after > 200e6, (held, after)
