@@ -78,13 +78,10 @@ def markdown(rows: list[dict]) -> str:
 
 
 def compile_cell(row: dict) -> str:
-    """The compile time, the slice compiled for when smaller than the target (older rows: the
-    target itself) and the host's peak memory (older rows: not recorded)."""
+    """The compile time and the host's peak memory (older rows: not recorded)."""
     p = row["plan"]
-    on = p.get("compiled_for", row["target"])
     peak = p.get("host_peak_bytes")
-    return (f"{p['compile_s']:.0f} s" + ("" if on == row["target"] else f" (as {on})") +
-            ("" if peak is None else f", {peak / 2 ** 30:.1f} GiB RAM"))
+    return f"{p['compile_s']:.0f} s" + ("" if peak is None else f", {peak / 2 ** 30:.1f} GiB RAM")
 
 
 def main(argv=None) -> int:

@@ -157,6 +157,14 @@ def compile_step(cfg, devices, platform: str, max_arguments: float = float("inf"
                     dict(par.mesh.shape), cfg.batch_size // batch_devices, compiled, built=True)
 
 
+def analyse_step(cfg, devices, platform: str, max_arguments: float) -> Compiled:
+    """`compile_step`'s analyses of one candidate setting, its program freed and the memory the
+    compiler freed given back (`release_freed_memory`) before the next candidate compiles."""
+    result = dataclasses.replace(compile_step(cfg, devices, platform, max_arguments=max_arguments), executable=None)
+    release_freed_memory()
+    return result
+
+
 def _shard_bytes(x) -> int:
     """Bytes of one device's shard of a ShapeDtypeStruct with a sharding."""
     n = 1
@@ -238,8 +246,7 @@ def resolve_auto(cfg, devices=None) -> ml_collections.ConfigDict:
     probe = as_jit(cfg)
     data, fsdp, _ = mesh_shape(probe.parallelism, len(devices))
     allowed = (1 - MARGIN) * capacity
-    measure = lambda c: dataclasses.replace(  # noqa: E731 - the analyses are read: free the program
-        compile_step(c, devices, jax.default_backend(), max_arguments=allowed), executable=None)
+    measure = lambda c: analyse_step(c, devices, jax.default_backend(), allowed)  # noqa: E731
     chosen, result, tried = choose(probe, measure, capacity, data * fsdp)
     if chosen is None:
         (remat, accum), = [s for s, r in tried if r is result]
@@ -319,10 +326,8 @@ def plan(cfg, target, config_name: str = "") -> dict:
 
     def measure(c):
         key = (c.model.remat, c.optimizer.accum_steps)
-        if key not in compiled:  # the analyses are read: the program itself is freed before the next compile
-            compiled[key] = dataclasses.replace(
-                compile_step(c, devices, target.platform, max_arguments=(1 - MARGIN) * capacity), executable=None)
-            release_freed_memory()
+        if key not in compiled:
+            compiled[key] = analyse_step(c, devices, target.platform, (1 - MARGIN) * capacity)
         return compiled[key]
 
     t0 = time.perf_counter()
